@@ -1,0 +1,67 @@
+# carom build, test and demo entry points. Every target installs what it needs,
+# so `make demo` and `make test` work on a fresh Debian machine (as root).
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+PY           := $(VENV)/bin/python
+CLANG        ?= clang
+BPF_SRC      := $(wildcard bpf/*.c bpf/*.h)
+BPF_OBJ      := src/carom/bpf/obj/carom.bpf.o
+BPF_CFLAGS   := -O2 -g -target bpf -Wall -Werror -I/usr/include/x86_64-linux-gnu -Ibpf
+APT_PACKAGES := clang llvm libbpf-dev libelf-dev bpftool iproute2 ethtool tcpdump curl \
+                nftables netsniff-ng haproxy wrk python3-venv
+STAMP        := build/.stamps
+
+.PHONY: all deps sysdeps venv bpf test test-unit lint demo bench clean
+
+all: bpf
+
+deps: sysdeps venv
+
+# System packages: installed once, remembered by a stamp file.
+sysdeps: $(STAMP)/apt
+$(STAMP)/apt:
+	@mkdir -p $(STAMP)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "apt: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+# Python environment with carom installed in editable mode.
+venv: $(STAMP)/venv
+$(STAMP)/venv: pyproject.toml | $(STAMP)/apt
+	@mkdir -p $(STAMP)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+bpf: $(BPF_OBJ)
+$(BPF_OBJ): $(BPF_SRC) | $(STAMP)/apt
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c bpf/carom.bpf.c -o $@
+
+test: deps bpf
+	$(PY) -m pytest -q tests
+
+test-unit: deps bpf
+	$(PY) -m pytest -q tests/unit tests/packets
+
+lint: deps
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+demo: deps bpf
+	$(VENV)/bin/carom lab demo
+
+bench: deps bpf
+	$(VENV)/bin/carom bench
+
+clean:
+	rm -rf build src/carom/bpf/obj

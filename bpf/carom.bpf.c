@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0
+/* carom XDP entry point: parse, look up, schedule, dispatch. The decisions live
+ * in the headers; src/carom/model/ is the same decision in Python. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "stats.h"
+#include "parse.h"
+#include "sched.h"
+#include "forward_dsr.h"
+
+/* Referenced so the enums reach BTF, where user space checks them. */
+struct carom_abi_enums {
+	enum carom_family family;
+	enum carom_role role;
+	enum carom_cfg_flags cfg_flags;
+	enum carom_svc_flags svc_flags;
+	enum carom_real_flags real_flags;
+	enum carom_method method;
+	enum carom_conn_flags conn_flags;
+	enum carom_counter counter;
+};
+struct carom_abi_enums carom_abi_enums_anchor SEC(".carom_abi");
+
+static __always_inline int lookup_service(struct packet *p, struct svc_info **svc)
+{
+	struct svc_key key = {};
+
+	key.vip = p->flow.dst;
+	key.proto = p->flow.proto;
+	key.family = p->flow.family;
+	key.port = p->flow.dport;
+	*svc = bpf_map_lookup_elem(&services, &key);
+	if (*svc)
+		return 0;
+	key.port = 0; /* an all-ports service on this VIP */
+	*svc = bpf_map_lookup_elem(&services, &key);
+	return *svc ? 0 : CAROM_CNT_PASS_NO_SERVICE;
+}
+
+SEC("xdp")
+int carom_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 bytes = ctx->data_end - ctx->data;
+	struct packet p = {};
+	struct vip_key vk = {};
+	struct node_cfg *cfg;
+	struct svc_info *svc;
+	struct real_info *real;
+	struct ethhdr *eth = data;
+	struct mac_key mk = {};
+	__u32 zero = 0, real_id = 0;
+	__u16 eth_proto = 0;
+	int rc;
+
+	count(CAROM_CNT_RX);
+	rc = parse_eth(data, end, &p, &eth_proto);
+	if (rc)
+		return finish(rc);
+	if (eth_proto == bpf_htons(ETH_P_IP))
+		rc = parse_ipv4(data, end, &p);
+	else if (eth_proto == bpf_htons(ETH_P_IPV6))
+		rc = parse_ipv6(data, end, &p);
+	else
+		return finish(CAROM_CNT_PASS_NOT_IP);
+	if (rc)
+		return finish(rc);
+
+	vk.addr = p.flow.dst;
+	vk.family = p.flow.family;
+	if (!bpf_map_lookup_elem(&vip_addrs, &vk))
+		return finish(CAROM_CNT_PASS_NOT_VIP);
+
+	cfg = bpf_map_lookup_elem(&node_cfg, &zero);
+	if (!cfg || cfg->role != CAROM_ROLE_ACTIVE)
+		return finish(CAROM_CNT_PASS_BACKUP);
+
+	if (p.flow.family == CAROM_FAMILY_IPV6) {
+		rc = skip_ipv6_ext(data, end, &p);
+		if (rc)
+			return finish(rc);
+	}
+	if (p.fragment)
+		return finish(cfg->flags & CAROM_CFG_FRAG_PASS ? CAROM_CNT_PASS_FRAGMENT
+							       : CAROM_CNT_DROP_FRAGMENT);
+	if (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP)
+		return finish(CAROM_CNT_PASS_OTHER_PROTO);
+	rc = parse_l4(data, end, &p);
+	if (rc)
+		return finish(rc);
+
+	rc = lookup_service(&p, &svc);
+	if (rc)
+		return finish(rc);
+
+	/* Checks on the Ethernet header, now that the frame is ours to forward. */
+	if (eth->h_dest[0] & 1)
+		return finish(CAROM_CNT_DROP_GROUP_MAC);
+	__builtin_memcpy(mk.mac, eth->h_source, ETH_ALEN);
+	if (bpf_map_lookup_elem(&real_macs, &mk))
+		return finish(CAROM_CNT_DROP_LOOP);
+
+	rc = schedule(&p, svc, cfg, &real_id, &real);
+	if (rc)
+		return finish(rc);
+
+	count_traffic(&svc_stats, svc->id, bytes);
+	count_traffic(&real_stats, real_id, bytes);
+
+	if (real->flags & CAROM_REAL_LOCAL)
+		return finish(CAROM_CNT_PASS_LOCAL_REAL);
+	if (real->method != CAROM_METHOD_DSR)
+		return finish(CAROM_CNT_DROP_UNSUPPORTED);
+	forward_dsr(eth, real);
+	return finish(CAROM_CNT_TX_DSR);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Constants shared by every part of the data plane. Every enum here is part of
+ * the ABI with user space: src/carom/abi.py checks its values against the BTF
+ * of the compiled object, so names and values can never drift apart. */
+#ifndef CAROM_CONSTS_H
+#define CAROM_CONSTS_H
+
+/* Default map sizes; the loader overrides them per instance before load. */
+#define CAROM_MAX_SERVICES 64
+#define CAROM_MAX_REALS 4096
+#define CAROM_MAGLEV_SIZE 65537
+#define CAROM_MAX_CONNS 65536
+#define CAROM_MAX_PERSIST 65536
+#define CAROM_MAX_VIPS 256
+#define CAROM_MAX_DIRECTORS 64
+#define CAROM_MAX_IPV6_EXT_HDRS 4
+
+/* Address family tag carried in keys (not AF_* numbers, to stay compact). */
+enum carom_family {
+	CAROM_FAMILY_IPV4 = 4,
+	CAROM_FAMILY_IPV6 = 6,
+};
+
+/* Role of this node (node_cfg.role). A backup never schedules VIP traffic. */
+enum carom_role {
+	CAROM_ROLE_ACTIVE = 0,
+	CAROM_ROLE_BACKUP = 1,
+};
+
+/* node_cfg.flags */
+enum carom_cfg_flags {
+	CAROM_CFG_FRAG_PASS = 1, /* pass fragments to a VIP to the local stack instead of dropping */
+};
+
+/* svc_info.flags */
+enum carom_svc_flags {
+	CAROM_SVC_PERSIST = 1, /* client-IP persistence (IPVS -p) */
+};
+
+/* real_info.flags */
+enum carom_real_flags {
+	CAROM_REAL_LOCAL = 1,    /* this node itself: deliver to the local stack */
+	CAROM_REAL_UNUSABLE = 2, /* no resolved MAC: never forward, reschedule its flows */
+};
+
+/* real_info.method: how a packet reaches the real server. */
+enum carom_method {
+	CAROM_METHOD_DSR = 0,
+	CAROM_METHOD_NAT = 1,    /* reserved */
+	CAROM_METHOD_TUNNEL = 2, /* reserved */
+};
+
+/* conn_val.flags */
+enum carom_conn_flags {
+	CAROM_CONN_SYNCED = 1, /* entry learned from a peer director (reserved) */
+};
+
+/* Index into the per-CPU `stats` map. Every packet increments CAROM_CNT_RX and
+ * exactly one verdict-reason counter; scheduling counters are extra detail. */
+enum carom_counter {
+	CAROM_CNT_RX = 0,
+	/* pass: not our business */
+	CAROM_CNT_PASS_NOT_IP = 1,
+	CAROM_CNT_PASS_NOT_VIP = 2,
+	CAROM_CNT_PASS_NO_SERVICE = 3,
+	CAROM_CNT_PASS_OTHER_PROTO = 4,
+	CAROM_CNT_PASS_BACKUP = 5,
+	CAROM_CNT_PASS_FRAGMENT = 6,
+	CAROM_CNT_PASS_LOCAL_REAL = 7,
+	/* forwarded */
+	CAROM_CNT_TX_DSR = 8,
+	/* drops: malformed input */
+	CAROM_CNT_DROP_SHORT_ETH = 9,
+	CAROM_CNT_DROP_TRUNC_L3 = 10,
+	CAROM_CNT_DROP_BAD_L3 = 11,
+	CAROM_CNT_DROP_BAD_IHL = 12,
+	CAROM_CNT_DROP_TRUNC_L4 = 13,
+	CAROM_CNT_DROP_BAD_L4 = 14,
+	CAROM_CNT_DROP_IPV6_EXT = 15,
+	/* drops: policy and state */
+	CAROM_CNT_DROP_FRAGMENT = 16,
+	CAROM_CNT_DROP_NO_REAL = 17,
+	CAROM_CNT_DROP_LOOP = 18,
+	CAROM_CNT_DROP_GROUP_MAC = 19,
+	CAROM_CNT_DROP_UNSUPPORTED = 20,
+	/* scheduling detail (not verdicts) */
+	CAROM_CNT_CONN_HIT = 21,
+	CAROM_CNT_PERSIST_HIT = 22,
+	CAROM_CNT_NEW_FLOW = 23,
+	CAROM_CNT_SYN_RESCHEDULE = 24,
+	CAROM_CNT_CONN_EXPIRED = 25,
+	CAROM_CNT_CONN_REAL_GONE = 26,
+	CAROM_CNT__MAX = 27,
+};
+
+#endif

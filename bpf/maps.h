@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Every map of the data plane. docs/datapath.md documents each one: key, value,
+ * writer and reader. max_entries here are defaults; the loader resizes the maps
+ * per instance before load, and pins them so a restarted daemon adopts them. */
+#ifndef CAROM_MAPS_H
+#define CAROM_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "structs.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_cfg);
+} node_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CAROM_MAX_VIPS);
+	__type(key, struct vip_key);
+	__type(value, __u32); /* number of services on this address */
+} vip_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CAROM_MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc_info);
+} services SEC(".maps");
+
+/* One row of maglev_size slots per service id; slot value is a real id, 0 = empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CAROM_MAX_SERVICES * CAROM_MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CAROM_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct real_info);
+} reals SEC(".maps");
+
+/* MAC of every remote real server: VIP traffic arriving from one is a loop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CAROM_MAX_REALS);
+	__type(key, struct mac_key);
+	__type(value, __u32);
+} real_macs SEC(".maps");
+
+/* MACs of peer directors (reserved for HA: frames from a peer are never rescheduled). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CAROM_MAX_DIRECTORS);
+	__type(key, struct mac_key);
+	__type(value, __u32);
+} director_macs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CAROM_MAX_CONNS);
+	__type(key, struct flow_key);
+	__type(value, struct conn_val);
+} conn_table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CAROM_MAX_PERSIST);
+	__type(key, struct persist_key);
+	__type(value, struct persist_val);
+} persist_table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAROM_CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAROM_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct traffic_counter);
+} svc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAROM_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct traffic_counter);
+} real_stats SEC(".maps");
+
+#endif

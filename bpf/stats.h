@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Counters. Per-CPU maps, so increments need no atomics. */
+#ifndef CAROM_STATS_H
+#define CAROM_STATS_H
+
+#include "maps.h"
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes)
+{
+	struct traffic_counter *c = bpf_map_lookup_elem(map, &idx);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
+/* Every verdict goes through here: the reason's counter is its verdict's record.
+ * Reasons up to PASS_LOCAL_REAL pass, TX_DSR transmits, the rest drop. */
+static __always_inline int finish(__u32 reason)
+{
+	count(reason);
+	if (reason <= CAROM_CNT_PASS_LOCAL_REAL)
+		return XDP_PASS;
+	if (reason == CAROM_CNT_TX_DSR)
+		return XDP_TX;
+	return XDP_DROP;
+}
+
+#endif

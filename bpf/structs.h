@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Map keys and values. Layouts are checked against src/carom/abi.py through
+ * BTF, so keep explicit padding: every byte of a hash key must be defined. */
+#ifndef CAROM_STRUCTS_H
+#define CAROM_STRUCTS_H
+
+#include <linux/types.h>
+
+/* An IPv4 or IPv6 address: IPv4 in addr[0], the other words zero. Network order. */
+struct carom_addr {
+	__u32 w[4];
+};
+
+/* services: (VIP, port, protocol) -> service. port 0 means "all ports". */
+struct svc_key {
+	struct carom_addr vip;
+	__u16 port;   /* network byte order; 0 = all ports */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;  /* enum carom_family */
+};
+
+struct svc_info {
+	__u32 id;                 /* index into maglev rows and svc_stats */
+	__u32 flags;              /* enum carom_svc_flags */
+	__u32 persist_timeout_s;  /* with CAROM_SVC_PERSIST */
+	__u32 reserved;
+};
+
+/* vip_addrs: every address that carries at least one service. */
+struct vip_key {
+	struct carom_addr addr;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* reals: real id -> where to send. id 0 is never used ("no real"). */
+struct real_info {
+	struct carom_addr addr;
+	__u8 mac[6];
+	__u8 family;
+	__u8 method;  /* enum carom_method */
+	__u32 flags;  /* enum carom_real_flags */
+};
+
+/* real_macs and director_macs: MAC -> id. */
+struct mac_key {
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+/* conn_table: the 5-tuple as the client sent it -> real. Also the Maglev hash input. */
+struct flow_key {
+	struct carom_addr src;
+	struct carom_addr dst;
+	__u16 sport;  /* network byte order */
+	__u16 dport;  /* network byte order */
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct conn_val {
+	__u32 real_id;
+	__u32 flags;        /* enum carom_conn_flags */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet, coarse (see sched.h) */
+};
+
+/* persist_table: (service, client address) -> real, for CAROM_SVC_PERSIST. */
+struct persist_key {
+	struct carom_addr client;
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct persist_val {
+	__u32 real_id;
+	__u32 reserved;
+	__u64 last_seen_ns;
+};
+
+/* node_cfg[0]: instance-wide settings written by the daemon. */
+struct node_cfg {
+	__u32 role;          /* enum carom_role */
+	__u32 flags;         /* enum carom_cfg_flags */
+	__u32 maglev_size;   /* slots per service row in `maglev` (prime) */
+	__u32 reserved;
+	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
+	__u64 udp_idle_ns;   /* same for UDP */
+};
+
+/* svc_stats and real_stats values (per CPU). */
+struct traffic_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif

@@ -1,0 +1,3 @@
+from carom.cli.main import main
+
+raise SystemExit(main())
