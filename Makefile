@@ -7,7 +7,8 @@ VENV         := .venv
 PY           := $(VENV)/bin/python
 CLANG        ?= clang
 BPF_SRC      := $(wildcard bpf/*.c bpf/*.h)
-BPF_OBJ      := src/carom/bpf/obj/carom.bpf.o
+BPF_OBJDIR   := src/carom/bpf/obj
+BPF_OBJS     := $(BPF_OBJDIR)/carom.bpf.o $(BPF_OBJDIR)/xdp_pass.bpf.o
 BPF_CFLAGS   := -O2 -g -target bpf -Wall -Werror -I/usr/include/x86_64-linux-gnu -Ibpf
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev bpftool iproute2 ethtool tcpdump curl \
                 nftables netsniff-ng haproxy wrk python3-venv
@@ -41,10 +42,10 @@ $(STAMP)/venv: pyproject.toml | $(STAMP)/apt
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-bpf: $(BPF_OBJ)
-$(BPF_OBJ): $(BPF_SRC) | $(STAMP)/apt
+bpf: $(BPF_OBJS)
+$(BPF_OBJDIR)/%.bpf.o: bpf/%.bpf.c $(BPF_SRC) | $(STAMP)/apt
 	@mkdir -p $(dir $@)
-	$(CLANG) $(BPF_CFLAGS) -c bpf/carom.bpf.c -o $@
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 test: deps bpf
 	$(PY) -m pytest -q tests

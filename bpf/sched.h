@@ -25,7 +25,8 @@ static __always_inline struct real_info *usable_real(__u32 real_id)
 	if (!real_id)
 		return 0;
 	real = bpf_map_lookup_elem(&reals, &real_id);
-	if (!real || (real->flags & CAROM_REAL_UNUSABLE))
+	/* `reals` is an array: an id never written reads as zeros, family 0. */
+	if (!real || !real->family || (real->flags & CAROM_REAL_UNUSABLE))
 		return 0;
 	return real;
 }

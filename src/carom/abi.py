@@ -1,0 +1,326 @@
+"""Layouts and numbers shared with the C data plane (bpf/structs.h, bpf/consts.h).
+
+These definitions are written once here and *checked* against the BTF of the
+compiled object (carom.bpf.btfcheck), at load time and in the tests, so the C
+and Python sides can never drift apart silently (Katran's hand-kept copies did).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+import socket
+from typing import ClassVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Family(enum.IntEnum):
+    """enum carom_family: the family tag carried inside keys."""
+
+    IPV4 = 4
+    IPV6 = 6
+
+
+class Role(enum.IntEnum):
+    """enum carom_role: node_cfg.role."""
+
+    ACTIVE = 0
+    BACKUP = 1
+
+
+class CfgFlags(enum.IntFlag):
+    """enum carom_cfg_flags: node_cfg.flags."""
+
+    FRAG_PASS = 1
+
+
+class SvcFlags(enum.IntFlag):
+    """enum carom_svc_flags: svc_info.flags."""
+
+    PERSIST = 1
+
+
+class RealFlags(enum.IntFlag):
+    """enum carom_real_flags: real_info.flags."""
+
+    LOCAL = 1
+    UNUSABLE = 2
+
+
+class Method(enum.IntEnum):
+    """enum carom_method: real_info.method."""
+
+    DSR = 0
+    NAT = 1
+    TUNNEL = 2
+
+
+class ConnFlags(enum.IntFlag):
+    """enum carom_conn_flags: conn_val.flags."""
+
+    SYNCED = 1
+
+
+class Counter(enum.IntEnum):
+    """enum carom_counter: indices of the per-CPU `stats` map."""
+
+    RX = 0
+    PASS_NOT_IP = 1
+    PASS_NOT_VIP = 2
+    PASS_NO_SERVICE = 3
+    PASS_OTHER_PROTO = 4
+    PASS_BACKUP = 5
+    PASS_FRAGMENT = 6
+    PASS_LOCAL_REAL = 7
+    TX_DSR = 8
+    DROP_SHORT_ETH = 9
+    DROP_TRUNC_L3 = 10
+    DROP_BAD_L3 = 11
+    DROP_BAD_IHL = 12
+    DROP_TRUNC_L4 = 13
+    DROP_BAD_L4 = 14
+    DROP_IPV6_EXT = 15
+    DROP_FRAGMENT = 16
+    DROP_NO_REAL = 17
+    DROP_LOOP = 18
+    DROP_GROUP_MAC = 19
+    DROP_UNSUPPORTED = 20
+    CONN_HIT = 21
+    PERSIST_HIT = 22
+    NEW_FLOW = 23
+    SYN_RESCHEDULE = 24
+    CONN_EXPIRED = 25
+    CONN_REAL_GONE = 26
+
+
+COUNTER_MAX = 27  # CAROM_CNT__MAX
+
+
+class Verdict(enum.IntEnum):
+    """XDP return codes (linux/bpf.h enum xdp_action)."""
+
+    ABORTED = 0
+    DROP = 1
+    PASS = 2
+    TX = 3
+    REDIRECT = 4
+
+
+def verdict_of(reason: Counter) -> Verdict:
+    """The verdict a reason counter stands for (mirrors finish() in bpf/stats.h)."""
+    if reason <= Counter.PASS_LOCAL_REAL:
+        return Verdict.PASS
+    if reason == Counter.TX_DSR:
+        return Verdict.TX
+    return Verdict.DROP
+
+
+# Enums checked against BTF: C enum name -> (Python enum, prefix of C constants).
+ENUMS: dict[str, tuple[type[enum.IntEnum] | type[enum.IntFlag], str]] = {
+    "carom_family": (Family, "CAROM_FAMILY_"),
+    "carom_role": (Role, "CAROM_ROLE_"),
+    "carom_cfg_flags": (CfgFlags, "CAROM_CFG_"),
+    "carom_svc_flags": (SvcFlags, "CAROM_SVC_"),
+    "carom_real_flags": (RealFlags, "CAROM_REAL_"),
+    "carom_method": (Method, "CAROM_METHOD_"),
+    "carom_conn_flags": (ConnFlags, "CAROM_CONN_"),
+    "carom_counter": (Counter, "CAROM_CNT_"),
+}
+
+
+class Struct(ctypes.Structure):
+    """Base for map keys and values: byte conversion and keyword construction."""
+
+    _c_name_: ClassVar[str] = ""
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Struct:
+        return cls.from_buffer_copy(data[: ctypes.sizeof(cls)])
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and bytes(self) == bytes(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name, *_ in self._fields_)
+        return f"{type(self).__name__}({fields})"
+
+
+class Addr(Struct):
+    """struct carom_addr: IPv4 in w[0], network byte order."""
+
+    _c_name_ = "carom_addr"
+    _fields_ = [("w", ctypes.c_uint32 * 4)]
+
+    @classmethod
+    def of(cls, address: IPAddress) -> Addr:
+        raw = address.packed.ljust(16, b"\0")
+        return cls.from_buffer_copy(raw)  # type: ignore[return-value]
+
+    def to_ip(self, family: int) -> IPAddress:
+        raw = bytes(self)
+        if family == Family.IPV4:
+            return ipaddress.IPv4Address(raw[:4])
+        return ipaddress.IPv6Address(raw)
+
+    def __repr__(self) -> str:
+        raw = bytes(self)
+        if raw[4:] == bytes(12):
+            return f"Addr({socket.inet_ntop(socket.AF_INET, raw[:4])})"
+        return f"Addr({socket.inet_ntop(socket.AF_INET6, raw)})"
+
+
+class SvcKey(Struct):
+    _c_name_ = "svc_key"
+    _fields_ = [
+        ("vip", Addr),
+        ("port", ctypes.c_uint16),  # network byte order, 0 = all ports
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+    ]
+
+
+class SvcInfo(Struct):
+    _c_name_ = "svc_info"
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("persist_timeout_s", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class VipKey(Struct):
+    _c_name_ = "vip_key"
+    _fields_ = [("addr", Addr), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class RealInfo(Struct):
+    _c_name_ = "real_info"
+    _fields_ = [
+        ("addr", Addr),
+        ("mac", ctypes.c_uint8 * 6),
+        ("family", ctypes.c_uint8),
+        ("method", ctypes.c_uint8),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class MacKey(Struct):
+    _c_name_ = "mac_key"
+    _fields_ = [("mac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint8 * 2)]
+
+
+class FlowKey(Struct):
+    _c_name_ = "flow_key"
+    _fields_ = [
+        ("src", Addr),
+        ("dst", Addr),
+        ("sport", ctypes.c_uint16),  # network byte order
+        ("dport", ctypes.c_uint16),  # network byte order
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class ConnVal(Struct):
+    _c_name_ = "conn_val"
+    _fields_ = [
+        ("real_id", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("last_seen_ns", ctypes.c_uint64),
+    ]
+
+
+class PersistKey(Struct):
+    _c_name_ = "persist_key"
+    _fields_ = [
+        ("client", Addr),
+        ("svc_id", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class PersistVal(Struct):
+    _c_name_ = "persist_val"
+    _fields_ = [
+        ("real_id", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("last_seen_ns", ctypes.c_uint64),
+    ]
+
+
+class NodeCfg(Struct):
+    _c_name_ = "node_cfg"
+    _fields_ = [
+        ("role", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("maglev_size", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("tcp_idle_ns", ctypes.c_uint64),
+        ("udp_idle_ns", ctypes.c_uint64),
+    ]
+
+
+class TrafficCounter(Struct):
+    _c_name_ = "traffic_counter"
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+STRUCTS: tuple[type[Struct], ...] = (
+    Addr,
+    SvcKey,
+    SvcInfo,
+    VipKey,
+    RealInfo,
+    MacKey,
+    FlowKey,
+    ConnVal,
+    PersistKey,
+    PersistVal,
+    NodeCfg,
+    TrafficCounter,
+)
+
+# Map name -> (key type, value type). Value type None: a plain __u32 / __u64.
+U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
+MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = {
+    "node_cfg": (U32, NodeCfg),
+    "vip_addrs": (VipKey, U32),
+    "services": (SvcKey, SvcInfo),
+    "maglev": (U32, U32),
+    "reals": (U32, RealInfo),
+    "real_macs": (MacKey, U32),
+    "director_macs": (MacKey, U32),
+    "conn_table": (FlowKey, ConnVal),
+    "persist_table": (PersistKey, PersistVal),
+    "stats": (U32, U64),
+    "svc_stats": (U32, TrafficCounter),
+    "real_stats": (U32, TrafficCounter),
+}
+
+
+def family_of(address: IPAddress) -> Family:
+    return Family.IPV4 if address.version == 4 else Family.IPV6
+
+
+def mac_bytes(mac: str | bytes) -> bytes:
+    """'aa:bb:cc:dd:ee:ff' -> 6 bytes (bytes pass through, checked)."""
+    raw = bytes.fromhex(mac.replace(":", "").replace("-", "")) if isinstance(mac, str) else mac
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return raw
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)

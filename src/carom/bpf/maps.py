@@ -1,0 +1,134 @@
+"""Typed access to one BPF map: keys and values are abi.Struct or ctypes ints,
+per-CPU values come back as one value per CPU (or summed)."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from carom.bpf import libbpf
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+_PERCPU = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+_ARRAYS = {BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY}
+
+CType = Any  # a ctypes type: abi.Struct subclass or c_uint32/c_uint64
+
+
+def _pack(ctype: CType, value: Any) -> bytes:
+    if isinstance(value, int):
+        return bytes(ctype(value))
+    return bytes(value)
+
+
+def _unpack(ctype: CType, raw: bytes) -> Any:
+    obj = ctype.from_buffer_copy(raw[: ctypes.sizeof(ctype)])
+    return obj.value if isinstance(obj, ctypes._SimpleCData) else obj
+
+
+class TypedMap:
+    """A loaded map with its key and value types."""
+
+    def __init__(
+        self, name: str, fd: int, map_type: int, max_entries: int, key: CType, value: CType
+    ) -> None:
+        self.name = name
+        self.fd = fd
+        self.map_type = map_type
+        self.max_entries = max_entries
+        self.key_type = key
+        self.value_type = value
+        self.key_size = ctypes.sizeof(key)
+        self.value_size = ctypes.sizeof(value)
+        self.percpu = map_type in _PERCPU
+        self.is_array = map_type in _ARRAYS
+        self.ncpus = libbpf.num_possible_cpus() if self.percpu else 1
+        # Per-CPU values are laid out with each CPU's copy rounded up to 8 bytes.
+        self.slot_size = (self.value_size + 7) & ~7 if self.percpu else self.value_size
+
+    def _split(self, raw: bytes) -> list[Any]:
+        return [
+            _unpack(self.value_type, raw[i * self.slot_size : (i + 1) * self.slot_size])
+            for i in range(self.ncpus)
+        ]
+
+    def update(self, key: Any, value: Any, flags: int = libbpf.BPF_ANY) -> None:
+        raw = _pack(self.value_type, value)
+        if self.percpu:
+            raw = raw.ljust(self.slot_size, b"\0") * self.ncpus
+        libbpf.map_update(self.fd, _pack(self.key_type, key), raw, flags)
+
+    def lookup(self, key: Any) -> Any | None:
+        raw = libbpf.map_lookup(self.fd, _pack(self.key_type, key), self.slot_size * self.ncpus)
+        if raw is None:
+            return None
+        return self._split(raw) if self.percpu else _unpack(self.value_type, raw)
+
+    def delete(self, key: Any) -> bool:
+        return libbpf.map_delete(self.fd, _pack(self.key_type, key))
+
+    def keys(self) -> Iterator[Any]:
+        for raw in libbpf.map_keys(self.fd, self.key_size):
+            yield _unpack(self.key_type, raw)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """Every entry, dumped in batches (one syscall per 4096 entries)."""
+        for kraw, vraw in libbpf.map_lookup_batch(
+            self.fd, self.key_size, self.slot_size * self.ncpus, self.max_entries
+        ):
+            value = self._split(vraw) if self.percpu else _unpack(self.value_type, vraw)
+            yield _unpack(self.key_type, kraw), value
+
+    def update_batch(self, entries: Iterable[tuple[Any, Any]]) -> int:
+        """Write many entries in one syscall; returns how many."""
+        keys = bytearray()
+        values = bytearray()
+        n = 0
+        for k, v in entries:
+            keys += _pack(self.key_type, k)
+            raw = _pack(self.value_type, v)
+            if self.percpu:
+                raw = raw.ljust(self.slot_size, b"\0") * self.ncpus
+            values += raw
+            n += 1
+        libbpf.map_update_batch(self.fd, bytes(keys), bytes(values), n)
+        return n
+
+    def update_batch_raw(self, keys: bytes, values: bytes, count: int) -> None:
+        """Batch write of pre-packed keys and values (e.g. numpy arrays' bytes)."""
+        libbpf.map_update_batch(self.fd, keys, values, count)
+
+    def delete_batch(self, keys: Iterable[Any]) -> int:
+        packed = [_pack(self.key_type, k) for k in keys]
+        libbpf.map_delete_batch(self.fd, b"".join(packed), len(packed))
+        return len(packed)
+
+    def clear(self) -> None:
+        """Empty a hash map (arrays cannot be emptied; zero them instead)."""
+        if self.is_array:
+            raise TypeError(f"{self.name} is an array map")
+        keys = list(self.keys())
+        for i in range(0, len(keys), 4096):
+            self.delete_batch(keys[i : i + 4096])
+
+    def sum(self, key: Any) -> Any | None:
+        """A per-CPU value summed over CPUs (ints, or TrafficCounter-like structs)."""
+        vals = self.lookup(key)
+        if vals is None:
+            return None
+        return sum_percpu(vals)
+
+
+def sum_percpu(vals: list[Any]) -> Any:
+    if isinstance(vals[0], int):
+        return sum(vals)
+    total = type(vals[0])()
+    for name, *_ in total._fields_:
+        setattr(total, name, sum(getattr(v, name) for v in vals))
+    return total

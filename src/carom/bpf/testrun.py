@@ -1,0 +1,153 @@
+"""Running the real program on frames with BPF_PROG_TEST_RUN.
+
+Writes a logical model.State into the maps, runs one frame (or a repeated
+run for timing), and reads back what changed, in the same shape the reference
+model reports, so the two implementations can be compared field by field."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carom import abi
+from carom.bpf import libbpf
+from carom.bpf.loader import Dataplane, Limits
+from carom.bpf.maps import sum_percpu
+from carom.model.state import State
+
+
+@dataclass
+class Outcome:
+    """What one frame did, as either implementation reports it."""
+
+    verdict: abi.Verdict
+    frame: bytes
+    counters: Tally[abi.Counter] = field(default_factory=Tally)
+    svc_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
+    real_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
+    conns: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # real, flags, seen
+    persist: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # real, seen
+
+
+def seen_marker(last_seen_ns: int, run_start_ns: int) -> int:
+    """Timestamps written during the run become -1, older ones stay as they were:
+    the kernel's clock and the model's 'now' differ by microseconds."""
+    return -1 if last_seen_ns >= run_start_ns else last_seen_ns
+
+
+class TestRunner:
+    """A private (unpinned) instance of the program for frame-level runs."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits(
+            max_services=8, max_reals=64, maglev_size=1021, conn_table_size=4096,
+            persist_table_size=4096, max_vips=16,
+        )
+        self.dp = Dataplane.load(self.limits)
+
+    def close(self) -> None:
+        self.dp.close()
+
+    def write_state(self, state: State) -> None:
+        """Make the maps hold exactly `state` (and zero every counter)."""
+        dp = self.dp
+        for name in ("services", "vip_addrs", "real_macs", "director_macs", "conn_table",
+                     "persist_table"):
+            dp[name].clear()
+        if state.node is None:
+            dp["node_cfg"].update(0, abi.NodeCfg(role=int(abi.Role.BACKUP)))
+        else:
+            dp["node_cfg"].update(0, state.node.to_abi())
+        size = self.limits.maglev_size
+        zeros = np.zeros(self.limits.max_services * size, dtype=np.uint32)
+        for svc in state.services:
+            if len(svc.table) != size:
+                raise ValueError(f"service table has {len(svc.table)} slots, runner uses {size}")
+            zeros[svc.svc_id * size : (svc.svc_id + 1) * size] = svc.table
+        self._write_array("maglev", zeros)
+        empty_real = abi.RealInfo()
+        dp["reals"].update_batch(
+            (i, state.reals[i].info() if i in state.reals else empty_real)
+            for i in range(self.limits.max_reals)
+        )
+        for svc in state.services:
+            dp["services"].update(svc.key(), svc.info())
+        for vk in state.vip_keys():
+            dp["vip_addrs"].update(abi.VipKey.from_bytes(vk), 1)
+        for mk, rid in state.real_macs().items():
+            dp["real_macs"].update(abi.MacKey.from_bytes(mk), rid)
+        for mac in state.director_macs:
+            dp["director_macs"].update(abi.MacKey.from_buffer_copy(mac + b"\0\0"), 1)
+        for k, v in state.conns.items():
+            dp["conn_table"].update(abi.FlowKey.from_bytes(k), v)
+        for k, pv in state.persist.items():
+            dp["persist_table"].update(abi.PersistKey.from_bytes(k), pv)
+        self.zero_counters()
+
+    def _write_array(self, name: str, values: np.ndarray) -> None:
+        keys = np.arange(len(values), dtype=np.uint32)
+        self.dp[name].update_batch_raw(keys.tobytes(), values.astype(np.uint32).tobytes(), len(keys))
+
+    def zero_counters(self) -> None:
+        dp = self.dp
+        dp["stats"].update_batch((i, 0) for i in range(abi.COUNTER_MAX))
+        dp["svc_stats"].update_batch(
+            (i, abi.TrafficCounter()) for i in range(self.limits.max_services)
+        )
+        dp["real_stats"].update_batch(
+            (i, abi.TrafficCounter()) for i in range(self.limits.max_reals)
+        )
+
+    def run(self, frame: bytes, repeat: int = 1) -> tuple[abi.Verdict, bytes, int]:
+        """(verdict, output frame, mean ns per run)."""
+        retval, out, duration = libbpf.prog_test_run(self.dp.prog_fd, frame, repeat=repeat)
+        return abi.Verdict(retval), out, duration
+
+    def counters(self) -> Tally[abi.Counter]:
+        tally: Tally[abi.Counter] = Tally()
+        for idx, vals in self.dp["stats"].items():
+            total = sum(vals)
+            if total:
+                tally[abi.Counter(idx)] = total
+        return tally
+
+    def outcome(self, state: State, frame: bytes) -> Outcome:
+        """Write `state`, run `frame` once, and report everything that changed."""
+        self.write_state(state)
+        start = time.monotonic_ns()
+        verdict, out, _ = self.run(frame)
+        result = Outcome(verdict=verdict, frame=out, counters=self.counters())
+        for name, target in (("svc_stats", result.svc_traffic), ("real_stats", result.real_traffic)):
+            for idx, vals in self.dp[name].items():
+                tc = sum_percpu(vals)
+                if tc.packets:
+                    target[idx] = (tc.packets, tc.bytes)
+        for k, v in self.dp["conn_table"].items():
+            result.conns[k.to_bytes()] = (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+        for k, v in self.dp["persist_table"].items():
+            result.persist[k.to_bytes()] = (v.real_id, seen_marker(v.last_seen_ns, start))
+        return result
+
+
+def model_outcome(state: State, frame: bytes) -> Outcome:
+    """The reference model's Outcome for the same inputs (mutates `state`)."""
+    from carom.model.forward import decide
+
+    start = time.monotonic_ns()
+    d = decide(frame, state, start)
+    return Outcome(
+        verdict=d.verdict,
+        frame=d.frame,
+        counters=d.counters,
+        svc_traffic=d.svc_traffic,
+        real_traffic=d.real_traffic,
+        conns={k: (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+               for k, v in state.conns.items()},
+        persist={k: (v.real_id, seen_marker(v.last_seen_ns, start))
+                 for k, v in state.persist.items()},
+    )

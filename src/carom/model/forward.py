@@ -1,0 +1,319 @@
+"""The reference model: the forwarding decision of bpf/carom.bpf.c in Python.
+
+It is the spec and the test oracle. Every branch here has its twin in the C
+headers named in the comments; the shared packet table and the property tests
+run both and require the same verdict, output frame, counters and table
+changes. Keep the two in the same order: reviewers read them side by side."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+from carom import abi
+from carom.abi import Counter
+from carom.model.state import Real, Service, State
+from carom.sched.flowhash import flow_hash
+
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+IPV6_EXT = {0, 43, 60}  # hop-by-hop, routing, destination options
+IPPROTO_FRAGMENT = 44
+MAX_IPV6_EXT_HDRS = 4
+IPV6_EXT_OFF_LIMIT = 14 + 40 + 512
+NSEC_PER_SEC = 10**9
+LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
+U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+TCP_SYN, TCP_ACK = 0x02, 0x10
+
+
+@dataclass
+class Decision:
+    """What the program did with one frame."""
+
+    verdict: abi.Verdict
+    reason: Counter  # the verdict's reason counter
+    frame: bytes  # the frame as it leaves (unchanged unless TX)
+    counters: Tally[Counter] = field(default_factory=Tally)  # stats increments
+    svc_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (pkts, bytes)
+    real_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
+    real_id: int = 0  # chosen real, 0 if none
+
+
+class _Verdict(Exception):
+    def __init__(self, reason: Counter) -> None:
+        self.reason = reason
+
+
+@dataclass
+class _Packet:
+    family: abi.Family
+    src: bytes  # 16 bytes, IPv4 left-aligned
+    dst: bytes
+    l4_proto: int
+    l4_off: int
+    l4_end: int
+    fragment: bool = False
+    sport: int = 0  # network order as a little-endian u16 (the key's raw bytes)
+    dport: int = 0
+    tcp_flags: int = 0
+
+    def flow_key(self, sport: int | None = None, dport: int | None = None) -> bytes:
+        return (
+            self.src
+            + self.dst
+            + struct.pack(
+                "<HHBBxx",
+                self.sport if sport is None else sport,
+                self.dport if dport is None else dport,
+                self.l4_proto,
+                int(self.family),
+            )
+        )
+
+
+def _u16(frame: bytes, off: int) -> int:
+    return int.from_bytes(frame[off : off + 2], "big")
+
+
+def _parse_ipv4(frame: bytes) -> _Packet:  # parse.h parse_ipv4
+    n = len(frame)
+    if ETH_HLEN + 20 > n:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    if frame[ETH_HLEN] >> 4 != 4:
+        raise _Verdict(Counter.DROP_BAD_L3)
+    ihl = frame[ETH_HLEN] & 0xF
+    if ihl < 5:
+        raise _Verdict(Counter.DROP_BAD_IHL)
+    hlen = ihl * 4
+    if ETH_HLEN + hlen > n:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    tot = _u16(frame, ETH_HLEN + 2)
+    if tot < hlen:
+        raise _Verdict(Counter.DROP_BAD_L3)
+    if ETH_HLEN + tot > n:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    return _Packet(
+        family=abi.Family.IPV4,
+        src=frame[26:30] + bytes(12),
+        dst=frame[30:34] + bytes(12),
+        l4_proto=frame[ETH_HLEN + 9],
+        l4_off=ETH_HLEN + hlen,
+        l4_end=ETH_HLEN + tot,
+        fragment=(_u16(frame, ETH_HLEN + 6) & 0x3FFF) != 0,
+    )
+
+
+def _parse_ipv6(frame: bytes) -> _Packet:  # parse.h parse_ipv6
+    n = len(frame)
+    if ETH_HLEN + 40 > n:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    if frame[ETH_HLEN] >> 4 != 6:
+        raise _Verdict(Counter.DROP_BAD_L3)
+    plen = _u16(frame, ETH_HLEN + 4)
+    if ETH_HLEN + 40 + plen > n:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    return _Packet(
+        family=abi.Family.IPV6,
+        src=frame[22:38],
+        dst=frame[38:54],
+        l4_proto=frame[ETH_HLEN + 6],
+        l4_off=ETH_HLEN + 40,
+        l4_end=ETH_HLEN + 40 + plen,
+    )
+
+
+def _skip_ipv6_ext(frame: bytes, p: _Packet) -> None:  # parse.h skip_ipv6_ext
+    off, nxt, n = p.l4_off, p.l4_proto, len(frame)
+    for _ in range(MAX_IPV6_EXT_HDRS):
+        if off > IPV6_EXT_OFF_LIMIT:
+            raise _Verdict(Counter.DROP_IPV6_EXT)
+        if nxt in IPV6_EXT:
+            if off + 4 > n or off + 4 > p.l4_end:
+                raise _Verdict(Counter.DROP_TRUNC_L3)
+            nxt, off = frame[off], off + (frame[off + 1] + 1) * 8
+        elif nxt == IPPROTO_FRAGMENT:
+            if off + 8 > n or off + 8 > p.l4_end:
+                raise _Verdict(Counter.DROP_TRUNC_L3)
+            if _u16(frame, off + 2) & (0xFFF8 | 0x0001):
+                p.fragment = True
+            nxt, off = frame[off], off + 8
+        else:
+            break
+    if nxt in IPV6_EXT or nxt == IPPROTO_FRAGMENT:
+        raise _Verdict(Counter.DROP_IPV6_EXT)
+    if off > IPV6_EXT_OFF_LIMIT:
+        raise _Verdict(Counter.DROP_IPV6_EXT)
+    if off > p.l4_end:
+        raise _Verdict(Counter.DROP_TRUNC_L3)
+    p.l4_off, p.l4_proto = off, nxt
+
+
+def _parse_l4(frame: bytes, p: _Packet) -> None:  # parse.h parse_l4
+    off, n = p.l4_off, len(frame)
+    if off > IPV6_EXT_OFF_LIMIT:
+        raise _Verdict(Counter.DROP_IPV6_EXT)
+    if p.l4_proto == IPPROTO_TCP:
+        if off + 20 > n or off + 20 > p.l4_end:
+            raise _Verdict(Counter.DROP_TRUNC_L4)
+        doff = (frame[off + 12] >> 4) * 4
+        if doff < 20:
+            raise _Verdict(Counter.DROP_BAD_L4)
+        if off + doff > p.l4_end:
+            raise _Verdict(Counter.DROP_TRUNC_L4)
+        p.tcp_flags = frame[off + 13]
+    else:
+        if off + 8 > n or off + 8 > p.l4_end:
+            raise _Verdict(Counter.DROP_TRUNC_L4)
+        ulen = _u16(frame, off + 4)
+        if ulen < 8:
+            raise _Verdict(Counter.DROP_BAD_L4)
+        if off + ulen > p.l4_end:
+            raise _Verdict(Counter.DROP_TRUNC_L4)
+    # ports stay in network order, as the C key holds them
+    p.sport = int.from_bytes(frame[off : off + 2], "little")
+    p.dport = int.from_bytes(frame[off + 2 : off + 4], "little")
+
+
+def _usable(state: State, real_id: int) -> Real | None:  # sched.h usable_real
+    if not real_id:
+        return None
+    real = state.reals.get(real_id)
+    if real is None or not real.usable:
+        return None
+    return real
+
+
+def _persist_key(p: _Packet, svc: Service) -> bytes:
+    return p.src + struct.pack("<IBxxx", svc.svc_id, int(p.family))
+
+
+def _schedule(  # sched.h schedule
+    state: State, p: _Packet, svc: Service, now: int, tally: Tally[Counter]
+) -> tuple[int, Real]:
+    assert state.node is not None
+    node = state.node
+    syn = p.l4_proto == IPPROTO_TCP and (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+    idle = node.tcp_idle_ns if p.l4_proto == IPPROTO_TCP else node.udp_idle_ns
+    fkey = p.flow_key()
+    persistent = svc.persist_timeout_s > 0
+    pk = _persist_key(p, svc)
+
+    conn = state.conns.get(fkey)
+    if conn is not None:
+        if syn:
+            tally[Counter.SYN_RESCHEDULE] += 1
+        elif idle and (now - conn.last_seen_ns) & U64 > idle:
+            tally[Counter.CONN_EXPIRED] += 1
+        else:
+            real = _usable(state, conn.real_id)
+            if real is not None:
+                tally[Counter.CONN_HIT] += 1
+                if (now - conn.last_seen_ns) & U64 > LAST_SEEN_GRANULARITY_NS:
+                    conn.last_seen_ns = now
+                    if persistent:
+                        pv = state.persist.get(pk)
+                        if pv is not None and pv.real_id == conn.real_id:
+                            pv.last_seen_ns = now
+                return conn.real_id, real
+            tally[Counter.CONN_REAL_GONE] += 1
+
+    rid = 0
+    real = None
+    hkey = fkey
+    if persistent:
+        pv = state.persist.get(pk)
+        if pv is not None and (now - pv.last_seen_ns) & U64 <= svc.persist_timeout_s * NSEC_PER_SEC:
+            real = _usable(state, pv.real_id)
+            if real is not None:
+                rid = pv.real_id
+                pv.last_seen_ns = now
+                tally[Counter.PERSIST_HIT] += 1
+        hkey = p.flow_key(sport=0, dport=0)
+
+    if not rid:
+        size = node.maglev_size
+        if not size:
+            raise _Verdict(Counter.DROP_NO_REAL)
+        idx = (svc.svc_id * size + flow_hash(hkey) % size) & U32
+        row, slot = divmod(idx, size)
+        table = next((s.table for s in state.services if s.svc_id == row), None)
+        rid = int(table[slot]) if table is not None and slot < len(table) else 0
+        real = _usable(state, rid)
+        if real is None:
+            raise _Verdict(Counter.DROP_NO_REAL)
+        tally[Counter.NEW_FLOW] += 1
+        if persistent:
+            state.persist[pk] = abi.PersistVal(real_id=rid, last_seen_ns=now)
+
+    assert real is not None
+    state.conns[fkey] = abi.ConnVal(real_id=rid, flags=0, last_seen_ns=now)
+    return rid, real
+
+
+def decide(frame: bytes, state: State, now_ns: int) -> Decision:
+    """Run one frame through the model. Mutates state.conns and state.persist."""
+    tally: Tally[Counter] = Tally()
+    tally[Counter.RX] += 1
+    result = Decision(verdict=abi.Verdict.PASS, reason=Counter.RX, frame=frame, counters=tally)
+    try:
+        _decide(frame, state, now_ns, result)
+    except _Verdict as v:
+        result.reason = v.reason
+    result.verdict = abi.verdict_of(result.reason)
+    tally[result.reason] += 1
+    return result
+
+
+def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # carom.bpf.c
+    tally = result.counters
+    if len(frame) < ETH_HLEN:
+        raise _Verdict(Counter.DROP_SHORT_ETH)
+    eth_proto = _u16(frame, 12)
+    if eth_proto == ETH_P_IP:
+        p = _parse_ipv4(frame)
+    elif eth_proto == ETH_P_IPV6:
+        p = _parse_ipv6(frame)
+    else:
+        raise _Verdict(Counter.PASS_NOT_IP)
+
+    vip = abi.VipKey.from_buffer_copy(p.dst + bytes([int(p.family)]) + bytes(3)).to_bytes()
+    if vip not in state.vip_keys():
+        raise _Verdict(Counter.PASS_NOT_VIP)
+    if state.node is None or state.node.role != abi.Role.ACTIVE:
+        raise _Verdict(Counter.PASS_BACKUP)
+    if p.family == abi.Family.IPV6:
+        _skip_ipv6_ext(frame, p)
+    if p.fragment:
+        raise _Verdict(Counter.PASS_FRAGMENT if state.node.frag_pass else Counter.DROP_FRAGMENT)
+    if p.l4_proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        raise _Verdict(Counter.PASS_OTHER_PROTO)
+    _parse_l4(frame, p)
+
+    services = state.service_map()
+    svc = services.get(p.dst + struct.pack("<HBB", p.dport, p.l4_proto, int(p.family)))
+    if svc is None:
+        svc = services.get(p.dst + struct.pack("<HBB", 0, p.l4_proto, int(p.family)))
+    if svc is None:
+        raise _Verdict(Counter.PASS_NO_SERVICE)
+
+    if frame[0] & 1:
+        raise _Verdict(Counter.DROP_GROUP_MAC)
+    if frame[6:12] + b"\0\0" in state.real_macs():
+        raise _Verdict(Counter.DROP_LOOP)
+
+    rid, real = _schedule(state, p, svc, now, tally)
+    result.real_id = rid
+    n = len(frame)
+    result.svc_traffic[svc.svc_id] = (1, n)
+    result.real_traffic[rid] = (1, n)
+    if real.local:
+        raise _Verdict(Counter.PASS_LOCAL_REAL)
+    if real.method != abi.Method.DSR:
+        raise _Verdict(Counter.DROP_UNSUPPORTED)
+    result.frame = real.mac + frame[0:6] + frame[12:]  # forward_dsr.h
+    raise _Verdict(Counter.TX_DSR)

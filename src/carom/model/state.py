@@ -1,0 +1,116 @@
+"""The logical state of the data plane: what the maps hold, as Python values.
+
+The reference model decides on it directly; the packet-table harness and the
+daemon write it into the real maps. Keys are the abi structs' bytes, so the
+model and the kernel agree on identity down to the padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carom import abi
+
+
+@dataclass
+class Node:
+    """node_cfg[0]."""
+
+    role: abi.Role = abi.Role.ACTIVE
+    frag_pass: bool = False  # pass fragments to a VIP instead of dropping them
+    maglev_size: int = 13  # slots per service row
+    tcp_idle_ns: int = 900 * 10**9  # idle TCP entries are rescheduled
+    udp_idle_ns: int = 300 * 10**9  # idle UDP entries are rescheduled
+
+    def to_abi(self) -> abi.NodeCfg:
+        return abi.NodeCfg(
+            role=int(self.role),
+            flags=int(abi.CfgFlags.FRAG_PASS) if self.frag_pass else 0,
+            maglev_size=self.maglev_size,
+            tcp_idle_ns=self.tcp_idle_ns,
+            udp_idle_ns=self.udp_idle_ns,
+        )
+
+
+@dataclass
+class Service:
+    """One services entry and its Maglev row."""
+
+    vip: abi.IPAddress
+    proto: int  # 6 or 17
+    port: int  # host order; 0 = all ports
+    svc_id: int
+    table: np.ndarray  # uint32 real ids, length Node.maglev_size
+    persist_timeout_s: int = 0  # 0 = no persistence
+
+    @property
+    def family(self) -> abi.Family:
+        return abi.family_of(self.vip)
+
+    def key(self) -> abi.SvcKey:
+        return abi.SvcKey(
+            vip=abi.Addr.of(self.vip),
+            port=int.from_bytes(self.port.to_bytes(2, "big"), "little"),
+            proto=self.proto,
+            family=int(self.family),
+        )
+
+    def info(self) -> abi.SvcInfo:
+        flags = int(abi.SvcFlags.PERSIST) if self.persist_timeout_s else 0
+        return abi.SvcInfo(id=self.svc_id, flags=flags, persist_timeout_s=self.persist_timeout_s)
+
+
+@dataclass
+class Real:
+    """One reals entry."""
+
+    real_id: int
+    address: abi.IPAddress
+    mac: bytes = bytes(6)  # resolved from the neighbour table
+    local: bool = False  # this node itself
+    usable: bool = True  # False: no resolved MAC, never forwarded to
+    method: abi.Method = abi.Method.DSR
+
+    def info(self) -> abi.RealInfo:
+        flags = (abi.RealFlags.LOCAL if self.local else 0) | (
+            0 if self.usable else abi.RealFlags.UNUSABLE
+        )
+        info = abi.RealInfo(
+            addr=abi.Addr.of(self.address),
+            family=int(abi.family_of(self.address)),
+            method=int(self.method),
+            flags=int(flags),
+        )
+        info.mac[:] = list(self.mac)
+        return info
+
+
+@dataclass
+class State:
+    """Everything the forwarding decision reads or writes."""
+
+    node: Node | None = field(default_factory=Node)
+    services: list[Service] = field(default_factory=list)
+    reals: dict[int, Real] = field(default_factory=dict)
+    # conn_table and persist_table, keyed by the packed abi key bytes
+    conns: dict[bytes, abi.ConnVal] = field(default_factory=dict)
+    persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
+    director_macs: set[bytes] = field(default_factory=set)
+
+    def vip_keys(self) -> set[bytes]:
+        return {
+            abi.VipKey(addr=abi.Addr.of(s.vip), family=int(s.family)).to_bytes()
+            for s in self.services
+        }
+
+    def real_macs(self) -> dict[bytes, int]:
+        """MAC of every remote real: VIP frames from one of them are a loop."""
+        return {
+            abi.MacKey.from_buffer_copy(r.mac + b"\0\0").to_bytes(): rid
+            for rid, r in self.reals.items()
+            if not r.local and r.mac != bytes(6)
+        }
+
+    def service_map(self) -> dict[bytes, Service]:
+        return {s.key().to_bytes(): s for s in self.services}
