@@ -143,7 +143,7 @@ class Struct(ctypes.Structure):
         return cls.from_buffer_copy(data[: ctypes.sizeof(cls)])
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and bytes(self) == bytes(other)  # type: ignore[arg-type]
+        return type(other) is type(self) and bytes(self) == bytes(other)
 
     def __hash__(self) -> int:
         return hash(bytes(self))
@@ -162,7 +162,7 @@ class Addr(Struct):
     @classmethod
     def of(cls, address: IPAddress) -> Addr:
         raw = address.packed.ljust(16, b"\0")
-        return cls.from_buffer_copy(raw)  # type: ignore[return-value]
+        return cls.from_buffer_copy(raw)
 
     def to_ip(self, family: int) -> IPAddress:
         raw = bytes(self)

@@ -39,7 +39,7 @@ def check_abi(btf: Btf) -> None:
             problems.append(f"enum {cname}: not in BTF")
             continue
         cvals = {k.removeprefix(prefix): v for k, v in cvals.items() if not k.endswith("__MAX")}
-        pyvals = {m.name: int(m.value) for m in pyenum}  # type: ignore[attr-defined]
+        pyvals = {m.name: int(m.value) for m in pyenum}
         if cvals != pyvals:
             problems.append(f"enum {cname}: C {cvals}, Python {pyvals}")
     try:

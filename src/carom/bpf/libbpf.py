@@ -83,7 +83,11 @@ class XdpAttachOpts(ctypes.Structure):
 class MapBatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts."""
 
-    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
 
 
 class BtfType(ctypes.Structure):
@@ -93,7 +97,11 @@ class BtfType(ctypes.Structure):
 
 
 class BtfMember(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+    _fields_ = [
+        ("name_off", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("offset", ctypes.c_uint32),
+    ]
 
 
 class BtfEnum(ctypes.Structure):
@@ -150,7 +158,7 @@ _btf_resolve_size = _sig("btf__resolve_size", _c.c_int64, _vp, _c.c_uint32)
 _print_state = threading.local()
 
 
-@_PRINT_FN
+@_PRINT_FN  # type: ignore[untyped-decorator]
 def _print_cb(level: int, fmt: bytes, args: int) -> int:
     # The message is a printf format with a va_list: format it with vsnprintf.
     buf = ctypes.create_string_buffer(4096)
@@ -354,15 +362,23 @@ def map_delete_batch(fd: int, keys: bytes, count: int) -> None:
 
 
 def map_lookup_batch(
-    fd: int, key_size: int, value_size: int, max_entries: int, chunk: int = 4096
+    fd: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    chunk: int = 4096,
+    after: bytes | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """Dump a hash or array map in chunks with BPF_MAP_LOOKUP_BATCH.
 
     value_size is the full per-key size (for per-CPU maps: ncpus * rounded size).
+    `after`: for arrays, start after this key (the kernel's batch cursor).
     """
     in_batch = ctypes.create_string_buffer(max(key_size, 8))
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
-    first = True
+    first = after is None
+    if after is not None:
+        ctypes.memmove(in_batch, after, len(after))
     chunk = max(1, min(chunk, max_entries))
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
@@ -370,7 +386,12 @@ def map_lookup_batch(
     while True:
         n = ctypes.c_uint32(chunk)
         rc = _lookup_batch(
-            fd, None if first else in_batch, out_batch, keys, values, ctypes.byref(n),
+            fd,
+            None if first else in_batch,
+            out_batch,
+            keys,
+            values,
+            ctypes.byref(n),
             ctypes.byref(opts),
         )
         err = ctypes.get_errno() if rc < 0 else 0

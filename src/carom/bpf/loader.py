@@ -64,7 +64,7 @@ def _is_bpffs(path: str) -> bool:
     buf = Statfs()
     if _libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
         return False
-    return (buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+    return bool((buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -152,9 +152,7 @@ class Dataplane:
                 if m.name not in abi.MAPS or m.name.startswith("."):
                     continue
                 key, value = abi.MAPS[m.name]
-                dp.maps[m.name] = TypedMap(
-                    m.name, m.fd, m.map_type, m.max_entries, key, value
-                )
+                dp.maps[m.name] = TypedMap(m.name, m.fd, m.map_type, m.max_entries, key, value)
             return dp
         except BaseException:
             obj.close()
@@ -198,7 +196,9 @@ class Dataplane:
                 if mode == "auto" and m == "native":
                     log.warning(
                         "native XDP failed on %s (%s); falling back to generic mode, "
-                        "which is much slower", ifname, exc.strerror,
+                        "which is much slower",
+                        ifname,
+                        exc.strerror,
                     )
                 continue
             finally:
@@ -219,7 +219,10 @@ class Dataplane:
 def current_xdp(ifindex: int) -> dict[str, int]:
     """XDP programs attached to an interface, by mode."""
     out = {}
-    for mode, flags in (("native", libbpf.XDP_FLAGS_DRV_MODE), ("generic", libbpf.XDP_FLAGS_SKB_MODE)):
+    for mode, flags in (
+        ("native", libbpf.XDP_FLAGS_DRV_MODE),
+        ("generic", libbpf.XDP_FLAGS_SKB_MODE),
+    ):
         prog_id = libbpf.xdp_query_id(ifindex, flags)
         if prog_id:
             out[mode] = prog_id

@@ -85,6 +85,34 @@ class TypedMap:
             value = self._split(vraw) if self.percpu else _unpack(self.value_type, vraw)
             yield _unpack(self.key_type, kraw), value
 
+    def read_range(self, start: int, count: int) -> bytes:
+        """Raw values of array indices start..start+count-1, in batched reads."""
+        if not self.is_array or self.percpu:
+            raise TypeError(f"{self.name}: read_range is for plain arrays")
+        out = bytearray()
+        after = None if start == 0 else _pack(self.key_type, start - 1)
+        for _, vraw in libbpf.map_lookup_batch(
+            self.fd,
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            chunk=min(count, 65536),
+            after=after,
+        ):
+            out += vraw
+            if len(out) >= count * self.value_size:
+                break
+        return bytes(out[: count * self.value_size])
+
+    def count(self) -> int:
+        """Number of entries (batched dump; for hash maps)."""
+        return sum(
+            1
+            for _ in libbpf.map_lookup_batch(
+                self.fd, self.key_size, self.slot_size * self.ncpus, self.max_entries
+            )
+        )
+
     def update_batch(self, entries: Iterable[tuple[Any, Any]]) -> int:
         """Write many entries in one syscall; returns how many."""
         keys = bytearray()

@@ -45,8 +45,12 @@ class TestRunner:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits(
-            max_services=8, max_reals=64, maglev_size=1021, conn_table_size=4096,
-            persist_table_size=4096, max_vips=16,
+            max_services=8,
+            max_reals=64,
+            maglev_size=1021,
+            conn_table_size=4096,
+            persist_table_size=4096,
+            max_vips=16,
         )
         self.dp = Dataplane.load(self.limits)
 
@@ -56,8 +60,14 @@ class TestRunner:
     def write_state(self, state: State) -> None:
         """Make the maps hold exactly `state` (and zero every counter)."""
         dp = self.dp
-        for name in ("services", "vip_addrs", "real_macs", "director_macs", "conn_table",
-                     "persist_table"):
+        for name in (
+            "services",
+            "vip_addrs",
+            "real_macs",
+            "director_macs",
+            "conn_table",
+            "persist_table",
+        ):
             dp[name].clear()
         if state.node is None:
             dp["node_cfg"].update(0, abi.NodeCfg(role=int(abi.Role.BACKUP)))
@@ -91,7 +101,9 @@ class TestRunner:
 
     def _write_array(self, name: str, values: np.ndarray) -> None:
         keys = np.arange(len(values), dtype=np.uint32)
-        self.dp[name].update_batch_raw(keys.tobytes(), values.astype(np.uint32).tobytes(), len(keys))
+        self.dp[name].update_batch_raw(
+            keys.tobytes(), values.astype(np.uint32).tobytes(), len(keys)
+        )
 
     def zero_counters(self) -> None:
         dp = self.dp
@@ -122,7 +134,10 @@ class TestRunner:
         start = time.monotonic_ns()
         verdict, out, _ = self.run(frame)
         result = Outcome(verdict=verdict, frame=out, counters=self.counters())
-        for name, target in (("svc_stats", result.svc_traffic), ("real_stats", result.real_traffic)):
+        for name, target in (
+            ("svc_stats", result.svc_traffic),
+            ("real_stats", result.real_traffic),
+        ):
             for idx, vals in self.dp[name].items():
                 tc = sum_percpu(vals)
                 if tc.packets:
@@ -146,8 +161,11 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
         counters=d.counters,
         svc_traffic=d.svc_traffic,
         real_traffic=d.real_traffic,
-        conns={k: (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
-               for k, v in state.conns.items()},
-        persist={k: (v.real_id, seen_marker(v.last_seen_ns, start))
-                 for k, v in state.persist.items()},
+        conns={
+            k: (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+            for k, v in state.conns.items()
+        },
+        persist={
+            k: (v.real_id, seen_marker(v.last_seen_ns, start)) for k, v in state.persist.items()
+        },
     )

@@ -82,7 +82,7 @@ def _u16(frame: bytes, off: int) -> int:
 
 def _parse_ipv4(frame: bytes) -> _Packet:  # parse.h parse_ipv4
     n = len(frame)
-    if ETH_HLEN + 20 > n:
+    if n < ETH_HLEN + 20:
         raise _Verdict(Counter.DROP_TRUNC_L3)
     if frame[ETH_HLEN] >> 4 != 4:
         raise _Verdict(Counter.DROP_BAD_L3)
@@ -110,7 +110,7 @@ def _parse_ipv4(frame: bytes) -> _Packet:  # parse.h parse_ipv4
 
 def _parse_ipv6(frame: bytes) -> _Packet:  # parse.h parse_ipv6
     n = len(frame)
-    if ETH_HLEN + 40 > n:
+    if n < ETH_HLEN + 40:
         raise _Verdict(Counter.DROP_TRUNC_L3)
     if frame[ETH_HLEN] >> 4 != 6:
         raise _Verdict(Counter.DROP_BAD_L3)

@@ -1,0 +1,205 @@
+"""Daemon commands: run, status, reload, stop, explain, detach."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from carom.daemon import control
+
+
+def _socket(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    if args.config:
+        from carom.config.load import load_config
+        from carom.daemon.app import socket_of
+
+        return socket_of(load_config(args.config))
+    return control.default_socket()
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="config file (to find the daemon's socket)")
+    p.add_argument("--socket", help="control socket path (default /run/carom/default.sock)")
+
+
+def _ask(args: argparse.Namespace, command: str, **kw: Any) -> dict[str, Any] | None:
+    try:
+        reply = control.request(_socket(args), command, **kw)
+    except (ConnectionError, OSError) as exc:
+        print(f"carom: {exc}", file=sys.stderr)
+        return None
+    if not reply.get("ok"):
+        print(f"carom: {reply.get('error')}", file=sys.stderr)
+        return None
+    return reply
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from carom.daemon import logs
+    from carom.daemon.app import run
+
+    logs.setup(args.log_format, args.verbose)
+    return run(args.config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from carom.config.load import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for w in cfg.warnings():
+        print(f"warning: {w}")
+    print(f"{args.config}: valid ({len(cfg.services)} services)")
+    return 0
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return f"{n:.1f}TiB"
+
+
+def render_status(st: dict[str, Any]) -> str:
+    ifaces = ", ".join(f"{i['name']} ({i['mode']})" for i in st["interfaces"]) or "none"
+    lines = [
+        f"carom instance {st['instance']} (pid {st['pid']}, up {st['uptime_s']}s, "
+        f"role {st['role']}{', adopted a running data plane' if st['adopted'] else ''})",
+        f"XDP on: {ifaces}    Maglev table: {st['maglev_size']} slots    "
+        f"connections: {st['connections'] if st['connections'] is not None else 'n/a'}",
+        "",
+    ]
+    for s in st["services"]:
+        persist = f", persistence {s['persistence_timeout']}s" if s["persistence_timeout"] else ""
+        lines.append(
+            f"service {s['name']}  {s['vip']}:{s['port']}/{s['protocol']}{persist}  "
+            f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
+        )
+        for r in s["reals"]:
+            mac = r["mac"] or "-"
+            detail = f"  ({r['detail']})" if r["state"] != "up" and r["detail"] else ""
+            lines.append(
+                f"  {r['address']:<22} w={r['weight']:<4} {r['state']:<10} {mac:<17} "
+                f"{r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}{detail}"
+            )
+        if not s["reals"]:
+            lines.append("  (no reals: new connections are dropped)")
+    if st["draining"]:
+        lines.append("")
+        lines.append("draining (removed from the config, established flows continue):")
+        for d in st["draining"]:
+            lines.append(f"  {d['address']}  {d['packets']} pkts")
+    lines.append("")
+    lines.append("counters: " + "  ".join(f"{k}={v}" for k, v in st["counters"].items() if v))
+    lr = st.get("last_reload") or {}
+    if lr:
+        state = "ok" if lr.get("ok") else f"FAILED: {lr.get('error')}"
+        lines.append(f"last apply: {state}, {lr.get('writes', 0)} map writes")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _ask(args, "status")
+    if reply is None:
+        return 1
+    if args.json:
+        print(json.dumps(reply["status"], indent=2))
+    else:
+        print(render_status(reply["status"]))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _ask(args, "reload")
+    if reply is None:
+        return 1
+    print(f"reloaded: {reply['writes']} map writes in {reply['seconds'] * 1000:.1f} ms")
+    for w in reply.get("warnings", []):
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    reply = _ask(args, "stop", detach=args.detach)
+    if reply is None:
+        return 1
+    if args.detach:
+        print("stopping: XDP will be detached and maps unpinned")
+    else:
+        print("stopping the daemon; the data plane keeps forwarding")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    """Remove a data plane whose daemon is not running."""
+    from carom.bpf import loader
+    from carom.config.load import load_config
+    from carom.daemon.app import pin_dir_of
+
+    cfg = load_config(args.config)
+    for ifname in cfg.interfaces:
+        try:
+            found = loader.detach(ifname)
+            print(f"{ifname}: {'detached' if found else 'no carom program attached'}")
+        except OSError as exc:
+            print(f"{ifname}: {exc}", file=sys.stderr)
+    loader.unpin(pin_dir_of(cfg))
+    print(f"unpinned {pin_dir_of(cfg)}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    reply = _ask(args, "explain", client=args.client, service=args.service, syn=args.syn)
+    if reply is None:
+        return 1
+    print(json.dumps(reply["explain"], indent=2) if args.json else reply["text"])
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the daemon with a config file")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--log-format", choices=["logfmt", "json"], default="logfmt")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file without applying it")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("status", help="services, reals and live counters")
+    _add_target(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("reload", help="re-read the config and apply the difference")
+    _add_target(p)
+    p.set_defaults(handler=cmd_reload)
+
+    p = sub.add_parser("stop", help="stop the daemon (the data plane keeps forwarding)")
+    _add_target(p)
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="also detach XDP and unpin the maps (interrupts traffic)",
+    )
+    p.set_defaults(handler=cmd_stop)
+
+    p = sub.add_parser("detach", help="remove the data plane when no daemon runs")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(handler=cmd_detach)
+
+    p = sub.add_parser("explain", help="which real server a flow goes to, and why")
+    _add_target(p)
+    p.add_argument("client", help="CLIENT:PORT (IPv6: [ADDR]:PORT)")
+    p.add_argument("service", help="VIP:PORT/PROTO, e.g. 192.0.2.100:80/tcp")
+    p.add_argument("--syn", action="store_true", help="explain a new connection (TCP SYN)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_explain)

@@ -1,0 +1,130 @@
+"""Real servers' MAC addresses, from the kernel's neighbour table only.
+
+Field note 4: a balancer that learns next hops from the source MAC of traffic
+breaks behind NIC teaming. carom asks the kernel (ARP/NDP) instead: it requests
+resolution with NTF_USE, which also makes the kernel revalidate stale entries,
+so a real whose MAC changes is noticed even though XDP bypasses the kernel's
+own use of the entry."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_USE
+
+log = logging.getLogger("carom.neighbours")
+
+NUD_INCOMPLETE = 0x01
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
+NUD_FAILED = 0x20
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+_VALID = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """What the kernel knows about one real server's link-layer address."""
+
+    address: Address
+    ifname: str | None  # interface the route to it uses
+    mac: bytes | None  # resolved MAC, None while unknown
+    state: str  # reachable | stale | probing | incomplete | failed | no-route | via-gateway
+    detail: str = ""  # why it is not usable, in an operator's words
+
+    @property
+    def resolved(self) -> bool:
+        return self.mac is not None
+
+
+def _state_name(nud: int) -> str:
+    if nud & NUD_REACHABLE or nud & NUD_PERMANENT:
+        return "reachable"
+    if nud & NUD_STALE:
+        return "stale"
+    if nud & (NUD_DELAY | NUD_PROBE):
+        return "probing"
+    if nud & NUD_FAILED:
+        return "failed"
+    return "incomplete"
+
+
+class NeighbourTable:
+    """Synchronous netlink access; the daemon calls it from a worker thread."""
+
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def ifname(self, ifindex: int) -> str | None:
+        links = self.ipr.get_links(ifindex)
+        return links[0].get_attr("IFLA_IFNAME") if links else None
+
+    def _route(self, address: Address) -> tuple[int | None, str | None]:
+        try:
+            routes: list[Any] = self.ipr.route("get", dst=str(address))
+        except NetlinkError:
+            return None, None
+        if not routes:
+            return None, None
+        return routes[0].get_attr("RTA_OIF"), routes[0].get_attr("RTA_GATEWAY")
+
+    def lookup(self, address: Address, request: bool = True) -> Neighbour:
+        """Current neighbour state of `address`; asks the kernel to (re)resolve it."""
+        oif, gateway = self._route(address)
+        if oif is None:
+            return Neighbour(address, None, None, "no-route", "no route to this address")
+        ifname = self.ifname(oif)
+        if gateway:
+            return Neighbour(
+                address,
+                ifname,
+                None,
+                "via-gateway",
+                f"reached via gateway {gateway}: DSR needs the real server on a directly "
+                "connected layer-2 segment",
+            )
+        entry = None
+        family = 2 if address.version == 4 else 10
+        for n in self.ipr.get_neighbours(family=family, ifindex=oif):
+            if n.get_attr("NDA_DST") == str(address):
+                entry = n
+                break
+        if request and (entry is None or not entry["state"] & NUD_REACHABLE):
+            self.request(address, oif)
+        if entry is None:
+            return Neighbour(address, ifname, None, "incomplete", "resolution in progress")
+        state = entry["state"]
+        lladdr = entry.get_attr("NDA_LLADDR")
+        if state & _VALID and lladdr:
+            return Neighbour(
+                address, ifname, bytes.fromhex(lladdr.replace(":", "")), _state_name(state)
+            )
+        if state & NUD_FAILED:
+            return Neighbour(
+                address,
+                ifname,
+                None,
+                "failed",
+                "no ARP/NDP answer: the host is down or not on this segment",
+            )
+        return Neighbour(address, ifname, None, _state_name(state), "resolution in progress")
+
+    def request(self, address: Address, ifindex: int) -> None:
+        """NTF_USE: the kernel starts (or refreshes) resolution, sending nothing else."""
+        try:
+            self.ipr.neigh("replace", dst=str(address), ifindex=ifindex, flags=NTF_USE)
+        except NetlinkError as exc:
+            log.debug("neighbour request for %s failed: %s", address, exc)

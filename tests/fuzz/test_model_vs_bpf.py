@@ -1,0 +1,146 @@
+"""Property tests: for random and mutated frames, the reference model and the
+compiled program must agree on everything: verdict, output frame, counters,
+traffic counters and the connection and persistence tables afterwards."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from carom import abi
+from carom.bpf.testrun import TestRunner, model_outcome
+from carom.model.state import State
+from tests.packets.cases import (
+    CASES,
+    CLIENT,
+    DIRECTOR_MAC,
+    REALS,
+    ROUTER_MAC,
+    VIP,
+    VIP6,
+    VIP_ALL_PORTS,
+    VIP_PERSIST,
+    base_state,
+    flow_key,
+)
+
+pytestmark = pytest.mark.root
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def assert_same(runner: TestRunner, state: State, frame: bytes) -> None:
+    if len(frame) < 14:  # the kernel refuses these before XDP runs
+        return
+    want = model_outcome(copy.deepcopy(state), frame)
+    got = runner.outcome(copy.deepcopy(state), frame)
+    assert got.verdict == want.verdict
+    assert got.frame == want.frame
+    assert dict(got.counters) == dict(want.counters)
+    assert got.svc_traffic == want.svc_traffic
+    assert got.real_traffic == want.real_traffic
+    assert got.conns == want.conns
+    assert got.persist == want.persist
+
+
+@given(data=st.binary(min_size=14, max_size=160))
+@FUZZ
+def test_random_bytes(bpf_runner: TestRunner, data: bytes) -> None:
+    assert_same(bpf_runner, base_state(), data)
+
+
+@given(
+    data=st.binary(min_size=0, max_size=120), ethertype=st.sampled_from([b"\x08\x00", b"\x86\xdd"])
+)
+@FUZZ
+def test_random_ip_payload(bpf_runner: TestRunner, data: bytes, ethertype: bytes) -> None:
+    head = abi.mac_bytes(DIRECTOR_MAC) + abi.mac_bytes(ROUTER_MAC) + ethertype
+    assert_same(bpf_runner, base_state(), head + data)
+
+
+mutation = st.tuples(st.integers(min_value=0, max_value=200), st.integers(0, 255))
+
+
+@given(
+    case=st.sampled_from([c for c in CASES if c.kernel]),
+    flips=st.lists(mutation, max_size=4),
+    cut=st.one_of(st.none(), st.integers(min_value=14, max_value=200)),
+    extend=st.binary(max_size=16),
+)
+@FUZZ
+def test_mutated_cases(bpf_runner: TestRunner, case, flips, cut, extend) -> None:  # type: ignore[no-untyped-def]
+    frame = bytearray(case.frame)
+    for pos, val in flips:
+        if pos < len(frame):
+            frame[pos] = val
+    out = bytes(frame[:cut] if cut else frame) + extend
+    state = base_state()
+    case.setup(state, 0)  # times relative to 0: entries look very old, also a valid state
+    assert_same(bpf_runner, state, out)
+
+
+@given(
+    v6=st.booleans(),
+    udp=st.booleans(),
+    vip=st.sampled_from([VIP, VIP_ALL_PORTS, VIP_PERSIST, "192.0.2.77"]),
+    dport=st.sampled_from([80, 53, 443, 22, 8443]),
+    sport=st.integers(1, 65535),
+    client=st.integers(1, 2**32 - 1),
+    flags=st.sampled_from(["S", "SA", "A", "PA", "F", "R"]),
+    seeded_real=st.one_of(st.none(), st.sampled_from(list(REALS)), st.just(99)),
+    age_s=st.sampled_from([0.0, 0.5, 2.0, 400.0, 5000.0]),
+    unusable=st.sets(st.sampled_from(list(REALS))),
+    role=st.sampled_from(list(abi.Role)),
+)
+@FUZZ
+def test_structured_flows(
+    bpf_runner: TestRunner,
+    v6,
+    udp,
+    vip,
+    dport,
+    sport,
+    client,
+    flags,  # type: ignore[no-untyped-def]
+    seeded_real,
+    age_s,
+    unusable,
+    role,
+) -> None:
+    if v6:
+        l3 = IPv6(src=str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), dst=VIP6)
+    else:
+        l3 = IP(src=str(ipaddress.IPv4Address(client)), dst=vip)
+    l4 = UDP(sport=sport, dport=dport) if udp else TCP(sport=sport, dport=dport, flags=flags)
+    frame = bytes(Ether(src=ROUTER_MAC, dst=DIRECTOR_MAC) / l3 / l4 / b"payload")
+    state = base_state()
+    assert state.node is not None
+    state.node.role = role
+    import time
+
+    now = time.monotonic_ns()
+    if seeded_real is not None:
+        state.conns[flow_key(frame)] = abi.ConnVal(
+            real_id=seeded_real, last_seen_ns=now - int(age_s * 1e9)
+        )
+    if not v6 and vip == VIP_PERSIST and seeded_real is not None:
+        from tests.packets.cases import persist_key
+
+        state.persist[persist_key(str(l3.src), 4)] = abi.PersistVal(
+            real_id=seeded_real, last_seen_ns=now - int(age_s * 1e9)
+        )
+    for rid in unusable:
+        state.reals[rid].usable = False
+    assert_same(bpf_runner, state, frame)
+    _ = CLIENT
