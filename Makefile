@@ -8,7 +8,7 @@ PY           := $(VENV)/bin/python
 CLANG        ?= clang
 BPF_SRC      := $(wildcard bpf/*.c bpf/*.h)
 BPF_OBJDIR   := src/carom/bpf/obj
-BPF_OBJS     := $(BPF_OBJDIR)/carom.bpf.o $(BPF_OBJDIR)/xdp_pass.bpf.o
+BPF_OBJS     := $(patsubst bpf/%.bpf.c,$(BPF_OBJDIR)/%.bpf.o,$(wildcard bpf/*.bpf.c))
 BPF_CFLAGS   := -O2 -g -target bpf -Wall -Werror -I/usr/include/x86_64-linux-gnu -Ibpf
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev bpftool iproute2 ethtool tcpdump curl \
                 nftables netsniff-ng haproxy wrk python3-venv

@@ -97,14 +97,21 @@ def test_mutated_cases(bpf_runner: TestRunner, case, flips, cut, extend) -> None
     dport=st.sampled_from([80, 53, 443, 22, 8443]),
     sport=st.integers(1, 65535),
     client=st.integers(1, 2**32 - 1),
-    flags=st.sampled_from(["S", "SA", "A", "PA", "F", "R"]),
+    flags=st.one_of(st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x01, 0x04]), st.integers(0, 255)),
+    payload=st.binary(max_size=24),
     seeded_real=st.one_of(st.none(), st.sampled_from(list(REALS)), st.just(99)),
-    age_s=st.sampled_from([0.0, 0.5, 2.0, 400.0, 5000.0]),
+    age_s=st.one_of(
+        st.floats(min_value=0.0, max_value=3.0),
+        st.sampled_from([299.0, 301.0, 400.0, 899.0, 901.0, 5000.0]),
+    ),
+    persist_age_s=st.one_of(
+        st.floats(min_value=0.0, max_value=3.0), st.sampled_from([299.0, 301.0, 5000.0])
+    ),
     unusable=st.sets(st.sampled_from(list(REALS))),
     role=st.sampled_from(list(abi.Role)),
 )
 @FUZZ
-def test_structured_flows(
+def test_structured_flows(  # type: ignore[no-untyped-def]
     bpf_runner: TestRunner,
     v6,
     udp,
@@ -112,9 +119,11 @@ def test_structured_flows(
     dport,
     sport,
     client,
-    flags,  # type: ignore[no-untyped-def]
+    flags,
+    payload,
     seeded_real,
     age_s,
+    persist_age_s,
     unusable,
     role,
 ) -> None:
@@ -123,7 +132,7 @@ def test_structured_flows(
     else:
         l3 = IP(src=str(ipaddress.IPv4Address(client)), dst=vip)
     l4 = UDP(sport=sport, dport=dport) if udp else TCP(sport=sport, dport=dport, flags=flags)
-    frame = bytes(Ether(src=ROUTER_MAC, dst=DIRECTOR_MAC) / l3 / l4 / b"payload")
+    frame = bytes(Ether(src=ROUTER_MAC, dst=DIRECTOR_MAC) / l3 / l4 / payload)
     state = base_state()
     assert state.node is not None
     state.node.role = role
@@ -138,7 +147,7 @@ def test_structured_flows(
         from tests.packets.cases import persist_key
 
         state.persist[persist_key(str(l3.src), 4)] = abi.PersistVal(
-            real_id=seeded_real, last_seen_ns=now - int(age_s * 1e9)
+            real_id=seeded_real, last_seen_ns=now - int(persist_age_s * 1e9)
         )
     for rid in unusable:
         state.reals[rid].usable = False

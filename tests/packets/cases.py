@@ -46,11 +46,13 @@ def table_of(ids: list[int]) -> np.ndarray:
     """A Maglev row for these reals (equal weights)."""
     from carom.sched.maglev import MaglevReal, build_table, canonical_order
 
+    if not ids:
+        return np.zeros(MAGLEV_SIZE, dtype=np.uint32)
     reals = [MaglevReal(key=i.to_bytes(4, "big"), weight=1) for i in ids]
     order = canonical_order(reals)
     positions = build_table(reals, MAGLEV_SIZE)
     lookup = np.array([int.from_bytes(r.key, "big") for r in order], dtype=np.uint32)
-    return lookup[positions] if ids else np.zeros(MAGLEV_SIZE, dtype=np.uint32)
+    return lookup[positions]
 
 
 def base_state() -> State:
@@ -149,6 +151,7 @@ class PacketCase:
     svc_id: int | None = None  # service the frame belongs to (for maglev and traffic counters)
     extra: dict[C, int] = field(default_factory=dict)  # scheduling counters expected
     conn_created: bool | None = None  # expect a conn entry for the flow afterwards
+    refreshed: bool | None = None  # expect the entry's last_seen set to the run's time
     kernel: bool = True  # False: the kernel refuses the frame before XDP (documented)
     note: str = ""
 
