@@ -243,6 +243,13 @@ def test_docs_carry_the_full_example_verbatim() -> None:
     assert (CASES / "good" / "full.yaml").read_text() in DOCS.read_text()
 
 
+def test_docs_yaml_examples_are_valid() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse_config(block, "docs/config.md")
+
+
 def test_docs_name_every_field() -> None:
     docs = DOCS.read_text()
     for model in (Config, Node, Limits, Timeouts, Service, Real):
@@ -379,9 +386,9 @@ def test_addresses_are_ipaddress_objects() -> None:
 def test_models_are_frozen_and_hashable() -> None:
     cfg = load_config(CASES / "good" / "full.yaml")
     with pytest.raises(ValidationError):
-        cfg.instance = "other"  # type: ignore[misc]
+        cfg.instance = "other"
     with pytest.raises(ValidationError):
-        cfg.services[0].reals[0].weight = 5  # type: ignore[misc]
+        cfg.services[0].reals[0].weight = 5
     assert hash(cfg) == hash(load_config(CASES / "good" / "full.yaml"))
 
 

@@ -166,6 +166,8 @@ def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> str:
         what += f", {exc.context} that starts on line {exc.context_mark.line + 1}"
     if isinstance(exc, yaml.composer.ComposerError) and "document" in str(exc.context):
         return f"{where}: a config is one YAML document: remove the '---' and what follows it"
+    if isinstance(exc, yaml.constructor.ConstructorError) and "unhashable" in what:
+        return f"{where}: unsupported YAML: {what}; a key must be plain text, not a list or mapping"
     if isinstance(exc, yaml.constructor.ConstructorError):
         return f"{where}: unsupported YAML: {what}; use plain values without tags (!!...)"
     hint = "check the indentation, the ':' after each key and the quoting"

@@ -6,11 +6,13 @@ stopping it leaves the data plane forwarding (a restart adopts it), and only
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +79,12 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.stop_request = Stop()
         self.lock = asyncio.Lock()
+        # pyroute2's synchronous IPRoute runs an event loop of its own: it lives in
+        # one dedicated thread and every netlink call goes there.
+        self.netlink = concurrent.futures.ThreadPoolExecutor(1, "carom-netlink")
+
+    async def _in_netlink(self, fn: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn)
 
     # --- start --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,7 +99,7 @@ class Daemon:
         self.rec = Reconciler(self.dp)
         if self.dp.adopted:
             self.rec.adopt()
-        self.nt = NeighbourTable()
+        self.nt = await self._in_netlink(NeighbourTable)
         await self._resolve(config, wait=INITIAL_RESOLVE_S)
         writes = self.rec.apply(self.rec.desired(config, self.neighbours))
         for ifname in config.interfaces:
@@ -115,7 +123,7 @@ class Daemon:
         addrs = addresses(config)
         deadline = time.monotonic() + wait
         while True:
-            found = await asyncio.to_thread(lambda: {a: nt.lookup(a) for a in addrs})
+            found = await self._in_netlink(lambda: {a: nt.lookup(a) for a in addrs})
             for a, n in found.items():
                 self._note_mac(a, n)
             self.neighbours = found
@@ -222,7 +230,8 @@ class Daemon:
             )
         self.dp.close()
         if self.nt is not None:
-            self.nt.close()
+            await self._in_netlink(self.nt.close)
+        self.netlink.shutdown(wait=False)
 
     # --- reload -------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
@@ -349,11 +358,7 @@ class Daemon:
             draining.append(
                 {"address": address, "real_id": rid, "packets": rs.packets if rs else 0}
             )
-        conns = (
-            dp["conn_table"].count()
-            if dp.limits.conn_table_size <= 1 << 18
-            else None
-        )
+        conns = dp["conn_table"].count() if dp.limits.conn_table_size <= 1 << 18 else None
         return {
             "instance": cfg.instance,
             "pid": os.getpid(),
@@ -377,7 +382,8 @@ def run(config_path: str) -> int:
     try:
         stop = asyncio.run(daemon.run())
     except ConfigError as exc:
-        log.error("invalid configuration; nothing was changed:\n%s", exc)
+        # For a person at a terminal: the file:line messages as they are.
+        print(f"carom: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
         return 2
     log.info("exit", extra={"detached": stop.detach})
     return 0

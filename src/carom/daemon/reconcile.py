@@ -96,7 +96,7 @@ def vip_key(vip: Address) -> abi.VipKey:
 
 
 def _mac_key(mac: bytes) -> abi.MacKey:
-    return abi.MacKey.from_buffer_copy(mac + b"\0\0")  # type: ignore[return-value]
+    return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
 
 class Reconciler:
@@ -169,9 +169,9 @@ class Reconciler:
         used_real_ids = set(self.real_ids.values())
         for address in sorted(wanted, key=real_key):
             if address not in self.real_ids:
-                draining = [a for a in self.real_ids if a not in wanted]
-                if len(used_real_ids) >= max_reals - 1 and draining:
-                    victim = draining[0]
+                drained = [a for a in self.real_ids if a not in wanted]
+                if len(used_real_ids) >= max_reals - 1 and drained:
+                    victim = drained[0]
                     log.warning("reusing the id of drained real %s for %s", victim, address)
                     used_real_ids.discard(self.real_ids.pop(victim))
                 rid = self._alloc(used_real_ids, 1, max_reals, "real")
@@ -233,8 +233,8 @@ class Reconciler:
             view = []
             for r in svc.reals:
                 rid = self.real_ids[r.address]
-                info = img.reals[rid]
-                usable = not info.flags & abi.RealFlags.UNUSABLE
+                rinfo = img.reals[rid]
+                usable = not rinfo.flags & abi.RealFlags.UNUSABLE
                 nb = neighbours.get(r.address)
                 if r.local:
                     state, detail = "local", "served by this node's own stack"
@@ -247,8 +247,8 @@ class Reconciler:
                     state, detail = "up", nb.state if nb else ""
                 if usable and r.weight > 0:
                     members[real_key(r.address)] = (rid, r.weight)
-                mac = None if r.local or not usable else abi.mac_str(bytes(info.mac))
-                view.append(RealView(str(r.address), rid, r.weight, r.local, mac, state, detail))
+                shown = None if r.local or not usable else abi.mac_str(bytes(rinfo.mac))
+                view.append(RealView(str(r.address), rid, r.weight, r.local, shown, state, detail))
             row = maglev.build_ids(members, self.size)
             img.rows[sid] = row
             views[ident] = view
@@ -259,8 +259,8 @@ class Reconciler:
         for ident in list(self.svc_ids):
             if ident not in img.services:
                 del self.svc_ids[ident]
-        for ident, info in img.services.items():
-            self.svc_ids[ident] = int(info.id)
+        for ident, sinfo in img.services.items():
+            self.svc_ids[ident] = int(sinfo.id)
         draining = [
             str(a) for a, rid in self.real_ids.items() if a not in wanted and rid in img.reals
         ]
@@ -279,7 +279,7 @@ class Reconciler:
             dp[map_name].update(key, value)
             writes += 1
             if old is None:
-                undo.append(lambda: dp[map_name].delete(key))
+                undo.append(lambda: None if dp[map_name].delete(key) else None)
             else:
                 undo.append(lambda: dp[map_name].update(key, old))
 
@@ -291,10 +291,10 @@ class Reconciler:
 
         try:
             # 1. reals before anything points at them
-            for rid, info in new.reals.items():
+            for rid, rinfo in new.reals.items():
                 old = cur.reals.get(rid)
-                if old is None or bytes(old) != bytes(info):
-                    put("reals", rid, info, old if old is not None else abi.RealInfo())
+                if old is None or bytes(old) != bytes(rinfo):
+                    put("reals", rid, rinfo, old if old is not None else abi.RealInfo())
             for mac, rid in new.real_macs.items():
                 if cur.real_macs.get(mac) != rid:
                     put("real_macs", _mac_key(mac), rid, cur.real_macs.get(mac))
@@ -336,9 +336,9 @@ class Reconciler:
             for mac, rid in cur.real_macs.items():
                 if mac not in new.real_macs:
                     delete("real_macs", _mac_key(mac), rid)
-            for rid, info in cur.reals.items():
+            for rid, rinfo in cur.reals.items():
                 if rid not in new.reals:
-                    put("reals", rid, abi.RealInfo(), info)
+                    put("reals", rid, abi.RealInfo(), rinfo)
             # 5. node settings last
             if bytes(cur.node) != bytes(new.node):
                 put("node_cfg", 0, new.node, cur.node)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -117,7 +118,9 @@ class Lab:
             for d in t.DIRECTORS:
                 nodes.attach_xdp_pass(d.main)
         nodes.add_director_vips(t.ACTIVE_DIRECTOR)
-        for real in t.REALS:
+        # Every node that is not the active director serves the VIPs as a real
+        # server, standby directors included (field note 3: directors are reals too).
+        for real in (*t.REALS, *(d for d in t.DIRECTORS if d != t.ACTIVE_DIRECTOR)):
             nodes.realserver_up(real)
         for node in t.SERVICE_NODES:
             services.start(node, self.state_dir)
@@ -137,6 +140,10 @@ class Lab:
             nodes.del_netns(ns)
         if self.state_dir.is_dir():
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        if os.path.ismount(t.LAB_BPFFS):
+            subprocess.run(["umount", "-l", t.LAB_BPFFS], check=False)
+        if os.path.isdir(t.LAB_BPFFS):
+            os.rmdir(t.LAB_BPFFS)
         for w in warnings:
             log.warning("lab: %s", w)
         return warnings

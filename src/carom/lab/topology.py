@@ -36,6 +36,8 @@ BANNER_PORT = 2525  # "server speaks first", SMTP-like
 
 # Where `lab up` keeps pid files and logs; one lab per machine.
 DEFAULT_STATE_DIR = "/run/carom-lab"
+# A bpffs for the lab's directors' pins; `lab down` unmounts it.
+LAB_BPFFS = "/run/carom-lab-bpffs"
 
 # The VIPs live inside the server segment: the router reaches them by ARP/NDP,
 # and whichever director carries them on its segment interface receives them.

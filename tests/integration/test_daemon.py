@@ -1,0 +1,302 @@
+"""carom run for real: a director in the namespace lab, real Linux TCP stacks,
+curl and long-lived sockets. Nothing here is simulated."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap
+
+from carom.lab import Lab
+from carom.lab import topology as t
+from carom.lab.director import Director, lab_config
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+REAL_NAMES = [n.name for n in t.REALS]
+REAL_MACS = {n.main.mac for n in t.REALS}
+DIR1 = t.DIR1
+ADDR_TO_NAME = {str(n.main.addr4): n.name for n in t.NODES if n.main.addr4}
+ADDR_TO_NAME |= {str(n.main.addr6): n.name for n in t.NODES if n.main.addr6}
+BAD_CONFIGS = sorted(
+    (Path(__file__).parent.parent / "unit" / "config_cases" / "bad").glob("*.yaml")
+)
+
+
+@pytest.fixture(scope="module")
+def director(lab: Lab) -> Iterator[Director]:
+    d = Director(lab, "carom-dir1")
+    d.remove()  # a previous crashed run may have left a data plane
+    d.start(lab_config())
+    try:
+        yield d
+    finally:
+        d.remove()
+
+
+def curl(lab: Lab, client: str, url: str, n: int = 1) -> list[str]:
+    """n separate connections; returns who served each."""
+    script = f"for i in $(seq {n}); do curl -s -g -m 3 '{url}'; echo; done"
+    out = lab.exec(client, ["sh", "-c", script]).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.startswith("served-by")]
+
+
+class Capture:
+    """tcpdump in a lab node, started and stopped by PID."""
+
+    def __init__(self, lab: Lab, node: str, path: Path) -> None:
+        # --immediate-mode: without it frames wait in the capture ring until a
+        # block times out, and stopping the capture early loses them.
+        self.path = path
+        self.proc = lab.popen(
+            node,
+            ["tcpdump", "-i", "carom0", "-nn", "--immediate-mode", "-U", "-w", str(path)],
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline().decode()  # "listening on carom0 ..."
+        assert "listening" in line, line
+
+    def stop(self) -> list[Any]:
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        return list(rdpcap(str(self.path)))
+
+
+def test_dsr_spreads_requests_and_replies_bypass_the_director(
+    lab: Lab, director: Director, tmp_path: Path
+) -> None:
+    at_router = Capture(lab, "router", tmp_path / "router.pcap")
+    at_real1 = Capture(lab, "real1", tmp_path / "real1.pcap")
+    try:
+        served = curl(lab, "client1", f"http://{t.VIP4}/", 30)
+        served += curl(lab, "client2", f"http://{t.VIP4}/", 30)
+    finally:
+        router_pkts = at_router.stop()
+        real1_pkts = at_real1.stop()
+
+    counts = Counter(served)
+    assert sum(counts.values()) == 60, counts
+    assert set(counts) == set(REAL_NAMES), counts
+    assert min(counts.values()) >= 8, f"uneven spread: {counts}"
+
+    router_pkts = [p for p in router_pkts if TCP in p and 80 in (p[TCP].sport, p[TCP].dport)]
+    real1_pkts = [p for p in real1_pkts if TCP in p and 80 in (p[TCP].sport, p[TCP].dport)]
+    replies = [p for p in router_pkts if p[IP].src == str(t.VIP4)]
+    requests = [p for p in router_pkts if p[IP].dst == str(t.VIP4)]
+    assert replies and requests
+    # Replies come from the real servers' MACs straight to the router: the
+    # director never forwards them.
+    assert {p[Ether].src for p in replies} <= REAL_MACS
+    assert {p[Ether].src for p in replies} == REAL_MACS
+    # Requests leave the router for the director (the VIP's ARP owner).
+    assert {p[Ether].dst for p in requests} == {DIR1.main.mac}
+
+    at_real = [p for p in real1_pkts if IP in p and p[IP].dst == str(t.VIP4)]
+    assert at_real, "real1 saw no requests"
+    for p in at_real:
+        assert p[Ether].src == DIR1.main.mac  # forwarded by the director ...
+        assert p[IP].src in {str(n.main.addr4) for n in t.CLIENTS}  # ... client IP kept
+    from_real = [p for p in real1_pkts if IP in p and p[IP].src == str(t.VIP4)]
+    assert from_real and all(p[Ether].dst == t.ROUTER.main.mac for p in from_real)
+
+    st = director.status()
+    c = st["counters"]
+    assert c["tx_dsr"] >= len(at_real)
+    assert not any(v for k, v in c.items() if k.startswith("drop_")), c
+    web = next(s for s in st["services"] if s["name"] == "web")
+    assert all(r["state"] == "up" and r["packets"] > 0 for r in web["reals"])
+
+
+def test_ipv6_dsr(lab: Lab, director: Director) -> None:
+    served = curl(lab, "client1", f"http://[{t.VIP6}]/", 30)
+    assert len(served) == 30
+    assert set(served) == set(REAL_NAMES)
+
+
+class HoldClient:
+    def __init__(self, lab: Lab, client: str, vip: str, banner: int, http: int) -> None:
+        self.proc = lab.popen(
+            client,
+            [
+                sys.executable,
+                "-m",
+                "carom.lab.holdclient",
+                "--vip",
+                vip,
+                "--banner",
+                str(banner),
+                "--http",
+                str(http),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.connected = self._read()["connected"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"holdclient exited with {self.proc.poll()}"
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def ping(self) -> list[dict[str, Any]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("ping\n")
+        self.proc.stdin.flush()
+        result: list[dict[str, Any]] = self._read()["ping"]
+        return result
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def assert_same_servers(hold: HoldClient, when: str) -> None:
+    results = hold.ping()
+    for conn, res in zip(hold.connected, results, strict=True):
+        assert res["ok"], f"{when}: {conn['kind']} connection broke: {res}"
+        assert res["server"] == conn["server"], f"{when}: moved {conn} -> {res}"
+
+
+def test_explain_names_the_server_that_answers(lab: Lab, director: Director) -> None:
+    hold = HoldClient(lab, "client1", str(t.VIP4), banner=0, http=3)
+    try:
+        for conn in hold.connected:
+            client = f"{t.CLIENT1.main.addr4}:{conn['local_port']}"
+            r = director.carom(
+                "explain", "--socket", director.socket, "--json", client, f"{t.VIP4}:80/tcp"
+            )
+            assert r.returncode == 0, r.stderr
+            e = json.loads(r.stdout)
+            assert e["path"] == "connection"
+            assert ADDR_TO_NAME[e["real"]] == conn["server"]
+        text = director.carom(
+            "explain", "--socket", director.socket, "198.51.100.10:1234", f"{t.VIP4}:80/tcp"
+        ).stdout
+        assert re.search(r"Maglev: hash of the 5-tuple = 0x[0-9a-f]{8}, slot \d+ of 65537", text)
+        assert "no connection entry" in text
+    finally:
+        hold.close()
+
+
+def test_long_lived_connections_survive_reload_and_restart(lab: Lab, director: Director) -> None:
+    base = lab_config()
+    hold = HoldClient(lab, "client1", str(t.VIP4), banner=8, http=8)
+    try:
+        servers = Counter(c["server"] for c in hold.connected)
+        assert len(servers) >= 2, f"connections all on one server: {servers}"
+        assert_same_servers(hold, "before reload")
+
+        # Reload: remove real3, add dir2 as a real server (it runs the services too).
+        new = lab_config()
+        for svc in new["services"][:2]:
+            svc["reals"] = [
+                {"address": "192.0.2.11"},
+                {"address": "192.0.2.12"},
+                {"address": str(t.DIR2.main.addr4)},
+            ]
+        reply = director.reload(new)
+        assert reply["ok"], reply
+        assert 0 < reply["writes"] < 2 * 65537, reply
+        assert_same_servers(hold, "after reload")
+        st = director.status()
+        assert [d["address"] for d in st["draining"]] == ["192.0.2.13"]
+        fresh = Counter(curl(lab, "client2", f"http://{t.VIP4}/", 40))
+        assert "carom-real3" not in fresh, fresh
+        assert "carom-dir2" in fresh, fresh
+
+        # Restart: the daemon goes away, the data plane keeps forwarding, a new
+        # daemon adopts it.
+        assert director.stop() == 0
+        assert_same_servers(hold, "while the daemon is down")
+        assert Counter(curl(lab, "client2", f"http://{t.VIP4}/", 10)).total() == 10
+        director.start()
+        st = director.status()
+        assert st["adopted"]
+        assert st["last_reload"]["writes"] == 0, "an unchanged config must not rewrite maps"
+        assert_same_servers(hold, "after restart")
+
+        # Back to the base config (real3 returns with its old id).
+        assert director.reload(base)["ok"]
+        assert_same_servers(hold, "after second reload")
+    finally:
+        hold.close()
+        director.reload(base)
+
+
+def test_director_that_is_also_a_real_server(lab: Lab, director: Director) -> None:
+    cfg = lab_config()
+    cfg["services"][0]["reals"] = [
+        {"address": str(DIR1.main.addr4), "local": True},
+        {"address": "192.0.2.11"},
+    ]
+    try:
+        assert director.reload(cfg)["ok"]
+        served = Counter(curl(lab, "client1", f"http://{t.VIP4}/", 30))
+        assert set(served) == {"carom-dir1", "carom-real1"}, served
+        assert served["carom-dir1"] >= 5
+        st = director.status()
+        assert st["counters"]["pass_local_real"] > 0
+        local = next(r for r in st["services"][0]["reals"] if r["local"])
+        assert local["state"] == "local" and local["packets"] > 0
+    finally:
+        assert director.reload(lab_config())["ok"]
+
+
+def test_bad_reload_changes_nothing_and_keeps_serving(lab: Lab, director: Director) -> None:
+    before = director.status()
+    fingerprints = [s["fingerprint"] for s in before["services"]]
+    bad = "interfaces: [carom0]\nservices:\n  - vip: 192.0.2.100\n    port: 99999\n"
+    reply = director.reload(bad)
+    assert not reply["ok"]
+    assert re.search(r"carom-dir1\.yaml:4: services\[0\]\.port", reply["error"]), reply["error"]
+    r = director.carom("reload", "--socket", director.socket)
+    assert r.returncode == 1 and "port" in r.stderr
+    after = director.status()
+    assert [s["fingerprint"] for s in after["services"]] == fingerprints
+    assert not after["last_reload"]["ok"]
+    assert len(curl(lab, "client1", f"http://{t.VIP4}/", 5)) == 5
+
+    # A limits change cannot be applied live: refused, named, nothing changed.
+    cfg = lab_config()
+    cfg["limits"]["conn_table_size"] = 131072
+    reply = director.reload(cfg)
+    assert not reply["ok"] and "limits" in reply["error"]
+    assert [s["fingerprint"] for s in director.status()["services"]] == fingerprints
+    director.write_config(lab_config())
+
+
+@pytest.mark.parametrize("bad", BAD_CONFIGS, ids=lambda p: p.stem)
+def test_run_with_a_bad_config_changes_nothing(lab: Lab, bad: Path) -> None:
+    """Every bad file of the config table, given to `carom run` on dir2: exit 2,
+    the file's expected messages, and no XDP program and no pins afterwards."""
+    expected = [m.strip() for m in re.findall(r"# error: ([^#\n]+)", bad.read_text())]
+    r = lab.exec("dir2", [sys.executable, "-m", "carom", "run", "-c", str(bad)])
+    assert r.returncode == 2, r.stderr
+    for fragment in expected:
+        assert fragment in r.stderr, f"{fragment!r} not in {r.stderr}"
+    link = lab.exec("dir2", ["ip", "link", "show", "carom0"]).stdout
+    assert "prog/xdp" not in link
+    assert not Path("/sys/fs/bpf/carom").exists() or not any(Path("/sys/fs/bpf/carom").iterdir())
