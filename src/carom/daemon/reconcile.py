@@ -95,6 +95,10 @@ def vip_key(vip: Address) -> abi.VipKey:
     return abi.VipKey(addr=abi.Addr.of(vip), family=int(abi.family_of(vip)))
 
 
+def _discard(_: object) -> None:
+    """Undo steps return nothing; this drops a call's result."""
+
+
 def _mac_key(mac: bytes) -> abi.MacKey:
     return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
@@ -279,7 +283,7 @@ class Reconciler:
             dp[map_name].update(key, value)
             writes += 1
             if old is None:
-                undo.append(lambda: None if dp[map_name].delete(key) else None)
+                undo.append(lambda: _discard(dp[map_name].delete(key)))
             else:
                 undo.append(lambda: dp[map_name].update(key, old))
 

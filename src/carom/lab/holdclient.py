@@ -44,10 +44,10 @@ class Conn:
         if not status.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"unexpected status {status!r}")
         while True:
-            line = self.file.readline().strip()
-            if not line:
+            header = self.file.readline().strip()
+            if not header:
                 break
-            name, _, value = line.decode().partition(":")
+            name, _, value = header.decode().partition(":")
             if name.lower() == "x-served-by":
                 served = value.strip()
             elif name.lower() == "content-length":
