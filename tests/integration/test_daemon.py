@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +15,11 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.utils import rdpcap
 
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
+from carom.lab.traffic import Capture, curl
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -44,36 +42,6 @@ def director(lab: Lab) -> Iterator[Director]:
         yield d
     finally:
         d.remove()
-
-
-def curl(lab: Lab, client: str, url: str, n: int = 1) -> list[str]:
-    """n separate connections; returns who served each."""
-    script = f"for i in $(seq {n}); do curl -s -g -m 3 '{url}'; echo; done"
-    out = lab.exec(client, ["sh", "-c", script]).stdout
-    return [line.split()[-1] for line in out.splitlines() if line.startswith("served-by")]
-
-
-class Capture:
-    """tcpdump in a lab node, started and stopped by PID."""
-
-    def __init__(self, lab: Lab, node: str, path: Path) -> None:
-        # --immediate-mode: without it frames wait in the capture ring until a
-        # block times out, and stopping the capture early loses them.
-        self.path = path
-        self.proc = lab.popen(
-            node,
-            ["tcpdump", "-i", "carom0", "-nn", "--immediate-mode", "-U", "-w", str(path)],
-            stderr=subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline().decode()  # "listening on carom0 ..."
-        assert "listening" in line, line
-
-    def stop(self) -> list[Any]:
-        time.sleep(0.3)
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        return list(rdpcap(str(self.path)))
 
 
 def test_dsr_spreads_requests_and_replies_bypass_the_director(

@@ -77,6 +77,7 @@ def render_status(st: dict[str, Any]) -> str:
         f"connections: {st['connections'] if st['connections'] is not None else 'n/a'}",
         "",
     ]
+    totals: dict[int, dict[str, Any]] = {}
     for s in st["services"]:
         persist = f", persistence {s['persistence_timeout']}s" if s["persistence_timeout"] else ""
         lines.append(
@@ -84,14 +85,19 @@ def render_status(st: dict[str, Any]) -> str:
             f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
         )
         for r in s["reals"]:
+            totals[r["real_id"]] = r
             mac = r["mac"] or "-"
             detail = f"  ({r['detail']})" if r["state"] != "up" and r["detail"] else ""
-            lines.append(
-                f"  {r['address']:<22} w={r['weight']:<4} {r['state']:<10} {mac:<17} "
-                f"{r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}{detail}"
-            )
+            lines.append(f"  {r['address']:<22} w={r['weight']:<4} {r['state']:<10} {mac}{detail}")
         if not s["reals"]:
             lines.append("  (no reals: new connections are dropped)")
+    if totals:
+        lines.append("")
+        lines.append("real servers (traffic over all services):")
+        for r in sorted(totals.values(), key=lambda r: r["real_id"]):
+            lines.append(
+                f"  {r['address']:<22} {r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}"
+            )
     if st["draining"]:
         lines.append("")
         lines.append("draining (removed from the config, established flows continue):")

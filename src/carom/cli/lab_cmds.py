@@ -70,6 +70,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return lab.exec(ns, argv, capture=False, timeout=None).returncode
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from carom.lab.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _lab(args).status()
     if args.json:
@@ -159,6 +165,11 @@ def register(sub: Any) -> None:
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     ex.set_defaults(handler=cmd_exec)
 
+    demo = lab_sub.add_parser(
+        "demo", help="lab up, carom on the director, real HTTP traffic, and what happened"
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the lab and daemon running")
+    demo.set_defaults(handler=cmd_demo)
     st = lab_sub.add_parser("status", help="nodes, addresses, services; exit 1 unless all up")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(handler=cmd_status)

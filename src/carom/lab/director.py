@@ -5,6 +5,7 @@ mount namespace (so pins survive across `ip netns exec` sessions)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,6 +62,7 @@ class Director:
         self.config_path = state / f"{self.node}.yaml"
         self.log_path = state / f"{self.node}.log"
         self.socket = os.path.join(t.DEFAULT_STATE_DIR, f"{self.node}.sock")
+        self.pid_path = state / f"{self.node}.carom.pid"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, cfg: dict[str, Any] | str) -> None:
@@ -83,6 +85,7 @@ class Director:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        self.pid_path.write_text(str(self.proc.pid))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -129,6 +132,7 @@ class Director:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        self.pid_path.unlink(missing_ok=True)
         return rc
 
     def remove(self) -> None:
@@ -136,3 +140,27 @@ class Director:
         self.stop(detach=True)
         if self.config_path.exists():
             self.carom("detach", "-c", str(self.config_path))
+
+
+def stop_daemons(state_dir: str | Path = t.DEFAULT_STATE_DIR) -> list[int]:
+    """SIGTERM every carom daemon the lab started (pid files), checking each PID is
+    still a `carom run` before signalling it. Used by `lab down`."""
+    stopped = []
+    for pid_file in Path(state_dir).glob("*.carom.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            continue
+        if b"carom" in cmdline and b"run" in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + 10
+    for pid in stopped:
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+    return stopped

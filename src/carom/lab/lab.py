@@ -130,6 +130,9 @@ class Lab:
     def _down(self) -> list[str]:
         warnings: list[str] = []
         services.stop(self.state_dir, [n.name for n in t.SERVICE_NODES])
+        from carom.lab.director import stop_daemons  # director imports this module
+
+        stop_daemons(self.state_dir)
         for ns in nodes.existing_namespaces():
             others = services.stop_strays(ns)
             if others:
