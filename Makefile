@@ -62,7 +62,7 @@ demo: deps bpf
 	$(VENV)/bin/carom lab demo
 
 bench: deps bpf
-	$(VENV)/bin/carom bench
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf build src/carom/bpf/obj

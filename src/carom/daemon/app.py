@@ -123,7 +123,7 @@ class Daemon:
         addrs = addresses(config)
         deadline = time.monotonic() + wait
         while True:
-            found = await self._in_netlink(lambda: {a: nt.lookup(a) for a in addrs})
+            found = await self._in_netlink(lambda: nt.lookup_many(addrs))
             for a, n in found.items():
                 self._note_mac(a, n)
             self.neighbours = found
@@ -132,7 +132,7 @@ class Daemon:
             ]
             if not pending or time.monotonic() >= deadline:
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
 
     def _note_mac(self, address: abi.IPAddress, n: Neighbour) -> None:
         if n.mac is None:

@@ -83,10 +83,41 @@ class NeighbourTable:
 
     def lookup(self, address: Address, request: bool = True) -> Neighbour:
         """Current neighbour state of `address`; asks the kernel to (re)resolve it."""
-        oif, gateway = self._route(address)
-        if oif is None:
-            return Neighbour(address, None, None, "no-route", "no route to this address")
-        ifname = self.ifname(oif)
+        return self.lookup_many([address], request)[address]
+
+    def lookup_many(
+        self, addresses: list[Address], request: bool = True
+    ) -> dict[Address, Neighbour]:
+        """Like lookup() for many addresses with one neighbour dump per family."""
+        entries: dict[str, Any] = {}
+        for family in {2 if a.version == 4 else 10 for a in addresses}:
+            for n in self.ipr.get_neighbours(family=family):
+                entries[f"{n['ifindex']}/{n.get_attr('NDA_DST')}"] = n
+        names: dict[int, str | None] = {}
+        out: dict[Address, Neighbour] = {}
+        for address in addresses:
+            oif, gateway = self._route(address)
+            if oif is None:
+                out[address] = Neighbour(
+                    address, None, None, "no-route", "no route to this address"
+                )
+                continue
+            if oif not in names:
+                names[oif] = self.ifname(oif)
+            out[address] = self._classify(
+                address, oif, names[oif], gateway, entries.get(f"{oif}/{address}"), request
+            )
+        return out
+
+    def _classify(
+        self,
+        address: Address,
+        oif: int,
+        ifname: str | None,
+        gateway: str | None,
+        entry: Any,
+        request: bool,
+    ) -> Neighbour:
         if gateway:
             return Neighbour(
                 address,
@@ -96,12 +127,6 @@ class NeighbourTable:
                 f"reached via gateway {gateway}: DSR needs the real server on a directly "
                 "connected layer-2 segment",
             )
-        entry = None
-        family = 2 if address.version == 4 else 10
-        for n in self.ipr.get_neighbours(family=family, ifindex=oif):
-            if n.get_attr("NDA_DST") == str(address):
-                entry = n
-                break
         if request and (entry is None or not entry["state"] & NUD_REACHABLE):
             self.request(address, oif)
         if entry is None:

@@ -1,0 +1,205 @@
+"""Part 4: the control plane. Maglev build time; the time and number of map
+writes from a config change (one real added to a 100-real service) to the new
+state in the maps, through the real daemon and its `carom reload`; and the
+daemon's memory. The daemon runs in a namespace of its own (carom-bcp) with a
+veth whose peer carries the 100 real addresses, so ARP resolves them for real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmarks.common import Budget, Row
+from carom.bpf.loader import ensure_bpffs
+from carom.daemon import control
+from carom.sched.maglev import build_ids
+
+SECTION = "4 control plane"
+NS_D, NS_R = "carom-bcp", "carom-bcpr"
+
+
+def maglev_rows(rounds: int = 5) -> list[Row]:
+    rows = []
+    rng = np.random.default_rng(3)
+    for n in (10, 100, 1000):
+        reals = {bytes([4]) + rng.bytes(16): (i + 1, int(rng.integers(1, 5))) for i in range(n)}
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            build_ids(reals, 65537)
+            samples.append((time.perf_counter() - t0) * 1000)
+        rows.append(
+            Row(SECTION, f"Maglev table build, {n} weighted reals, 65537 slots", "ms", samples)
+        )
+    return rows
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, timeout=30, capture_output=True)
+
+
+def _setup_netns(n_reals: int) -> None:
+    _sh("ip", "netns", "add", NS_D)
+    _sh("ip", "netns", "add", NS_R)
+    _sh(
+        "ip",
+        "-n",
+        NS_D,
+        "link",
+        "add",
+        "carom0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "carom0",
+        "netns",
+        NS_R,
+    )
+    _sh("ip", "-n", NS_D, "addr", "add", "192.0.2.2/24", "dev", "carom0")
+    _sh("ip", "-n", NS_D, "link", "set", "carom0", "up")
+    _sh("ip", "-n", NS_D, "link", "set", "lo", "up")
+    _sh("ip", "-n", NS_R, "link", "set", "carom0", "up")
+    batch = "".join(f"address add 192.0.2.{10 + i}/32 dev carom0\n" for i in range(n_reals + 1))
+    subprocess.run(["ip", "-n", NS_R, "-batch", "-"], input=batch.encode(), check=True, timeout=30)
+    # the reals' side answers ARP for all its addresses; the director's side
+    # needs an XDP program on the peer for native XDP_TX on veth
+    obj = os.path.join(os.path.dirname(__import__("carom").__file__), "bpf/obj/xdp_pass.bpf.o")
+    _sh("ip", "-n", NS_R, "link", "set", "carom0", "xdpdrv", "obj", obj, "sec", "xdp")
+
+
+def _teardown_netns() -> None:
+    for ns in (NS_D, NS_R):
+        subprocess.run(["ip", "netns", "del", ns], timeout=30, capture_output=True)
+
+
+def _config(n_reals: int, tmp: str) -> dict[str, Any]:
+    return {
+        "instance": "bcp",
+        "interfaces": ["carom0"],
+        "bpffs": os.path.join(tmp, "bpffs"),
+        "control_socket": os.path.join(tmp, "carom.sock"),
+        "limits": {"conn_table_size": 1 << 20},
+        "services": [
+            {
+                "name": "big",
+                "vip": "192.0.2.250",
+                "port": 80,
+                "reals": [{"address": f"192.0.2.{10 + i}"} for i in range(n_reals)],
+            }
+        ],
+    }
+
+
+def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
+    tmp = tempfile.mkdtemp(prefix="carom-bcp-")
+    ensure_bpffs(os.path.join(tmp, "bpffs"))
+    cfg_path = os.path.join(tmp, "carom.yaml")
+    proc = None
+    try:
+        _setup_netns(100)
+        cfg = _config(100, tmp)
+        with open(cfg_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        log = open(os.path.join(tmp, "daemon.log"), "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", NS_D, sys.executable, "-m", "carom", "run", "-c", cfg_path],
+            stdout=log,
+            stderr=log,
+        )
+        sock = cfg["control_socket"]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                control.request(sock, "status", timeout=2)
+                break
+            except (OSError, ConnectionError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(open(os.path.join(tmp, "daemon.log")).read()) from None
+                time.sleep(0.1)
+        st = control.request(sock, "status")["status"]
+        up = [r for r in st["services"][0]["reals"] if r["state"] == "up"]
+        assert len(up) == 100, f"only {len(up)} of 100 reals resolved"
+        times, writes = [], []
+        for i in range(rounds):
+            if budget.expired():
+                break
+            # add real #101, then remove it again: two reloads, both measured
+            for add in (True, False):
+                reals = _config(101 if add else 100, tmp)["services"][0]["reals"]
+                cfg["services"][0]["reals"] = reals
+                with open(cfg_path, "w") as f:
+                    yaml.safe_dump(cfg, f)
+                t0 = time.perf_counter()
+                reply = control.request(sock, "reload")
+                elapsed = (time.perf_counter() - t0) * 1000
+                assert reply["ok"], reply
+                if add:
+                    times.append(elapsed)
+                    writes.append(float(reply["writes"]))
+            _ = i
+        rss_kb = 0
+        pid = _daemon_pid(proc.pid)
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss_kb = int(line.split()[1])
+        return [
+            Row(
+                SECTION,
+                "config change -> maps: add 1 real to a 100-real service (carom reload round trip)",
+                "ms",
+                times,
+                note="includes config parse, ARP check of 101 reals, Maglev rebuild, writes",
+            ),
+            Row(
+                SECTION,
+                "map writes for that change",
+                "writes",
+                writes,
+                note=f"of {65537} slots; 1/101 of the table is ~649",
+            ),
+            Row(
+                SECTION,
+                "daemon memory (RSS), 100 reals, 1M-entry conn table",
+                "MiB",
+                [rss_kb / 1024],
+                note="user space only; BPF maps are kernel memory",
+            ),
+        ]
+    finally:
+        if proc is not None and proc.poll() is None:
+            try:
+                control.request(
+                    cfg_path and _config(100, tmp)["control_socket"], "stop", detach=True
+                )
+                proc.wait(15)
+            except (OSError, ConnectionError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        _teardown_netns()
+        subprocess.run(["umount", "-l", os.path.join(tmp, "bpffs")], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _daemon_pid(exec_pid: int) -> int:
+    """`ip netns exec` execs the command in place: same PID."""
+    return exec_pid
+
+
+def run(budget_s: float = 120.0) -> list[Row]:
+    budget = Budget(budget_s)
+    return maglev_rows() + daemon_rows(budget)
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(f"{r.name:<80} {r.median:10.2f} {r.unit}")
