@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,7 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 break
             except (OSError, ConnectionError):
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(open(os.path.join(tmp, "daemon.log")).read()) from None
+                    raise RuntimeError(Path(tmp, "daemon.log").read_text()) from None
                 time.sleep(0.1)
         st = control.request(sock, "status")["status"]
         up = [r for r in st["services"][0]["reals"] if r["state"] == "up"]
@@ -148,10 +149,9 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
             _ = i
         rss_kb = 0
         pid = _daemon_pid(proc.pid)
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
         return [
             Row(
                 SECTION,

@@ -24,7 +24,7 @@ from benchmarks.common import Budget, Row, alternate
 from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf
-from carom.bpf.loader import Dataplane, Limits, object_path
+from carom.bpf.loader import Limits, object_path
 from carom.bpf.testrun import TestRunner
 from carom.model.state import Node, Real, Service, State
 from carom.sched.maglev import build_ids
@@ -109,7 +109,7 @@ class KernelBench:
         """Mean ns per packet of `repeat` runs, after checking the counters show
         that every run took the intended path."""
         self.runner.zero_counters()
-        verdict, _, ns = self.runner.run(frame, repeat=repeat)
+        _, _, ns = self.runner.run(frame, repeat=repeat)
         got = self.runner.counters()
         for counter, per_run in expect.items():
             if got.get(counter, 0) != per_run * repeat:
