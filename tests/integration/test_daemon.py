@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,27 @@ def test_run_with_a_bad_config_changes_nothing(lab: Lab, bad: Path) -> None:
     link = lab.exec("dir2", ["ip", "link", "show", "carom0"]).stdout
     assert "prog/xdp" not in link
     assert not Path("/sys/fs/bpf/carom").exists() or not any(Path("/sys/fs/bpf/carom").iterdir())
+
+
+def test_forwarding_loop_through_a_real_is_dropped_and_reported(
+    lab: Lab, director: Director
+) -> None:
+    """Field note 2: real3 loses its VIP but forwards IP. Packets the director sends
+    it go straight back to the director (the VIP is on-link), which must drop them
+    once, count them and say so, instead of bouncing them until the TTL runs out."""
+    vip = f"{t.VIP4}/32"
+    lab.exec("real3", ["ip", "addr", "del", vip, "dev", "lo"], check=True)
+    lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    try:
+        before = director.status()["counters"]["drop_loop"]
+        curl(lab, "client1", f"http://{t.VIP4}/", 9)  # about a third land on real3, time out
+        time.sleep(2.5)  # the daemon checks the counter every 2 s
+        after = director.status()["counters"]
+        looped = after["drop_loop"] - before
+        assert looped > 0
+        # each looping packet came back once: no amplification
+        assert looped <= after["tx_dsr"]
+        assert "came back from a real server" in director.log()
+    finally:
+        lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        lab.exec("real3", ["ip", "addr", "add", vip, "dev", "lo"])

@@ -82,6 +82,7 @@ class Daemon:
         # pyroute2's synchronous IPRoute runs an event loop of its own: it lives in
         # one dedicated thread and every netlink call goes there.
         self.netlink = concurrent.futures.ThreadPoolExecutor(1, "carom-netlink")
+        self.loops_seen = 0
 
     async def _in_netlink(self, fn: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.netlink, fn)
@@ -106,6 +107,7 @@ class Daemon:
             att = self.dp.attach(ifname, config.xdp_mode)
             log.info("attached", extra={"interface": ifname, "mode": att.mode})
         self.last_reload = {"time": time.time(), "writes": writes, "ok": True}
+        self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
         log.info(
             "carom running",
             extra={
@@ -182,10 +184,25 @@ class Daemon:
         async with server:
             await server.serve_forever()
 
+    def _report_loops(self) -> None:
+        """Field note 2: VIP frames coming back from a real server are a loop.
+        The data plane drops them; the operator must hear about it."""
+        assert self.dp is not None
+        total = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
+        if total > self.loops_seen:
+            log.warning(
+                "VIP frames came back from a real server's MAC and were dropped: a real "
+                "server is sending VIP traffic back to the director (is its VIP missing "
+                "from lo, or its default route pointing at the director?)",
+                extra={"new_drops": total - self.loops_seen, "drop_loop_total": total},
+            )
+        self.loops_seen = total
+
     async def _follow_neighbours(self) -> None:
         """Re-check real servers' MACs; apply when one changes or (un)resolves."""
         while True:
             await asyncio.sleep(NEIGHBOUR_INTERVAL_S)
+            self._report_loops()
             async with self.lock:
                 assert self.config is not None and self.rec is not None
                 before = {a: (n.mac, n.state) for a, n in self.neighbours.items()}
