@@ -293,3 +293,40 @@ def test_forwarding_loop_through_a_real_is_dropped_and_reported(
     finally:
         lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
         lab.exec("real3", ["ip", "addr", "add", vip, "dev", "lo"])
+
+
+def _arp_repliers(lab: Lab, target: str) -> set[str]:
+    """MACs answering an ARP request for `target` sent by the router."""
+    script = (
+        "from scapy.all import ARP, Ether, srp, conf; conf.verb = 0\n"
+        f"ans, _ = srp(Ether(dst='ff:ff:ff:ff:ff:ff')/ARP(pdst='{target}'), iface='carom0',"
+        " timeout=1, multi=True)\n"
+        "print(' '.join(sorted({r[1][Ether].src for r in ans})))"
+    )
+    return set(lab.exec("router", [sys.executable, "-c", script]).stdout.split())
+
+
+def test_realserver_check_on_lab_hosts(lab: Lab) -> None:
+    vips = ["--vip", str(t.VIP4), "--vip", str(t.VIP6)]
+    for real in t.REALS:
+        r = lab.exec(real.name, [sys.executable, "-m", "carom", "realserver", "check", *vips])
+        assert r.returncode == 0, f"{real.name}: {r.stdout}"
+    assert _arp_repliers(lab, str(t.VIP4)) == {DIR1.main.mac}
+
+    real2 = t.REALS[1]
+    lab.exec(real2.name, ["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0"], check=True)
+    try:
+        r = lab.exec(real2.name, [sys.executable, "-m", "carom", "realserver", "check", *vips])
+        assert r.returncode == 1
+        assert "would answer ARP requests for the VIP on carom0" in r.stdout
+        # and it would: real2 now answers ARP for the VIP, next to the director
+        assert _arp_repliers(lab, str(t.VIP4)) == {DIR1.main.mac, real2.main.mac}
+    finally:
+        state = f"{t.DEFAULT_STATE_DIR}/{real2.name}.realserver.json"
+        lab.exec(
+            real2.name, [sys.executable, "-m", "carom", "realserver", "up", *vips, "--state", state]
+        )
+        lab.exec("router", ["ip", "neigh", "flush", "to", str(t.VIP4)])
+    r = lab.exec(real2.name, [sys.executable, "-m", "carom", "realserver", "check", *vips])
+    assert r.returncode == 0, r.stdout
+    assert _arp_repliers(lab, str(t.VIP4)) == {DIR1.main.mac}

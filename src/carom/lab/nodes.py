@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -200,19 +201,27 @@ def del_director_vips(node: t.Node, vips: Sequence[t.IPv4 | t.IPv6] = t.VIPS) ->
 
 
 def realserver_up(node: t.Node, vips: Sequence[t.IPv4 | t.IPv6] = t.VIPS) -> None:
-    """Make a node a DSR real server for the VIPs.
-
-    The lab's own minimal stand-in for `carom realserver up` (field note 1):
-    VIPs on loopback with host masks (a wider mask would make the whole subnet
-    look local), and ARP tuned so the node never answers or announces the VIP
-    on the segment. IPv6 needs no tuning: Linux answers a neighbour
-    solicitation only for addresses on the interface it arrived on, and the
-    VIP is on lo. Kept separate so it can be swapped for carom.net.realserver.
-    """
-    sysctl(node.name, {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
+    """Make a node a DSR real server for the VIPs, the way an operator would:
+    `carom realserver up` inside the node (field note 1: VIPs on loopback with
+    host masks, ARP never answered or announced for them). IPv6 needs no ARP
+    tuning: Linux answers a neighbour solicitation only for addresses on the
+    interface it arrived on, and the VIP is on lo."""
+    argv = [
+        sys.executable,
+        "-m",
+        "carom",
+        "realserver",
+        "up",
+        "--state",
+        f"{t.DEFAULT_STATE_DIR}/{node.name}.realserver.json",
+    ]
     for vip in vips:
-        extra = ["nodad"] if vip.version == 6 else []
-        ip(node.name, "addr", "add", _vip_prefix(vip), "dev", "lo", *extra)
+        argv += ["--vip", str(vip)]
+    proc = subprocess.run(
+        ["ip", "netns", "exec", node.name, *argv], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"carom realserver up failed in {node.name}: {proc.stdout}{proc.stderr}")
 
 
 # --- reading state back ---------------------------------------------------------
