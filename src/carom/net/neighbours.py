@@ -127,7 +127,11 @@ class NeighbourTable:
                 f"reached via gateway {gateway}: DSR needs the real server on a directly "
                 "connected layer-2 segment",
             )
-        if request and (entry is None or not entry["state"] & NUD_REACHABLE):
+        # Never "use" a static entry: NTF_USE turns a permanent entry into an
+        # incomplete one, wiping an operator's fixed ARP/NDP entry.
+        if request and (
+            entry is None or not entry["state"] & (NUD_REACHABLE | NUD_PERMANENT | NUD_NOARP)
+        ):
             self.request(address, oif)
         if entry is None:
             return Neighbour(address, ifname, None, "incomplete", "resolution in progress")

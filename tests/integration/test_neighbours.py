@@ -1,0 +1,98 @@
+"""Neighbour resolution on a real kernel: dynamic entries get resolved, static
+ones are read and never disturbed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+PROBE = """
+import ipaddress, time
+from carom.net.neighbours import NeighbourTable
+nt = NeighbourTable()
+addrs = [ipaddress.ip_address(a) for a in ("192.0.2.11", "192.0.2.12", "192.0.2.99")]
+for _ in range(3):
+    found = nt.lookup_many(addrs)
+    time.sleep(0.5)
+found = nt.lookup_many(addrs)
+for a in addrs:
+    n = found[a]
+    print(a, n.state, n.mac.hex() if n.mac else "-")
+"""
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[str, str]]:
+    tag = uuid.uuid4().hex[:6]
+    d, r = f"carom-nbd-{tag}", f"carom-nbr-{tag}"
+    try:
+        for ns in (d, r):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(
+            [
+                "ip",
+                "-n",
+                d,
+                "link",
+                "add",
+                "carom0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "carom0",
+                "netns",
+                r,
+            ],
+            check=True,
+        )
+        subprocess.run(["ip", "-n", d, "addr", "add", "192.0.2.2/24", "dev", "carom0"], check=True)
+        subprocess.run(["ip", "-n", r, "addr", "add", "192.0.2.11/24", "dev", "carom0"], check=True)
+        for ns in (d, r):
+            subprocess.run(["ip", "-n", ns, "link", "set", "carom0", "up"], check=True)
+        yield d, r
+    finally:
+        for ns in (d, r):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_dynamic_resolved_static_kept_missing_failed(pair: tuple[str, str]) -> None:
+    d, _ = pair
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            d,
+            "neigh",
+            "replace",
+            "192.0.2.12",
+            "lladdr",
+            "02:00:00:00:00:12",
+            "dev",
+            "carom0",
+            "nud",
+            "permanent",
+        ],
+        check=True,
+    )
+    out = subprocess.run(
+        ["ip", "netns", "exec", d, sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+    assert lines["192.0.2.11"][0] == "reachable"  # resolved by ARP, nothing else sent
+    assert lines["192.0.2.12"] == ["reachable", "020000000012"]  # static entry read as is
+    assert lines["192.0.2.99"][0] in ("failed", "incomplete")
+    neigh = subprocess.run(
+        ["ip", "-n", d, "neigh", "show", "192.0.2.12"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "PERMANENT" in neigh, f"the static entry was disturbed: {neigh}"
