@@ -11,7 +11,7 @@ BPF_OBJDIR   := src/carom/bpf/obj
 BPF_OBJS     := $(patsubst bpf/%.bpf.c,$(BPF_OBJDIR)/%.bpf.o,$(wildcard bpf/*.bpf.c))
 BPF_CFLAGS   := -O2 -g -target bpf -Wall -Werror -I/usr/include/x86_64-linux-gnu -Ibpf
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev bpftool iproute2 ethtool tcpdump curl \
-                nftables netsniff-ng haproxy wrk python3-venv
+                nftables netsniff-ng haproxy wrk python3-venv procps gcc
 STAMP        := build/.stamps
 
 .PHONY: all deps sysdeps venv bpf test test-unit lint demo bench clean

@@ -148,8 +148,8 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                     writes.append(float(reply["writes"]))
             _ = i
         rss_kb = 0
-        pid = _daemon_pid(proc.pid)
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        # `ip netns exec` execs the daemon in place: same PID
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
         return [
@@ -178,9 +178,7 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
     finally:
         if proc is not None and proc.poll() is None:
             try:
-                control.request(
-                    cfg_path and _config(100, tmp)["control_socket"], "stop", detach=True
-                )
+                control.request(_config(100, tmp)["control_socket"], "stop", detach=True)
                 proc.wait(15)
             except (OSError, ConnectionError, subprocess.TimeoutExpired):
                 proc.kill()
@@ -190,16 +188,12 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _daemon_pid(exec_pid: int) -> int:
-    """`ip netns exec` execs the command in place: same PID."""
-    return exec_pid
-
-
 def run(budget_s: float = 120.0) -> list[Row]:
     budget = Budget(budget_s)
     return maglev_rows() + daemon_rows(budget)
 
 
 if __name__ == "__main__":
-    for r in run():
-        print(f"{r.name:<80} {r.median:10.2f} {r.unit}")
+    from benchmarks.run import table
+
+    print(table(run()))

@@ -224,5 +224,6 @@ def big_table(kb: KernelBench, budget: Budget, probes: int = 3000) -> list[Row]:
 
 
 if __name__ == "__main__":
-    for r in run():
-        print(f"{r.name:<70} {r.median:8.1f} {r.unit}")
+    from benchmarks.run import table
+
+    print(table(run()))

@@ -697,15 +697,7 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _print(rows: list[Row]) -> None:
-    for r in rows:
-        base = next((b for b in rows if b.name == r.baseline), None)
-        ratio = f"  x{r.median / base.median:.2f} of carom" if base else ""
-        print(f"{r.name:<62} {r.median:9.1f} {r.unit:<7} n={len(r.samples)}{ratio}")
-        print(f"    samples {[round(s, 1) for s in r.samples]}")
-        if r.note:
-            print(f"    ({r.note})")
-
-
 if __name__ == "__main__":
-    _print(run())
+    from benchmarks.run import table
+
+    print(table(run()))

@@ -370,15 +370,7 @@ def run(budget_s: float = 240.0, duration: float = 4.0, rounds: int = 4) -> list
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _print(rows: list[Row]) -> None:
-    for r in rows:
-        b = next((x for x in rows if x.name == r.baseline), None)
-        ratio = f"  x{r.median / b.median:.2f} of {b.name.split(':')[0]}" if b else ""
-        print(f"{r.name:<62} {r.median:10.2f} {r.unit:<6} n={len(r.samples)}{ratio}")
-        print(f"    samples {[round(s, 3) for s in r.samples]}")
-        if r.note:
-            print(f"    ({r.note})")
-
-
 if __name__ == "__main__":
-    _print(run())
+    from benchmarks.run import table
+
+    print(table(run()))

@@ -310,6 +310,28 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
 }
 
 
+PROTOCOLS = {"tcp": 6, "udp": 17}  # config names -> IP protocol numbers
+
+
+def port_be(port: int) -> int:
+    """A host-order port as the u16 the maps hold (network byte order)."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def port_host(raw: int) -> int:
+    """The inverse of port_be."""
+    return int.from_bytes(int(raw).to_bytes(2, "little"), "big")
+
+
+def svc_key(vip: IPAddress, proto: int, port: int) -> SvcKey:
+    """services map key; port in host order, 0 = all ports."""
+    return SvcKey(vip=Addr.of(vip), port=port_be(port), proto=proto, family=int(family_of(vip)))
+
+
+def vip_key(vip: IPAddress) -> VipKey:
+    return VipKey(addr=Addr.of(vip), family=int(family_of(vip)))
+
+
 def family_of(address: IPAddress) -> Family:
     return Family.IPV4 if address.version == 4 else Family.IPV6
 

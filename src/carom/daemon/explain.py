@@ -20,7 +20,6 @@ from carom.bpf.loader import Dataplane
 from carom.sched import maglev
 from carom.sched.flowhash import flow_hash
 
-PROTOS = {"tcp": 6, "udp": 17}
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)$")
 
 
@@ -40,7 +39,7 @@ def parse_service(text: str) -> tuple[abi.IPAddress, int, str]:
     """'VIP:PORT/PROTO' (PROTO defaults to tcp)."""
     endpoint, _, proto = text.partition("/")
     proto = (proto or "tcp").lower()
-    if proto not in PROTOS:
+    if proto not in abi.PROTOCOLS:
         raise ValueError(f"{text!r}: protocol must be tcp or udp")
     addr, port = parse_endpoint(endpoint)
     return addr, port, proto
@@ -61,10 +60,6 @@ class Explanation:
         return asdict(self)
 
 
-def _port_be(port: int) -> int:
-    return int.from_bytes(port.to_bytes(2, "big"), "little")
-
-
 def explain(
     dp: Dataplane,
     client: str,
@@ -76,11 +71,11 @@ def explain(
     vip, vport, proto_name = parse_service(service)
     if caddr.version != vip.version:
         raise ValueError("client and VIP must be the same address family")
-    proto = PROTOS[proto_name]
+    proto = abi.PROTOCOLS[proto_name]
     fam = int(abi.family_of(vip))
     steps: list[str] = []
     cfg = dp["node_cfg"].lookup(0)
-    if dp["vip_addrs"].lookup(abi.VipKey(addr=abi.Addr.of(vip), family=fam)) is None:
+    if dp["vip_addrs"].lookup(abi.vip_key(vip)) is None:
         return Explanation(
             "pass",
             None,
@@ -96,7 +91,7 @@ def explain(
             "none",
             ["this node is a backup: VIP traffic goes to its own stack, never scheduled"],
         )
-    key = abi.SvcKey(vip=abi.Addr.of(vip), port=_port_be(vport), proto=proto, family=fam)
+    key = abi.svc_key(vip, proto, vport)
     svc = dp["services"].lookup(key)
     if svc is None:
         key.port = 0
@@ -117,8 +112,8 @@ def explain(
     flow = abi.FlowKey(
         src=abi.Addr.of(caddr),
         dst=abi.Addr.of(vip),
-        sport=_port_be(cport),
-        dport=_port_be(vport),
+        sport=abi.port_be(cport),
+        dport=abi.port_be(vport),
         proto=proto,
         family=fam,
     )

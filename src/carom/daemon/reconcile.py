@@ -22,6 +22,7 @@ import numpy as np
 from carom import abi
 from carom.bpf.loader import Dataplane
 from carom.config.schema import Config, Service
+from carom.model.state import Real
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
@@ -29,7 +30,6 @@ log = logging.getLogger("carom.reconcile")
 
 Address = abi.IPAddress
 SvcIdent = tuple[Address, int, int]  # vip, proto, port (0 = all)
-PROTO = {"tcp": 6, "udp": 17}
 
 
 def real_key(address: Address) -> bytes:
@@ -72,27 +72,15 @@ class Desired:
 
 
 def svc_ident(svc: Service) -> SvcIdent:
-    return (svc.vip, PROTO[svc.protocol], svc.port_number)
+    return (svc.vip, abi.PROTOCOLS[svc.protocol], svc.port_number)
 
 
 def svc_key(ident: SvcIdent) -> abi.SvcKey:
-    vip, proto, port = ident
-    return abi.SvcKey(
-        vip=abi.Addr.of(vip),
-        port=int.from_bytes(port.to_bytes(2, "big"), "little"),
-        proto=proto,
-        family=int(abi.family_of(vip)),
-    )
+    return abi.svc_key(*ident)
 
 
 def ident_of(key: abi.SvcKey) -> SvcIdent:
-    vip = key.vip.to_ip(key.family)
-    port = int.from_bytes(int(key.port).to_bytes(2, "little"), "big")
-    return (vip, int(key.proto), port)
-
-
-def vip_key(vip: Address) -> abi.VipKey:
-    return abi.VipKey(addr=abi.Addr.of(vip), family=int(abi.family_of(vip)))
+    return (key.vip.to_ip(key.family), int(key.proto), abi.port_host(key.port))
 
 
 def _discard(_: object) -> None:
@@ -111,7 +99,6 @@ class Reconciler:
         self.size = dp.limits.maglev_size
         self.current = Image()
         self.real_ids: dict[Address, int] = {}
-        self.svc_ids: dict[SvcIdent, int] = {}
         self.last: Desired | None = None
         self.writes_total = 0
 
@@ -125,7 +112,6 @@ class Reconciler:
         for key, info in dp["services"].items():
             ident = ident_of(key)
             img.services[ident] = info
-            self.svc_ids[ident] = int(info.id)
         maglev_map = dp["maglev"]
         for sid in sorted({int(i.id) for i in img.services.values()}):
             img.rows[sid] = self._read_row(maglev_map, sid)
@@ -202,29 +188,20 @@ class Reconciler:
                 continue
             else:
                 continue
-            info = abi.RealInfo(
-                addr=abi.Addr.of(address),
-                family=int(abi.family_of(address)),
-                method=int(abi.Method.DSR),
-                flags=int(
-                    (abi.RealFlags.LOCAL if local else 0)
-                    | (0 if usable else abi.RealFlags.UNUSABLE)
-                ),
-            )
-            if mac:
-                info.mac[:] = list(mac)
-            img.reals[rid] = info
+            img.reals[rid] = Real(
+                rid, address, mac=mac or bytes(6), local=local, usable=usable
+            ).info()
             if mac and not local:
                 img.real_macs[mac] = rid
 
-        used_svc_ids = {
-            sid
-            for ident, sid in self.svc_ids.items()
-            if ident in {svc_ident(s) for s in config.services}
-        }
+        # Service ids: those of the services the maps already hold, new ones
+        # take the lowest free id.
+        svc_ids = {ident: int(info.id) for ident, info in self.current.services.items()}
+        wanted_svcs = {svc_ident(s) for s in config.services}
+        used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
         for svc in config.services:
             ident = svc_ident(svc)
-            sid = self.svc_ids.get(ident)
+            sid = svc_ids.get(ident)
             if sid is None:
                 sid = self._alloc(used_svc_ids, 0, self.dp.limits.max_services, "service")
             used_svc_ids.add(sid)
@@ -260,11 +237,6 @@ class Reconciler:
             names[ident] = svc.display_name
             vk = (svc.vip, int(abi.family_of(svc.vip)))
             img.vips[vk] = img.vips.get(vk, 0) + 1
-        for ident in list(self.svc_ids):
-            if ident not in img.services:
-                del self.svc_ids[ident]
-        for ident, sinfo in img.services.items():
-            self.svc_ids[ident] = int(sinfo.id)
         draining = [
             str(a) for a, rid in self.real_ids.items() if a not in wanted and rid in img.reals
         ]
@@ -329,11 +301,11 @@ class Reconciler:
             for (vip, _fam), count in new.vips.items():
                 old_count = cur.vips.get((vip, _fam))
                 if old_count != count:
-                    put("vip_addrs", vip_key(vip), count, old_count)
+                    put("vip_addrs", abi.vip_key(vip), count, old_count)
             # 4. removals: VIP address first, so nothing half-removed is looked up
             for (vip, fam), count in cur.vips.items():
                 if (vip, fam) not in new.vips:
-                    delete("vip_addrs", vip_key(vip), count)
+                    delete("vip_addrs", abi.vip_key(vip), count)
             for ident, info in cur.services.items():
                 if ident not in new.services:
                     delete("services", svc_key(ident), info)

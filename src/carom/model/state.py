@@ -49,12 +49,7 @@ class Service:
         return abi.family_of(self.vip)
 
     def key(self) -> abi.SvcKey:
-        return abi.SvcKey(
-            vip=abi.Addr.of(self.vip),
-            port=int.from_bytes(self.port.to_bytes(2, "big"), "little"),
-            proto=self.proto,
-            family=int(self.family),
-        )
+        return abi.svc_key(self.vip, self.proto, self.port)
 
     def info(self) -> abi.SvcInfo:
         flags = int(abi.SvcFlags.PERSIST) if self.persist_timeout_s else 0
@@ -99,10 +94,7 @@ class State:
     director_macs: set[bytes] = field(default_factory=set)
 
     def vip_keys(self) -> set[bytes]:
-        return {
-            abi.VipKey(addr=abi.Addr.of(s.vip), family=int(s.family)).to_bytes()
-            for s in self.services
-        }
+        return {abi.vip_key(s.vip).to_bytes() for s in self.services}
 
     def real_macs(self) -> dict[bytes, int]:
         """MAC of every remote real: VIP frames from one of them are a loop."""
