@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carom.daemon import control
+
+if TYPE_CHECKING:
+    from carom.config.limits import Limits
 
 
 def _socket(args: argparse.Namespace) -> str:
@@ -47,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from carom.config.limits import format_bytes
     from carom.config.load import ConfigError, load_config
 
     try:
@@ -57,7 +61,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     for w in cfg.warnings():
         print(f"warning: {w}")
     print(f"{args.config}: valid ({len(cfg.services)} services)")
+    print(render_memory(cfg.limits))
+    total = sum(m.bytes for m in cfg.limits.memory())
+    ram = _mem_total()
+    if ram and total > ram // 2:
+        print(
+            f"warning: the maps need {format_bytes(total)}, more than half of this "
+            f"machine's {format_bytes(ram)} of memory"
+        )
     return 0
+
+
+def render_memory(limits: Limits) -> str:
+    """The kernel memory the maps will take: allocated in full at start."""
+    from carom.config.limits import format_bytes
+
+    maps = limits.memory()
+    total = sum(m.bytes for m in maps)
+    lines = [f"kernel memory for the maps: {format_bytes(total)} (allocated at start)"]
+    for m in maps:
+        lines.append(
+            f"  {m.name:<14} {m.entries:>11} entries x {m.entry_bytes:>4} B = "
+            f"{format_bytes(m.bytes):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _mem_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _fmt_bytes(n: int) -> str:
