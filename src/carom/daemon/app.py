@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ipaddress
 import logging
 import os
@@ -164,8 +163,7 @@ class Daemon:
                 for t in tasks:
                     t.cancel()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_of(self.config))
+            control.remove_socket(socket_of(self.config))
             await self._shutdown()
         return self.stop_request
 
