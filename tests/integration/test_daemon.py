@@ -251,6 +251,15 @@ def test_bad_reload_changes_nothing_and_keeps_serving(lab: Lab, director: Direct
     assert not after["last_reload"]["ok"]
     assert len(curl(lab, "client1", f"http://{t.VIP4}/", 5)) == 5
 
+    # More services than the maps hold: refused at validation, not at apply.
+    cfg = lab_config()
+    web = cfg["services"][0]
+    cfg["services"] = [{**web, "name": f"s{p}", "port": 1000 + p} for p in range(65)]
+    reply = director.reload(cfg)
+    assert not reply["ok"]
+    assert "services[64]: 65 services but limits.max_services is 64" in reply["error"]
+    assert [s["fingerprint"] for s in director.status()["services"]] == fingerprints
+
     # A limits change cannot be applied live: refused, named, nothing changed.
     cfg = lab_config()
     cfg["limits"]["conn_table_size"] = 131072
