@@ -33,16 +33,16 @@ from carom.config.fields import (
     Seconds,
     ServiceName,
     SocketPath,
-    StrictModel,
     VipAddress,
-    check_method,
     describe,
     format_loc,
-    int_range,
     is_prime,
     nearest_primes,
     next_prime,
 )
+from carom.config.fields import StrictModel as _Model
+from carom.config.fields import check_method as _method
+from carom.config.fields import int_range as _int_range
 from carom.config.limits import MAX_REALS, MAX_SERVICES, MAX_VIPS, Limits
 
 # Names other modules import from here: the schema is the config's public face.
@@ -69,7 +69,7 @@ __all__ = [
 # --- the models -----------------------------------------------------------------
 
 
-class Node(StrictModel):
+class Node(_Model):
     """What this node is, and its per-node policies."""
 
     role: Literal["active", "backup"] = Field(
@@ -86,20 +86,20 @@ class Node(StrictModel):
     )
 
 
-class Timeouts(StrictModel):
+class Timeouts(_Model):
     """Idle times after which a connection entry is ignored and the flow rescheduled."""
 
     tcp_idle: Seconds = Field(default=900, description="seconds, TCP", examples=[900])
     udp_idle: Seconds = Field(default=300, description="seconds, UDP", examples=[300])
 
 
-class Real(StrictModel):
+class Real(_Model):
     """One real server of a service."""
 
     address: RealAddress = Field(
         description="the server's own address, same family as the vip", examples=["192.0.2.11"]
     )
-    weight: Annotated[Int, int_range(0, 65535)] = Field(
+    weight: Annotated[Int, _int_range(0, 65535)] = Field(
         default=1,
         description="share of new flows; 0 drains (no new flows, existing ones go on)",
         examples=[1],
@@ -111,7 +111,7 @@ class Real(StrictModel):
     )
 
 
-class Service(StrictModel):
+class Service(_Model):
     """A virtual service: (vip, protocol, port) and the reals that serve it."""
 
     name: ServiceName | None = Field(
@@ -126,12 +126,12 @@ class Service(StrictModel):
         "a specific port on the same vip and protocol wins",
         examples=[80],
     )
-    method: Annotated[Literal["dsr"], BeforeValidator(check_method)] = Field(
+    method: Annotated[Literal["dsr"], BeforeValidator(_method)] = Field(
         default="dsr",
         description="forwarding method; only dsr (MAC rewrite) for now",
         examples=["dsr"],
     )
-    persistence_timeout: Annotated[Int, int_range(0, WEEK_S, " seconds (7 days)")] = Field(
+    persistence_timeout: Annotated[Int, _int_range(0, WEEK_S, " seconds (7 days)")] = Field(
         default=0,
         description="seconds; > 0 sends a client IP to the same real across connections "
         "(like ipvsadm -p); 0 is off",
@@ -319,7 +319,7 @@ def limit_problems(
     return problems
 
 
-class Config(StrictModel):
+class Config(_Model):
     """A whole carom.yaml."""
 
     instance: Instance = Field(
