@@ -212,3 +212,25 @@ def test_cli_side_reports_a_dead_or_broken_daemon_in_words(tmp_path: Path) -> No
                 await loop.run_in_executor(None, lambda: control.request(str(path), "status"))
 
     asyncio.run(main())
+
+
+def test_the_command_table_matches_what_the_daemon_handles() -> None:
+    """A command the daemon handles but the table lacks would be refused before
+    it gets there (and the reverse would reach `unknown command`): keep them equal."""
+    import ast
+
+    from carom.daemon import app
+
+    tree = ast.parse(Path(app.__file__).read_text())
+    handle = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "handle"
+    )
+    handled = {
+        c.comparators[0].value
+        for c in ast.walk(handle)
+        if isinstance(c, ast.Compare)
+        and isinstance(c.left, ast.Name)
+        and c.left.id == "cmd"
+        and isinstance(c.comparators[0], ast.Constant)
+    }
+    assert handled == set(control.COMMANDS)
