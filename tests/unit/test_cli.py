@@ -4,7 +4,6 @@ never a traceback, and a command that would break a running daemon refuses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +49,7 @@ def test_check_prints_the_maps_kernel_memory(
     assert "kernel memory for the maps: " in out  # the default limits:
     assert "conn_table         1048576 entries x  104 B =  120.0 MiB" in out
     assert "maglev             4194368 entries x    8 B =   32.0 MiB" in out
+    assert "(64 rows x 65537 slots)" in out
 
 
 @pytest.fixture
@@ -57,28 +57,26 @@ def daemon_socket(tmp_path: Path) -> Iterator[Path]:
     """A live control socket at the config's path, as a running daemon has."""
     path = tmp_path / "run" / "c.sock"
     ready = threading.Event()
-    loop = asyncio.new_event_loop()
+    held: dict[str, Any] = {}
 
     async def handler(req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
 
     async def serve() -> None:
+        held["loop"], held["stop"] = asyncio.get_running_loop(), asyncio.Event()
         server = await control.serve(str(path), handler)
         ready.set()
         async with server:
-            with contextlib.suppress(asyncio.CancelledError):
-                await server.serve_forever()
+            await held["stop"].wait()
 
-    task = loop.create_task(serve())
-    thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
     thread.start()
     assert ready.wait(10)
     try:
         yield path
     finally:
-        loop.call_soon_threadsafe(task.cancel)
+        held["loop"].call_soon_threadsafe(held["stop"].set)
         thread.join(10)
-        loop.close()
 
 
 def test_detach_refuses_while_a_daemon_answers(

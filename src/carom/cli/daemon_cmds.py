@@ -123,9 +123,10 @@ def render_memory(limits: Limits) -> str:
     total = sum(m.bytes for m in maps)
     lines = [f"kernel memory for the maps: {format_bytes(total)} (allocated at start)"]
     for m in maps:
+        shape = f"  ({m.shape})" if m.shape else ""
         lines.append(
             f"  {m.name:<14} {m.entries:>11} entries x {m.entry_bytes:>4} B = "
-            f"{format_bytes(m.bytes):>10}"
+            f"{format_bytes(m.bytes):>10}{shape}"
         )
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -102,6 +102,8 @@ class Limits(StrictModel):
             map_memory(name, MAP_KINDS[name], entries, ncpu)
             for name, entries in self.map_entries().items()
         ]
+        rows = f"{self.max_services} rows x {self.maglev_table_size} slots"
+        out = [replace(m, shape=rows) if m.name == "maglev" else m for m in out]
         return sorted(out, key=lambda m: -m.bytes)
 
     @model_validator(mode="after")
@@ -132,10 +134,12 @@ class MapMemory:
     entries: int  # max_entries
     entry_bytes: int  # bytes per entry, bookkeeping included (all CPUs for per-CPU maps)
     bytes: int  # the whole map
+    shape: str = ""  # how the entries come about, e.g. "64 rows x 65537 slots"
 
     def describe(self) -> str:
+        shape = f" ({self.shape})" if self.shape else ""
         return (
-            f"{self.name} {format_bytes(self.bytes)} = {self.entries} entries x "
+            f"{self.name} {format_bytes(self.bytes)} = {self.entries} entries{shape} x "
             f"{self.entry_bytes} B"
         )
 
