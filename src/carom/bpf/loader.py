@@ -17,7 +17,7 @@ from carom import abi
 from carom.bpf import libbpf
 from carom.bpf.btfcheck import check_abi
 from carom.bpf.maps import TypedMap
-from carom.config.limits import Limits
+from carom.config.limits import Limits as Limits  # the one model; re-exported for callers of load()
 
 log = logging.getLogger("carom.loader")
 
