@@ -1,0 +1,177 @@
+/* The slot-filling step of carom's weighted Maglev (src/carom/sched/maglev.py,
+ * _fill_numpy), in C, so a 65537-slot table builds in about a millisecond.
+ *
+ * It must give byte-identical tables to the numpy path: peers compare tables
+ * by fingerprint. So it runs the same steps with the same windows and the same
+ * float operations in the same order (build with -ffp-contract=off, never
+ * -ffast-math: a fused multiply-add would round differently). What it saves is
+ * work that cannot change the result: numpy materialises every window in full,
+ * this scans a window only up to the last slot it proposes, and resolves
+ * collisions with a per-slot best-so-far instead of a sort.
+ *
+ * Loaded by ctypes; carom_maglev_abi() lets the loader refuse a stale build.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define CAROM_MAGLEV_ABI 1
+#define STEP 0.125
+
+int carom_maglev_abi(void) { return CAROM_MAGLEV_ABI; }
+
+/* Smallest e in [0, 31] with 2^e >= need, or 31: numpy's
+ * min(searchsorted(2 ** arange(32), need), 31). */
+static int64_t window_width(int64_t need, int64_t size)
+{
+	int e = 0;
+	while (e < 31 && ((int64_t)1 << e) < need)
+		e++;
+	int64_t w = (int64_t)1 << e;
+	return w < size ? w : size;
+}
+
+/* Owner (index into the arrays) of every slot, written to owner[0..size).
+ * offset[i] < size, 1 <= skip[i] < size, quota[i] >= 1, sum(quota) == size,
+ * size prime and < 2^31. Returns 0, or -1 if memory ran out or the input
+ * breaks those rules (the caller checked them; this only refuses to loop). */
+int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
+		      const int64_t *quota, int64_t size, int32_t *owner)
+{
+	int64_t total = 0;
+	for (int64_t i = 0; i < n; i++) {
+		if (quota[i] < 1 || skip[i] < 1 || skip[i] >= size || offset[i] < 0 ||
+		    offset[i] >= size)
+			return -1;
+		total += quota[i];
+	}
+	if (n < 1 || size < 3 || size > INT32_MAX || total != size)
+		return -1;
+
+	int64_t *count = calloc((size_t)n, sizeof(*count));
+	int64_t *pos = calloc((size_t)n, sizeof(*pos));
+	int64_t *due = calloc((size_t)n, sizeof(*due));
+	int64_t *width = calloc((size_t)n, sizeof(*width));
+	/* where each real's scan stopped, and whether it found all it wanted */
+	int64_t *scanned = calloc((size_t)n, sizeof(*scanned));
+	int32_t *best_real = malloc((size_t)size * sizeof(*best_real));
+	double *best_time = malloc((size_t)size * sizeof(*best_time));
+	int32_t *touched = malloc((size_t)size * sizeof(*touched));
+	int64_t *proposers = malloc((size_t)n * sizeof(*proposers));
+	int rc = -1;
+	if (!count || !pos || !due || !width || !scanned || !best_real || !best_time ||
+	    !touched || !proposers)
+		goto out;
+
+	for (int64_t s = 0; s < size; s++) {
+		owner[s] = -1;
+		best_real[s] = -1;
+	}
+
+	double horizon = 0.0;
+	int64_t unfilled = size;
+	while (unfilled) {
+		int64_t q_max = 0;
+		for (int64_t i = 0; i < n; i++)
+			if (count[i] < quota[i] && quota[i] > q_max)
+				q_max = quota[i];
+		double by_free = STEP * (double)unfilled / (double)size;
+		double by_claim = 1.0 / (double)q_max;
+		double next = horizon + (by_free >= by_claim ? by_free : by_claim);
+		horizon = next < 1.0 ? next : 1.0;
+
+		int64_t np_ = 0;
+		for (int64_t i = 0; i < n; i++) {
+			int64_t d = (int64_t)floor(horizon * (double)quota[i]);
+			due[i] = (d < quota[i] ? d : quota[i]) - count[i];
+			if (due[i] > 0)
+				proposers[np_++] = i;
+		}
+		if (!np_)
+			continue;
+
+		/* Proposals, in real order, so an equal due time keeps the
+		 * earlier real: the numpy path's lexsort tie-break. */
+		int64_t n_touched = 0;
+		for (int64_t k = 0; k < np_; k++) {
+			int64_t i = proposers[k];
+			int64_t want = due[i];
+			int64_t need = (want + want / 4 + 2) * size / unfilled + 1;
+			int64_t w = window_width(need, size);
+			int64_t limit = size - pos[i]; /* positions >= size are not valid */
+			if (limit > w)
+				limit = w;
+			int64_t slot = (offset[i] + pos[i] * skip[i]) % size;
+			int64_t rank = 0, j = 0;
+			for (; j < limit && rank < want; j++) {
+				if (owner[slot] < 0) {
+					rank++;
+					double t = (double)(count[i] + rank) / (double)quota[i];
+					int32_t b = best_real[slot];
+					if (b < 0) {
+						best_real[slot] = (int32_t)i;
+						best_time[slot] = t;
+						touched[n_touched++] = (int32_t)slot;
+					} else if (t < best_time[slot]) {
+						best_real[slot] = (int32_t)i;
+						best_time[slot] = t;
+					}
+				}
+				slot += skip[i];
+				if (slot >= size)
+					slot -= size;
+			}
+			width[i] = w;
+			/* found all it wanted: resume the free-slot search after the
+			 * last proposal; else the window held no more free slots */
+			scanned[i] = rank == want ? j : -1;
+		}
+
+		for (int64_t t = 0; t < n_touched; t++) {
+			int32_t s = touched[t];
+			int32_t r = best_real[s];
+			owner[s] = r;
+			count[r]++;
+			best_real[s] = -1;
+		}
+		unfilled -= n_touched;
+
+		/* Every slot before the scan's end was filled at the step's start
+		 * or has just been claimed (each proposed slot went to someone), so
+		 * the first free slot of the window lies at or after it. */
+		for (int64_t k = 0; k < np_; k++) {
+			int64_t i = proposers[k];
+			int64_t w = width[i];
+			int64_t j = scanned[i];
+			int64_t advance = w;
+			if (j >= 0) {
+				int64_t limit = size - pos[i];
+				if (limit > w)
+					limit = w;
+				int64_t slot = (offset[i] + (pos[i] + j) * skip[i]) % size;
+				for (; j < limit; j++) {
+					if (owner[slot] < 0) {
+						advance = j;
+						break;
+					}
+					slot += skip[i];
+					if (slot >= size)
+						slot -= size;
+				}
+			}
+			pos[i] += advance;
+		}
+	}
+	rc = 0;
+out:
+	free(count);
+	free(pos);
+	free(due);
+	free(width);
+	free(scanned);
+	free(best_real);
+	free(best_time);
+	free(touched);
+	free(proposers);
+	return rc;
+}
