@@ -88,12 +88,7 @@ class MaglevReal:
     weight: int  # relative share of slots, >= 0; 0 drains the real (no slots)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, bytes):
-            raise TypeError(f"MaglevReal key must be bytes, got {type(self.key).__name__}")
-        if not isinstance(self.weight, int):
-            raise TypeError(f"MaglevReal weight must be int, got {type(self.weight).__name__}")
-        if self.weight < 0:
-            raise ValueError(f"negative weight {self.weight} for real {self.key.hex()}")
+        _check_member(self.key, self.weight)
 
 
 def canonical_order(reals: Iterable[MaglevReal]) -> list[MaglevReal]:
@@ -113,28 +108,12 @@ def build_table(
     """The lookup table: `size` uint32 entries, each a position in
     canonical_order(reals). Needs at least one real with weight > 0.
 
-    impl picks who fills the slots: "native" (the compiled helper, about 1 ms),
-    "numpy" (the pure path, ~30 ms) or "auto" (native when it was built). Both
-    give the same table; tests/unit/test_maglev.py compares them."""
+    impl picks who fills the slots: "native" (the compiled helper, 1-3 ms),
+    "numpy" (the pure path, 20-35 ms) or "auto" (native when it was built).
+    Both give the same table; tests/unit/test_maglev.py compares them."""
     _check_size(size)
     ordered = canonical_order(reals)
-    quota = _quotas([r.weight for r in ordered], size)
-    live = [i for i, q in enumerate(quota) if q > 0]
-    if len(live) == 1:
-        return np.full(size, live[0], dtype=np.uint32)
-    offset, skip = zip(*(_offset_skip(ordered[i].key, size) for i in live), strict=True)
-    args = (
-        np.array(offset, dtype=np.int64),
-        np.array(skip, dtype=np.int64),
-        np.array([quota[i] for i in live], dtype=np.int64),
-        size,
-    )
-    if impl == "native" or (impl == "auto" and maglev_native.available()):
-        owner: npt.NDArray[np.integer] = maglev_native.fill(*args)
-    elif impl in ("auto", "numpy"):
-        owner = _fill_numpy(*args)
-    else:
-        raise ValueError(f"unknown Maglev implementation {impl!r}: auto, native or numpy")
+    live, owner = _owners([r.key for r in ordered], [r.weight for r in ordered], size, impl)
     return np.array(live, dtype=np.uint32)[owner]
 
 
@@ -143,16 +122,22 @@ def build_ids(
 ) -> U32Array:
     """The table as the data plane stores it: real ids, from key -> (real_id,
     weight). Id 0 means "no real"; with no weight at all the whole row is 0, so
-    the data plane drops rather than guesses."""
+    the data plane drops rather than guesses. Same table as build_table, without
+    building a MaglevReal per entry (this is the daemon's hot path)."""
     _check_size(size)
-    members = [MaglevReal(key=k, weight=w) for k, (_, w) in reals.items()]
-    if not any(m.weight for m in members):
+    bad_id = None
+    for key, (rid, weight) in reals.items():
+        _check_member(key, weight)
+        if bad_id is None and not 0 <= rid <= 0xFFFFFFFF:
+            bad_id = f"real id {rid} for {key.hex()} does not fit in uint32"
+    if not any(w for _, w in reals.values()):
         return np.zeros(size, dtype=np.uint32)
-    for key, (rid, _) in reals.items():
-        if not 0 <= rid <= 0xFFFFFFFF:
-            raise ValueError(f"real id {rid} for {key.hex()} does not fit in uint32")
-    ids = np.array([reals[m.key][0] for m in canonical_order(members)], dtype=np.uint32)
-    return ids[build_table(members, size, impl=impl)]
+    if bad_id is not None:
+        raise ValueError(bad_id)
+    keys = sorted(reals)  # dict keys are unique: no duplicate check needed
+    live, owner = _owners(keys, [reals[k][1] for k in keys], size, impl)
+    ids = np.array([reals[keys[i]][0] for i in live], dtype=np.uint32)
+    return ids[owner]
 
 
 def fingerprint(table: npt.NDArray[np.uint32]) -> str:
@@ -182,19 +167,57 @@ def _quotas(weights: list[int], size: int) -> list[int]:
         raise ValueError("a Maglev table needs at least one real with weight > 0")
     quota = [size * w // total for w in weights]
     spare = size - sum(quota)
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(size * weights[i] % total), i))
-    for i in by_remainder[:spare]:
-        quota[i] += 1
+    if spare:
+        remainder = [size * w % total for w in weights]
+        # A stable sort keeps equal remainders in real order, reverse=True too.
+        by_remainder = sorted(range(len(weights)), key=remainder.__getitem__, reverse=True)
+        for i in by_remainder[:spare]:
+            quota[i] += 1
     return quota
 
 
-def _offset_skip(key: bytes, size: int) -> tuple[int, int]:
-    """Where a real's permutation starts and how it strides: stable across
-    processes and machines, unlike hash()."""
-    digest = hashlib.blake2b(key, digest_size=16, person=_PERSON).digest()
-    offset = int.from_bytes(digest[:8], "little") % size
-    skip = int.from_bytes(digest[8:], "little") % (size - 1) + 1
-    return offset, skip
+def _check_member(key: bytes, weight: int) -> None:
+    if not isinstance(key, bytes):
+        raise TypeError(f"MaglevReal key must be bytes, got {type(key).__name__}")
+    if not isinstance(weight, int):
+        raise TypeError(f"MaglevReal weight must be int, got {type(weight).__name__}")
+    if weight < 0:
+        raise ValueError(f"negative weight {weight} for real {key.hex()}")
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in ("auto", "native", "numpy"):
+        raise ValueError(f"unknown Maglev implementation {impl!r}: auto, native or numpy")
+
+
+def _owners(
+    keys: list[bytes], weights: list[int], size: int, impl: Impl
+) -> tuple[list[int], npt.NDArray[np.integer]]:
+    """The filled table over unique keys in canonical order: `live` (indices of
+    the reals with slots) and, per slot, an index into `live`."""
+    _check_impl(impl)
+    quota = _quotas(weights, size)
+    live = [i for i, q in enumerate(quota) if q > 0]
+    if len(live) == 1:
+        return live, np.zeros(size, dtype=np.int32)
+    offset, skip = _offset_skip([keys[i] for i in live], size)
+    live_quota = np.array([quota[i] for i in live], dtype=np.int64)
+    if impl == "native" or (impl == "auto" and maglev_native.available()):
+        return live, maglev_native.fill(offset, skip, live_quota, size)
+    return live, _fill_numpy(offset, skip, live_quota, size)
+
+
+def _offset_skip(keys: list[bytes], size: int) -> tuple[_I64Array, _I64Array]:
+    """Where each real's permutation starts and how it strides, from BLAKE2b of
+    its key: stable across processes and machines, unlike hash(). The digest's
+    two little-endian 64-bit halves, reduced with exact uint64 arithmetic."""
+    digests = b"".join(
+        [hashlib.blake2b(k, digest_size=16, person=_PERSON).digest() for k in keys]
+    )
+    halves = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+    offset = halves[:, 0] % np.uint64(size)
+    skip = halves[:, 1] % np.uint64(size - 1) + np.uint64(1)
+    return offset.astype(np.int64), skip.astype(np.int64)
 
 
 def _fill_numpy(offset: _I64Array, skip: _I64Array, quota: _I64Array, size: int) -> _I64Array:
