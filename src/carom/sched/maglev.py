@@ -25,6 +25,8 @@ The algorithm:
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -114,7 +116,8 @@ def build_table(
     _check_size(size)
     ordered = canonical_order(reals)
     live, owner = _owners([r.key for r in ordered], [r.weight for r in ordered], size, impl)
-    return np.array(live, dtype=np.uint32)[owner]
+    table: U32Array = np.array(live, dtype=np.uint32)[owner]
+    return table
 
 
 def build_ids(
@@ -137,7 +140,8 @@ def build_ids(
     keys = sorted(reals)  # dict keys are unique: no duplicate check needed
     live, owner = _owners(keys, [reals[k][1] for k in keys], size, impl)
     ids = np.array([reals[keys[i]][0] for i in live], dtype=np.uint32)
-    return ids[owner]
+    row: U32Array = ids[owner]
+    return row
 
 
 def fingerprint(table: npt.NDArray[np.uint32]) -> str:
@@ -147,6 +151,92 @@ def fingerprint(table: npt.NDArray[np.uint32]) -> str:
     h.update(len(table).to_bytes(8, "little"))
     h.update(np.ascontiguousarray(table, dtype="<u4").tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedRow:
+    """A built table and its fingerprint, shared by every caller that asked for
+    the same members; the array is read-only so no caller can change it for the
+    others."""
+
+    ids: U32Array  # build_ids' result, flags.writeable False
+    fingerprint: str  # fingerprint(ids), computed once
+
+
+class TableCache:
+    """Built tables by member set, least recently used first out, bounded in
+    bytes. With thousands of services over a few hundred reals many services
+    share one (key, real id, weight) set: each such table is built and
+    fingerprinted once, and every service holds the same array.
+
+    Thread-safe (builds may run in an executor). Two threads missing the same
+    set at once may both build it; the first stored is the one shared."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        # 64 MiB holds 256 tables of 65537 slots.
+        self.max_bytes = max_bytes
+        self.hits = 0  # lookups answered from the cache
+        self.misses = 0  # lookups that built a table
+        self._rows: OrderedDict[tuple[int, frozenset[tuple[bytes, tuple[int, int]]]], CachedRow]
+        self._rows = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def row(
+        self, reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+    ) -> CachedRow:
+        """build_ids(reals, size) and its fingerprint, built at most once while
+        cached. Bad input raises as build_ids does and is not cached."""
+        key = (size, frozenset(reals.items()))
+        with self._lock:
+            hit = self._rows.get(key)
+            if hit is not None:
+                self._rows.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        ids = build_ids(reals, size)
+        ids.flags.writeable = False
+        built = CachedRow(ids=ids, fingerprint=fingerprint(ids))
+        with self._lock:
+            stored = self._rows.setdefault(key, built)
+            if stored is built:
+                self._bytes += ids.nbytes
+                while self._bytes > self.max_bytes and self._rows:
+                    _, old = self._rows.popitem(last=False)
+                    self._bytes -= old.ids.nbytes
+            return stored
+
+    def build_ids(
+        self, reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+    ) -> U32Array:
+        """Like build_ids, but shared and read-only: copy before changing it."""
+        return self.row(reals, size).ids
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of table data held."""
+        return self._bytes
+
+
+# The process-wide cache build_ids_cached uses.
+shared_cache = TableCache()
+
+
+def build_ids_cached(
+    reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+) -> U32Array:
+    """build_ids through the process-wide TableCache: identical member sets get
+    the same read-only array, built once."""
+    return shared_cache.build_ids(reals, size)
 
 
 def _check_size(size: int) -> None:
@@ -211,9 +301,7 @@ def _offset_skip(keys: list[bytes], size: int) -> tuple[_I64Array, _I64Array]:
     """Where each real's permutation starts and how it strides, from BLAKE2b of
     its key: stable across processes and machines, unlike hash(). The digest's
     two little-endian 64-bit halves, reduced with exact uint64 arithmetic."""
-    digests = b"".join(
-        [hashlib.blake2b(k, digest_size=16, person=_PERSON).digest() for k in keys]
-    )
+    digests = b"".join([hashlib.blake2b(k, digest_size=16, person=_PERSON).digest() for k in keys])
     halves = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
     offset = halves[:, 0] % np.uint64(size)
     skip = halves[:, 1] % np.uint64(size - 1) + np.uint64(1)

@@ -15,7 +15,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#ifndef CAROM_MAGLEV_ABI /* overridden only by the test of a stale build */
 #define CAROM_MAGLEV_ABI 1
+#endif
 #define STEP 0.125
 
 int carom_maglev_abi(void) { return CAROM_MAGLEV_ABI; }
@@ -33,7 +35,7 @@ static int64_t window_width(int64_t need, int64_t size)
 
 /* Owner (index into the arrays) of every slot, written to owner[0..size).
  * offset[i] < size, 1 <= skip[i] < size, quota[i] >= 1, sum(quota) == size,
- * size prime and < 2^31. Returns 0, or -1 if memory ran out or the input
+ * size prime and < 2^31. Returns 0; -1 if memory ran out; -2 if the input
  * breaks those rules (the caller checked them; this only refuses to loop). */
 int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 		      const int64_t *quota, int64_t size, int32_t *owner)
@@ -42,11 +44,11 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 	for (int64_t i = 0; i < n; i++) {
 		if (quota[i] < 1 || skip[i] < 1 || skip[i] >= size || offset[i] < 0 ||
 		    offset[i] >= size)
-			return -1;
+			return -2;
 		total += quota[i];
 	}
 	if (n < 1 || size < 3 || size > INT32_MAX || total != size)
-		return -1;
+		return -2;
 
 	int64_t *count = calloc((size_t)n, sizeof(*count));
 	int64_t *pos = calloc((size_t)n, sizeof(*pos));

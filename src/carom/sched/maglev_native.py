@@ -87,6 +87,8 @@ def fill(
         size,
         owner.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
     )
+    if rc == -2:
+        raise ValueError(f"Maglev fill refused its input: quotas must be >= 1 and sum to {size}")
     if rc != 0:
-        raise MemoryError(f"Maglev fill of {size} slots failed (out of memory or bad input)")
+        raise MemoryError(f"out of memory filling a {size}-slot Maglev table")
     return owner
