@@ -20,6 +20,14 @@ The algorithm:
 5. Each step claims an eighth of the free slots, so steps shrink as the table
    fills and collisions stay rare: the result stays close to one-claim-at-a-time
    Maglev (measured churn within about 10% of it) at numpy speed.
+
+Two implementations of steps 4-5 give the same tables byte for byte: the
+compiled helper (maglev_fill.c through maglev_native; 1-3 ms for 65537 slots,
+built by `make bpf`) and _fill_numpy, the reference (20-35 ms, mostly spent on
+the windows it materialises in full: about 30 cells per slot per build, whatever
+the number of reals). Without the helper the numpy path is used, logged once;
+the tests compare the two on random inputs. TableCache shares one read-only
+table among all services with the same (key, real id, weight) set.
 """
 
 from __future__ import annotations

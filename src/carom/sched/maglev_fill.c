@@ -54,16 +54,24 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 	int64_t *pos = calloc((size_t)n, sizeof(*pos));
 	int64_t *due = calloc((size_t)n, sizeof(*due));
 	int64_t *width = calloc((size_t)n, sizeof(*width));
-	/* where each real's scan stopped, and whether it found all it wanted */
-	int64_t *scanned = calloc((size_t)n, sizeof(*scanned));
+	/* where each real's scan stopped (window index), and the slot there */
+	int64_t *scan_end = calloc((size_t)n, sizeof(*scan_end));
+	int64_t *end_slot = calloc((size_t)n, sizeof(*end_slot));
+	/* whether it found all the free slots it wanted before that */
+	uint8_t *found_all = calloc((size_t)n, sizeof(*found_all));
+	/* slot at pos[i], kept up to date so steps need no division */
+	int64_t *cur = malloc((size_t)n * sizeof(*cur));
 	int32_t *best_real = malloc((size_t)size * sizeof(*best_real));
 	double *best_time = malloc((size_t)size * sizeof(*best_time));
 	int32_t *touched = malloc((size_t)size * sizeof(*touched));
 	int64_t *proposers = malloc((size_t)n * sizeof(*proposers));
 	int rc = -1;
-	if (!count || !pos || !due || !width || !scanned || !best_real || !best_time ||
-	    !touched || !proposers)
+	if (!count || !pos || !due || !width || !scan_end || !end_slot || !found_all || !cur ||
+	    !best_real || !best_time || !touched || !proposers)
 		goto out;
+
+	for (int64_t i = 0; i < n; i++)
+		cur[i] = offset[i];
 
 	for (int64_t s = 0; s < size; s++) {
 		owner[s] = -1;
@@ -103,7 +111,7 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 			int64_t limit = size - pos[i]; /* positions >= size are not valid */
 			if (limit > w)
 				limit = w;
-			int64_t slot = (offset[i] + pos[i] * skip[i]) % size;
+			int64_t slot = cur[i];
 			int64_t rank = 0, j = 0;
 			for (; j < limit && rank < want; j++) {
 				if (owner[slot] < 0) {
@@ -124,9 +132,9 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 					slot -= size;
 			}
 			width[i] = w;
-			/* found all it wanted: resume the free-slot search after the
-			 * last proposal; else the window held no more free slots */
-			scanned[i] = rank == want ? j : -1;
+			scan_end[i] = j;
+			end_slot[i] = slot;
+			found_all[i] = rank == want;
 		}
 
 		for (int64_t t = 0; t < n_touched; t++) {
@@ -140,17 +148,18 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 
 		/* Every slot before the scan's end was filled at the step's start
 		 * or has just been claimed (each proposed slot went to someone), so
-		 * the first free slot of the window lies at or after it. */
+		 * the first free slot of the window lies at or after it; and if the
+		 * real did not find all it wanted, the window has none left. */
 		for (int64_t k = 0; k < np_; k++) {
 			int64_t i = proposers[k];
 			int64_t w = width[i];
-			int64_t j = scanned[i];
+			int64_t j = scan_end[i];
+			int64_t slot = end_slot[i]; /* slot at pos + j */
+			int64_t limit = size - pos[i];
+			if (limit > w)
+				limit = w;
 			int64_t advance = w;
-			if (j >= 0) {
-				int64_t limit = size - pos[i];
-				if (limit > w)
-					limit = w;
-				int64_t slot = (offset[i] + (pos[i] + j) * skip[i]) % size;
+			if (found_all[i]) {
 				for (; j < limit; j++) {
 					if (owner[slot] < 0) {
 						advance = j;
@@ -161,6 +170,10 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 						slot -= size;
 				}
 			}
+			if (advance < w || j == w)
+				cur[i] = slot; /* slot is at pos + advance */
+			else /* the window ran past the permutation's end */
+				cur[i] = (offset[i] + (pos[i] + w) % size * skip[i]) % size;
 			pos[i] += advance;
 		}
 	}
@@ -170,7 +183,10 @@ out:
 	free(pos);
 	free(due);
 	free(width);
-	free(scanned);
+	free(scan_end);
+	free(end_slot);
+	free(found_all);
+	free(cur);
 	free(best_real);
 	free(best_time);
 	free(touched);
