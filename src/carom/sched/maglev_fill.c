@@ -61,13 +61,16 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 	uint8_t *found_all = calloc((size_t)n, sizeof(*found_all));
 	/* slot at pos[i], kept up to date so steps need no division */
 	int64_t *cur = malloc((size_t)n * sizeof(*cur));
+	/* taken slots as bits: 8 KiB for 65537 slots, so the scans, which test
+	 * slots in random order, hit the L1 cache instead of owner[] */
+	uint64_t *taken = calloc((size_t)(size + 63) / 64, sizeof(*taken));
 	int32_t *best_real = malloc((size_t)size * sizeof(*best_real));
 	double *best_time = malloc((size_t)size * sizeof(*best_time));
 	int32_t *touched = malloc((size_t)size * sizeof(*touched));
 	int64_t *proposers = malloc((size_t)n * sizeof(*proposers));
 	int rc = -1;
 	if (!count || !pos || !due || !width || !scan_end || !end_slot || !found_all || !cur ||
-	    !best_real || !best_time || !touched || !proposers)
+	    !taken || !best_real || !best_time || !touched || !proposers)
 		goto out;
 
 	for (int64_t i = 0; i < n; i++)
@@ -114,7 +117,7 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 			int64_t slot = cur[i];
 			int64_t rank = 0, j = 0;
 			for (; j < limit && rank < want; j++) {
-				if (owner[slot] < 0) {
+				if (!(taken[slot >> 6] >> (slot & 63) & 1)) {
 					rank++;
 					double t = (double)(count[i] + rank) / (double)quota[i];
 					int32_t b = best_real[slot];
@@ -141,6 +144,7 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 			int32_t s = touched[t];
 			int32_t r = best_real[s];
 			owner[s] = r;
+			taken[s >> 6] |= (uint64_t)1 << (s & 63);
 			count[r]++;
 			best_real[s] = -1;
 		}
@@ -152,6 +156,11 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 		 * real did not find all it wanted, the window has none left. */
 		for (int64_t k = 0; k < np_; k++) {
 			int64_t i = proposers[k];
+			/* A real with its quota never proposes again, so where its
+			 * next free slot lies cannot matter (numpy computes it; the
+			 * search is longest at the end, when free slots are rare). */
+			if (count[i] == quota[i])
+				continue;
 			int64_t w = width[i];
 			int64_t j = scan_end[i];
 			int64_t slot = end_slot[i]; /* slot at pos + j */
@@ -161,7 +170,7 @@ int carom_maglev_fill(int64_t n, const int64_t *offset, const int64_t *skip,
 			int64_t advance = w;
 			if (found_all[i]) {
 				for (; j < limit; j++) {
-					if (owner[slot] < 0) {
+					if (!(taken[slot >> 6] >> (slot & 63) & 1)) {
 						advance = j;
 						break;
 					}
@@ -187,6 +196,7 @@ out:
 	free(end_slot);
 	free(found_all);
 	free(cur);
+	free(taken);
 	free(best_real);
 	free(best_time);
 	free(touched);
