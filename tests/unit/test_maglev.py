@@ -4,6 +4,7 @@ compiled fill against the numpy one; the shared table cache."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import random
@@ -24,6 +25,7 @@ from carom.sched.maglev import (
     Impl,
     MaglevReal,
     TableCache,
+    _offset_skip,
     _quotas,
     build_ids,
     build_ids_cached,
@@ -134,6 +136,37 @@ def test_every_real_gets_exactly_its_quota(impl: Impl, weights: list[int], size:
     assert table.dtype == np.uint32
     assert len(table) == size
     assert np.bincount(table, minlength=len(rs)).tolist() == _quotas(weights, size)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    weights=st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=60).filter(
+        any
+    ),
+    size=st.sampled_from([3, 13, 101, 65537, 2**31 - 1]),
+)
+def test_quotas_match_their_definition(weights: list[int], size: int) -> None:
+    # Written out plainly: floor shares, then +1 by largest remainder, ties by index.
+    total = sum(weights)
+    plain = [size * w // total for w in weights]
+    ranked = sorted(range(len(weights)), key=lambda i: (-(size * weights[i] % total), i))
+    for i in ranked[: size - sum(plain)]:
+        plain[i] += 1
+    assert _quotas(weights, size) == plain
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    keys=st.lists(st.binary(max_size=40), min_size=1, max_size=20),
+    size=st.sampled_from([3, 13, 65537, 2**31 - 1]),
+)
+def test_offsets_and_skips_match_their_definition(keys: list[bytes], size: int) -> None:
+    # The permutation seeds, one key at a time with Python integers.
+    offset, skip = _offset_skip(keys, size)
+    for k, o, s in zip(keys, offset.tolist(), skip.tolist(), strict=True):
+        d = hashlib.blake2b(k, digest_size=16, person=b"carom-maglev-v1").digest()
+        assert o == int.from_bytes(d[:8], "little") % size
+        assert s == int.from_bytes(d[8:], "little") % (size - 1) + 1
 
 
 # --- disruption -------------------------------------------------------------------------
