@@ -357,16 +357,21 @@ def test_unknown_impl_is_refused() -> None:
 
 def test_native_fill_refuses_inconsistent_input() -> None:
     one = np.array([1, 1], dtype=np.int64)
+    value = np.array([5, 6], dtype=np.uint32)
     with pytest.raises(ValueError, match="sum to 13"):
-        maglev_native.fill(one, one, np.array([6, 6], dtype=np.int64), 13)
+        maglev_native.fill(one, one, np.array([6, 6], dtype=np.int64), value, 13)
     with pytest.raises(ValueError, match="sum to 13"):
-        maglev_native.fill(one, np.array([1, 13], dtype=np.int64), np.array([6, 7]), 13)
+        maglev_native.fill(one, np.array([1, 13]), np.array([6, 7]), value, 13)
+    with pytest.raises(ValueError, match="one entry per real"):
+        maglev_native.fill(one, one, np.array([6, 7]), value[:1], 13)
+    table = maglev_native.fill(one, np.array([1, 2]), np.array([6, 7]), value, 13)
+    assert np.bincount(table, minlength=7)[5:].tolist() == [6, 7]
 
 
 def _forget_helper(monkeypatch: pytest.MonkeyPatch, library: Path) -> None:
     monkeypatch.setattr(maglev_native, "LIBRARY", library)
     monkeypatch.setattr(maglev_native, "_loaded", False)
-    monkeypatch.setattr(maglev_native, "_fill_fn", None)
+    monkeypatch.setattr(maglev_native, "_lib", None)
 
 
 def test_missing_helper_falls_back_to_numpy_with_one_warning(

@@ -123,9 +123,7 @@ def build_table(
     Both give the same table; tests/unit/test_maglev.py compares them."""
     _check_size(size)
     ordered = canonical_order(reals)
-    live, owner = _owners([r.key for r in ordered], [r.weight for r in ordered], size, impl)
-    table: U32Array = np.array(live, dtype=np.uint32)[owner]
-    return table
+    return _table([r.key for r in ordered], [r.weight for r in ordered], None, size, impl)
 
 
 def build_ids(
@@ -146,10 +144,8 @@ def build_ids(
     if bad_id is not None:
         raise ValueError(bad_id)
     keys = sorted(reals)  # dict keys are unique: no duplicate check needed
-    live, owner = _owners(keys, [reals[k][1] for k in keys], size, impl)
-    ids = np.array([reals[keys[i]][0] for i in live], dtype=np.uint32)
-    row: U32Array = ids[owner]
-    return row
+    ids = [reals[k][0] for k in keys]
+    return _table(keys, [reals[k][1] for k in keys], ids, size, impl)
 
 
 def fingerprint(table: npt.NDArray[np.uint32]) -> str:
@@ -288,21 +284,23 @@ def _check_impl(impl: str) -> None:
         raise ValueError(f"unknown Maglev implementation {impl!r}: auto, native or numpy")
 
 
-def _owners(
-    keys: list[bytes], weights: list[int], size: int, impl: Impl
-) -> tuple[list[int], npt.NDArray[np.integer]]:
-    """The filled table over unique keys in canonical order: `live` (indices of
-    the reals with slots) and, per slot, an index into `live`."""
+def _table(
+    keys: list[bytes], weights: list[int], values: list[int] | None, size: int, impl: Impl
+) -> U32Array:
+    """The filled table over unique keys in canonical order: each slot holds
+    values[i] of its real i (None: i itself, a position)."""
     _check_impl(impl)
     quota = _quotas(weights, size)
     live = [i for i, q in enumerate(quota) if q > 0]
+    value = np.array(live if values is None else [values[i] for i in live], dtype=np.uint32)
     if len(live) == 1:
-        return live, np.zeros(size, dtype=np.int32)
+        return np.full(size, value[0], dtype=np.uint32)
     offset, skip = _offset_skip([keys[i] for i in live], size)
     live_quota = np.array([quota[i] for i in live], dtype=np.int64)
     if impl == "native" or (impl == "auto" and maglev_native.available()):
-        return live, maglev_native.fill(offset, skip, live_quota, size)
-    return live, _fill_numpy(offset, skip, live_quota, size)
+        return maglev_native.fill(offset, skip, live_quota, value, size)
+    table: U32Array = value[_fill_numpy(offset, skip, live_quota, size)]
+    return table
 
 
 def _offset_skip(keys: list[bytes], size: int) -> tuple[_I64Array, _I64Array]:
