@@ -350,6 +350,31 @@ def test_native_equals_numpy_at_scale(n: int, size: int, seed: int) -> None:
     assert native.tobytes() == build_ids(members, size, impl="numpy").tobytes()
 
 
+def test_native_builds_in_parallel_threads_match_sequential_ones() -> None:
+    # The helper drops the GIL and each thread lends it its own scratch memory.
+    rng = np.random.default_rng(11)
+    sets = [
+        {bytes([4]) + rng.bytes(16): (i + 1, int(rng.integers(0, 4)) or 1) for i in range(n)}
+        for n in (3, 40, 300, 40, 3, 300)
+    ]
+    sizes = [13, 4099, M, M, 101, 65521]
+    expected = [build_ids(s, z, impl="numpy").tobytes() for s, z in zip(sets, sizes, strict=True)]
+    got: dict[int, list[bytes]] = {}
+    start = threading.Barrier(len(sets))
+
+    def build(k: int) -> None:
+        start.wait()
+        got[k] = [build_ids(sets[k], sizes[k], impl="native").tobytes() for _ in range(5)]
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(len(sets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, want in enumerate(expected):
+        assert got[k] == [want] * 5
+
+
 def test_unknown_impl_is_refused() -> None:
     with pytest.raises(ValueError, match="auto, native or numpy"):
         build_table(reals(3), 13, impl="fast")  # type: ignore[arg-type]
