@@ -1,0 +1,337 @@
+"""Upgrading pinned maps across a layout change, against the real kernel.
+
+Each test compiles bpf/carom.bpf.c a second time with an *older* layout (a
+patched copy of the headers in a temp dir), loads and pins that object, fills
+its tables (through its own program and directly), then loads the current
+object on the same pins and checks that every entry arrived with its real id
+and that the current program forwards with them (BPF_PROG_TEST_RUN)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import re
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.l2 import Ether
+
+from carom import abi
+from carom.abi import Counter as C
+from carom.bpf import libbpf, loader
+from carom.bpf.loader import Dataplane, Limits
+from carom.bpf.maps import sum_percpu
+from carom.bpf.migrate import STAGING, MigrationError
+from carom.bpf.testrun import TestRunner
+from carom.model.state import State
+from tests.packets.cases import (
+    REALS,
+    VIP_PERSIST,
+    base_state,
+    flow_key,
+    maglev_real,
+    persist_key,
+    tcp4,
+)
+
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = Limits(
+    max_services=8,
+    max_reals=64,
+    maglev_size=1021,
+    conn_table_size=4096,
+    persist_table_size=4096,
+    max_vips=16,
+)
+N_PROGRAM, N_RAW, N_PERSIST = 200, 300, 100
+
+
+# --- building an older data plane -----------------------------------------------------
+def _struct(text: str, name: str, body: str) -> str:
+    new, n = re.subn(
+        rf"struct {name} \{{.*?\n\}};", f"struct {name} {{\n{body}\n}};", text, flags=re.S
+    )
+    assert n == 1, f"struct {name} not found in the headers"
+    return new
+
+
+def _insert_counter(text: str, name: str, before: str) -> str:
+    """Insert a counter before `before` and renumber the ones after it."""
+    pos = int(re.search(rf"CAROM_CNT_{before} = (\d+)", text).group(1))  # type: ignore[union-attr]
+
+    def bump(m: re.Match[str]) -> str:
+        value = int(m.group(2))
+        return f"CAROM_CNT_{m.group(1)} = {value + 1 if value >= pos else value}"
+
+    text = re.sub(r"CAROM_CNT_(\w+) = (\d+)", bump, text)
+    return text.replace(
+        f"CAROM_CNT_{before} =", f"CAROM_CNT_{name} = {pos},\n\tCAROM_CNT_{before} ="
+    )
+
+
+def build_old(tmp: Path, patch: Callable[[dict[str, str]], None]) -> str:
+    """Compile carom.bpf.c with patched copies of the headers; returns the .o path."""
+    src = tmp / "bpf-old"
+    shutil.copytree(ROOT / "bpf", src)
+    files = {p.name: p.read_text() for p in src.glob("*.h")}
+    patch(files)
+    for name, text in files.items():
+        (src / name).write_text(text)
+    out = tmp / "carom-old.bpf.o"
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror"]
+    cmd += ["-I/usr/include/x86_64-linux-gnu", f"-I{src}", "-c", str(src / "carom.bpf.c")]
+    subprocess.run([*cmd, "-o", str(out)], check=True, capture_output=True)
+    return str(out)
+
+
+# Old layout: conn_val reordered (same size: libbpf alone would reuse the pin and
+# the new program would read real ids from the timestamp's bytes), persist_val
+# with a field since dropped and without `reserved`, and one more counter.
+OLD_CONN = "\t__u64 last_seen_ns;\n\t__u32 flags;\n\t__u32 real_id;"
+OLD_PERSIST = "\t__u64 old_only;\n\t__u32 real_id;\n\t__u64 last_seen_ns;"
+
+
+def older_layout(files: dict[str, str]) -> None:
+    files["structs.h"] = _struct(files["structs.h"], "conn_val", OLD_CONN)
+    files["structs.h"] = _struct(files["structs.h"], "persist_val", OLD_PERSIST)
+    files["consts.h"] = _insert_counter(files["consts.h"], "MIG_OLD_ONLY", "CONN_HIT")
+
+
+def old_conn(real_id: int, flags: int, seen: int) -> bytes:
+    return struct.pack("<QII", seen, flags, real_id)
+
+
+def old_persist(real_id: int, seen: int) -> bytes:
+    return struct.pack("<QI4xQ", 0xDEADBEEF, real_id, seen)
+
+
+def decode_old_conn(raw: bytes) -> tuple[int, int, int]:
+    seen, flags, real_id = struct.unpack("<QII", raw[:16])
+    return real_id, flags, seen
+
+
+# --- fixtures ---------------------------------------------------------------------
+@pytest.fixture
+def pin_dir(tmp_path: Path) -> Iterator[str]:
+    """A private bpffs (named carom-mig...) for this test's pins."""
+    root = tmp_path / "carom-mig-bpffs"
+    loader.ensure_bpffs(str(root))
+    try:
+        yield str(root / "carom-mig")
+    finally:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.umount2(str(root).encode(), 2)  # MNT_DETACH
+
+
+def load_old(obj: str, pin_dir: str, monkeypatch: pytest.MonkeyPatch) -> Dataplane:
+    """The older object, pinned. Its structs differ from abi.py on purpose."""
+    with monkeypatch.context() as m:
+        m.setattr(loader, "check_abi", lambda btf: None)
+        return Dataplane.load(LIMITS, pin_dir, obj_path=obj)
+
+
+def runner_on(dp: Dataplane) -> TestRunner:
+    r = TestRunner.__new__(TestRunner)
+    r.limits = LIMITS
+    r.dp = dp
+    return r
+
+
+def dst_real(frame: bytes) -> int:
+    mac = Ether(frame).dst
+    return next(rid for rid, (_, m) in REALS.items() if m == mac)
+
+
+def other_real(want: int, choices: tuple[int, ...] = (1, 2, 3)) -> int:
+    return next(r for r in choices if r != want)
+
+
+def old_counters(dp: Dataplane, names: dict[int, str]) -> dict[str, int]:
+    fd = dp.obj.map("stats").fd
+    ncpu = libbpf.num_possible_cpus()
+    out = {}
+    for k, v in libbpf.map_lookup_batch(fd, 4, 8 * ncpu, len(names)):
+        idx = int.from_bytes(k, "little")
+        out[names[idx]] = sum(struct.unpack(f"<{ncpu}Q", v))
+    return out
+
+
+# --- the upgrade ------------------------------------------------------------------
+def test_upgrade_carries_every_flow(
+    tmp_path: Path, pin_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obj = build_old(tmp_path, older_layout)
+    state = base_state()
+    now = time.monotonic_ns()
+
+    old = load_old(obj, pin_dir, monkeypatch)
+    old_names = {
+        v: k.removeprefix("CAROM_CNT_")
+        for k, v in old.obj.btf().enum_values("carom_counter").items()
+        if not k.endswith("__MAX")
+    }
+    runner_on(old).write_state(State(node=state.node, reals=state.reals, services=state.services))
+    # Flows scheduled by the old program itself...
+    for sport in range(41000, 41000 + N_PROGRAM):
+        verdict, _, _ = runner_on(old).run(tcp4(sport=sport))
+        assert verdict == abi.Verdict.TX
+    # ...and flows whose real is *not* the one Maglev picks today (a config change
+    # drained it, or a peer synced it): only their entry keeps them there.
+    conn_fd, persist_fd = old.obj.map("conn_table").fd, old.obj.map("persist_table").fd
+    pinned: dict[bytes, int] = {}
+    for i, sport in enumerate(range(42000, 42000 + N_RAW)):
+        key = flow_key(tcp4(sport=sport))
+        pinned[key] = other_real(maglev_real(state, 0, key))
+        flags = int(abi.ConnFlags.SYNCED) if i % 2 else 0
+        libbpf.map_update(conn_fd, key, old_conn(pinned[key], flags, now + i))
+    persisted: dict[str, int] = {}
+    for i in range(N_PERSIST):
+        client = str(ipaddress.ip_address("198.51.100.0") + 1000 + i)
+        key = flow_key(tcp4(dst=VIP_PERSIST, dport=443, src=client))
+        persisted[client] = other_real(maglev_real(state, 4, key))
+        pkey = persist_key(client, 4)
+        libbpf.map_update(persist_fd, pkey, old_persist(persisted[client], now + i))
+    ncpu = libbpf.num_possible_cpus()
+    old_only = next(k for k, v in old_names.items() if v == "MIG_OLD_ONLY")
+    libbpf.map_update(
+        old.obj.map("stats").fd,
+        old_only.to_bytes(4, "little"),
+        struct.pack(f"<{ncpu}Q", *([7] * ncpu)),
+    )
+    before = {
+        k: decode_old_conn(v)
+        for k, v in libbpf.map_lookup_batch(conn_fd, 40, 16, LIMITS.conn_table_size)
+    }
+    assert len(before) == N_PROGRAM + N_RAW
+    old_ids = {n: libbpf.map_info(old.obj.map(n).fd).id for n in ("conn_table", "stats")}
+
+    # The new version starts on the same pins.
+    new = Dataplane.load(LIMITS, pin_dir)
+    try:
+        assert new.adopted and new.migration is not None
+        moved = {mv.name for mv in new.migration.moves}
+        assert moved == {"conn_table", "persist_table", "stats"}, new.migration.describe()
+        text = "\n".join(new.migration.describe())
+        assert "last_seen_ns moved 0->8" in text and "-CAROM_CNT_MIG_OLD_ONLY" in text
+
+        # Every entry, with its real id, flags and timestamp, in the new layout.
+        after = {
+            k.to_bytes(): (v.real_id, v.flags, v.last_seen_ns) for k, v in new["conn_table"].items()
+        }
+        assert after == before
+        pv = {k.to_bytes(): v for k, v in new["persist_table"].items()}
+        assert len(pv) == N_PERSIST
+        for i, (client, rid) in enumerate(persisted.items()):
+            got = pv[persist_key(client, 4)]
+            assert (got.real_id, got.last_seen_ns, got.reserved) == (rid, now + i, 0)
+
+        # A connection opened on the old program after the copy (the daemon is
+        # still applying its config; the old program still runs).
+        late = tcp4(sport=43000)
+        assert runner_on(old).run(late)[0] == abi.Verdict.TX
+        late_key = flow_key(late)
+        assert new["conn_table"].lookup(abi.FlowKey.from_bytes(late_key)) is None
+        counted_old = old_counters(old, old_names)
+
+        # The new program forwards every pinned flow to the real of its entry.
+        run = runner_on(new).run
+        for key, rid in pinned.items():
+            sport = int.from_bytes(key[32:34], "big")
+            verdict, out, _ = run(tcp4(sport=sport, flags="A"))
+            assert verdict == abi.Verdict.TX and dst_real(out) == rid
+        for client, rid in persisted.items():
+            verdict, out, _ = run(tcp4(dst=VIP_PERSIST, dport=443, src=client, sport=50000))
+            assert verdict == abi.Verdict.TX and dst_real(out) == rid
+        counted_new = {c.name: sum(new["stats"].lookup(int(c)) or [0]) for c in C}
+        assert counted_new["CONN_HIT"] == N_RAW
+        assert counted_new["PERSIST_HIT"] == N_PERSIST
+
+        # Swap done (the daemon attached the new program): finish.
+        carried = new.finish_migration()
+        assert carried["conn_table"] == 1  # the late connection
+        got = new["conn_table"].lookup(abi.FlowKey.from_bytes(late_key))
+        assert got is not None and got.real_id == maglev_real(state, 0, late_key)
+        for c in C:  # counters carried by name, the dropped one is gone
+            want = counted_new[c.name] + counted_old.get(c.name, 0)
+            assert sum(new["stats"].lookup(int(c)) or [0]) == want, c.name
+        assert counted_old["RX"] == N_PROGRAM + 1 and counted_old["MIG_OLD_ONLY"] == 7 * ncpu
+
+        # The pins now name the new maps; nothing half-done is left.
+        for name in ("conn_table", "persist_table", "stats"):
+            fd = libbpf.obj_get(f"{pin_dir}/{name}")
+            try:
+                assert libbpf.map_info(fd).id == libbpf.map_info(new[name].fd).id
+            finally:
+                os.close(fd)
+        assert not [n for n in Path(pin_dir).iterdir() if n.name.endswith(STAGING)]
+    finally:
+        new.close()
+    old.close()
+    # The old maps die with their last user (freed asynchronously by the kernel).
+    deadline = time.monotonic() + 10
+    for map_id in old_ids.values():
+        while True:
+            try:
+                os.close(libbpf.map_fd_by_id(map_id))
+            except libbpf.BpfError as exc:
+                assert exc.errno == errno.ENOENT
+                break
+            assert time.monotonic() < deadline, f"old map {map_id} still alive"
+            time.sleep(0.05)
+
+    # A later restart of the same version adopts the migrated pins as they are.
+    again = Dataplane.load(LIMITS, pin_dir)
+    try:
+        assert again.adopted and again.migration is None
+        assert again["conn_table"].count() == N_PROGRAM + N_RAW + N_PERSIST + 1
+        svc = {k.to_bytes(): v.real_id for k, v in again["conn_table"].items()}
+        assert all(svc[k] == rid for k, rid in pinned.items())
+        assert sum_percpu(again["stats"].lookup(int(C.CONN_HIT))) == N_RAW
+    finally:
+        again.close()
+
+
+# --- refusals change nothing ----------------------------------------------------------
+def narrowed_flags(files: dict[str, str]) -> None:
+    body = "\t__u32 real_id;\n\t__u32 pad0;\n\t__u64 flags;\n\t__u64 last_seen_ns;"
+    files["structs.h"] = _struct(files["structs.h"], "conn_val", body)
+
+
+def test_unconvertible_layout_is_refused_and_keeps_the_pins(
+    tmp_path: Path, pin_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = load_old(build_old(tmp_path, narrowed_flags), pin_dir, monkeypatch)
+    try:
+        ids = {p.name: libbpf.map_info(old.obj.map(p.name).fd).id for p in Path(pin_dir).iterdir()}
+        with pytest.raises(MigrationError, match=r"conn_table: conn_table value\.flags: narrowed"):
+            Dataplane.load(LIMITS, pin_dir)
+        after = {}
+        for p in Path(pin_dir).iterdir():
+            fd = libbpf.obj_get(str(p))
+            after[p.name] = libbpf.map_info(fd).id
+            os.close(fd)
+        assert after == ids
+    finally:
+        old.close()
+
+
+def test_changed_limits_are_refused(pin_dir: str) -> None:
+    first = Dataplane.load(LIMITS, pin_dir)
+    first.close()
+    bigger = Limits(**{**LIMITS.__dict__, "conn_table_size": 8192})
+    with pytest.raises(MigrationError, match="conn_table: max_entries 4096 -> 8192"):
+        Dataplane.load(bigger, pin_dir)
+    same = Dataplane.load(LIMITS, pin_dir)
+    try:
+        assert same.adopted and same.migration is None
+    finally:
+        same.close()
