@@ -12,12 +12,9 @@ import ctypes
 import errno
 import ipaddress
 import os
-import re
-import shutil
 import struct
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +37,7 @@ from tests.packets.cases import (
     persist_key,
     tcp4,
 )
+from tests.packets.oldlayout import build_old, older_layout, replace_struct, struct_members
 
 pytestmark = pytest.mark.root
 
@@ -55,68 +53,23 @@ LIMITS = Limits(
 N_PROGRAM, N_RAW, N_PERSIST = 200, 300, 100
 
 
-# --- building an older data plane -----------------------------------------------------
-def _struct(text: str, name: str, body: str) -> str:
-    new, n = re.subn(
-        rf"struct {name} \{{.*?\n\}};", f"struct {name} {{\n{body}\n}};", text, flags=re.S
-    )
-    assert n == 1, f"struct {name} not found in the headers"
-    return new
+class OldStruct:
+    """Packs and unpacks one struct of the older object, by field name, from its BTF."""
 
+    def __init__(self, dp: Dataplane, name: str) -> None:
+        self.size, members = dp.obj.btf().struct_layout(name)
+        self.members = {n: (off, size) for n, off, size in members}
 
-def _insert_counter(text: str, name: str, before: str) -> str:
-    """Insert a counter before `before` and renumber the ones after it."""
-    pos = int(re.search(rf"CAROM_CNT_{before} = (\d+)", text).group(1))  # type: ignore[union-attr]
+    def pack(self, **values: int) -> bytes:
+        out = bytearray(self.size)
+        for n, v in values.items():
+            off, size = self.members[n]
+            out[off : off + size] = v.to_bytes(size, "little")
+        return bytes(out)
 
-    def bump(m: re.Match[str]) -> str:
-        value = int(m.group(2))
-        return f"CAROM_CNT_{m.group(1)} = {value + 1 if value >= pos else value}"
-
-    text = re.sub(r"CAROM_CNT_(\w+) = (\d+)", bump, text)
-    return text.replace(
-        f"CAROM_CNT_{before} =", f"CAROM_CNT_{name} = {pos},\n\tCAROM_CNT_{before} ="
-    )
-
-
-def build_old(tmp: Path, patch: Callable[[dict[str, str]], None]) -> str:
-    """Compile carom.bpf.c with patched copies of the headers; returns the .o path."""
-    src = tmp / "bpf-old"
-    shutil.copytree(ROOT / "bpf", src)
-    files = {p.name: p.read_text() for p in src.glob("*.h")}
-    patch(files)
-    for name, text in files.items():
-        (src / name).write_text(text)
-    out = tmp / "carom-old.bpf.o"
-    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror"]
-    cmd += ["-I/usr/include/x86_64-linux-gnu", f"-I{src}", "-c", str(src / "carom.bpf.c")]
-    subprocess.run([*cmd, "-o", str(out)], check=True, capture_output=True)
-    return str(out)
-
-
-# Old layout: conn_val reordered (same size: libbpf alone would reuse the pin and
-# the new program would read real ids from the timestamp's bytes), persist_val
-# with a field since dropped and without `reserved`, and one more counter.
-OLD_CONN = "\t__u64 last_seen_ns;\n\t__u32 flags;\n\t__u32 real_id;"
-OLD_PERSIST = "\t__u64 old_only;\n\t__u32 real_id;\n\t__u64 last_seen_ns;"
-
-
-def older_layout(files: dict[str, str]) -> None:
-    files["structs.h"] = _struct(files["structs.h"], "conn_val", OLD_CONN)
-    files["structs.h"] = _struct(files["structs.h"], "persist_val", OLD_PERSIST)
-    files["consts.h"] = _insert_counter(files["consts.h"], "MIG_OLD_ONLY", "CONN_HIT")
-
-
-def old_conn(real_id: int, flags: int, seen: int) -> bytes:
-    return struct.pack("<QII", seen, flags, real_id)
-
-
-def old_persist(real_id: int, seen: int) -> bytes:
-    return struct.pack("<QI4xQ", 0xDEADBEEF, real_id, seen)
-
-
-def decode_old_conn(raw: bytes) -> tuple[int, int, int]:
-    seen, flags, real_id = struct.unpack("<QII", raw[:16])
-    return real_id, flags, seen
+    def get(self, raw: bytes, name: str) -> int:
+        off, size = self.members[name]
+        return int.from_bytes(raw[off : off + size], "little")
 
 
 # --- fixtures ---------------------------------------------------------------------
@@ -187,19 +140,26 @@ def test_upgrade_carries_every_flow(
     # ...and flows whose real is *not* the one Maglev picks today (a config change
     # drained it, or a peer synced it): only their entry keeps them there.
     conn_fd, persist_fd = old.obj.map("conn_table").fd, old.obj.map("persist_table").fd
+    old_conn, old_persist = OldStruct(old, "conn_val"), OldStruct(old, "persist_val")
+    assert old_persist.size != ctypes.sizeof(abi.PersistVal)
     pinned: dict[bytes, int] = {}
     for i, sport in enumerate(range(42000, 42000 + N_RAW)):
         key = flow_key(tcp4(sport=sport))
         pinned[key] = other_real(maglev_real(state, 0, key))
         flags = int(abi.ConnFlags.SYNCED) if i % 2 else 0
-        libbpf.map_update(conn_fd, key, old_conn(pinned[key], flags, now + i))
+        libbpf.map_update(
+            conn_fd, key, old_conn.pack(real_id=pinned[key], flags=flags, last_seen_ns=now + i)
+        )
     persisted: dict[str, int] = {}
     for i in range(N_PERSIST):
         client = str(ipaddress.ip_address("198.51.100.0") + 1000 + i)
         key = flow_key(tcp4(dst=VIP_PERSIST, dport=443, src=client))
         persisted[client] = other_real(maglev_real(state, 4, key))
         pkey = persist_key(client, 4)
-        libbpf.map_update(persist_fd, pkey, old_persist(persisted[client], now + i))
+        value = old_persist.pack(
+            old_only=0xDEADBEEF, real_id=persisted[client], last_seen_ns=now + i
+        )
+        libbpf.map_update(persist_fd, pkey, value)
     ncpu = libbpf.num_possible_cpus()
     old_only = next(k for k, v in old_names.items() if v == "MIG_OLD_ONLY")
     libbpf.map_update(
@@ -208,8 +168,10 @@ def test_upgrade_carries_every_flow(
         struct.pack(f"<{ncpu}Q", *([7] * ncpu)),
     )
     before = {
-        k: decode_old_conn(v)
-        for k, v in libbpf.map_lookup_batch(conn_fd, 40, 16, LIMITS.conn_table_size)
+        k: tuple(old_conn.get(v, n) for n in ("real_id", "flags", "last_seen_ns"))
+        for k, v in libbpf.map_lookup_batch(
+            conn_fd, ctypes.sizeof(abi.FlowKey), old_conn.size, LIMITS.conn_table_size
+        )
     }
     assert len(before) == N_PROGRAM + N_RAW
     old_ids = {n: libbpf.map_info(old.obj.map(n).fd).id for n in ("conn_table", "stats")}
@@ -221,7 +183,7 @@ def test_upgrade_carries_every_flow(
         moved = {mv.name for mv in new.migration.moves}
         assert moved == {"conn_table", "persist_table", "stats"}, new.migration.describe()
         text = "\n".join(new.migration.describe())
-        assert "last_seen_ns moved 0->8" in text and "-CAROM_CNT_MIG_OLD_ONLY" in text
+        assert "real_id moved" in text and "-old_only" in text and "-CAROM_CNT_MIG_OLD_ONLY" in text
 
         # Every entry, with its real id, flags and timestamp, in the new layout.
         after = {
@@ -302,8 +264,10 @@ def test_upgrade_carries_every_flow(
 
 # --- refusals change nothing ----------------------------------------------------------
 def narrowed_flags(files: dict[str, str]) -> None:
-    body = "\t__u32 real_id;\n\t__u32 pad0;\n\t__u64 flags;\n\t__u64 last_seen_ns;"
-    files["structs.h"] = _struct(files["structs.h"], "conn_val", body)
+    """An older conn_val whose `flags` was wider: converting would cut it."""
+    h = files["structs.h"]
+    members = [m.replace("__u32 flags;", "__u64 flags;") for m in struct_members(h, "conn_val")]
+    files["structs.h"] = replace_struct(h, "conn_val", "\n".join(members))
 
 
 def test_unconvertible_layout_is_refused_and_keeps_the_pins(
