@@ -150,6 +150,12 @@ def test_upgrade_carries_every_flow(
         libbpf.map_update(
             conn_fd, key, old_conn.pack(real_id=pinned[key], flags=flags, last_seen_ns=now + i)
         )
+    # A flow idle for 5 s that the old program sees again after the copy.
+    stale = tcp4(sport=44000, flags="A")
+    stale_key = flow_key(stale)
+    stale_real = other_real(maglev_real(state, 0, stale_key))
+    old_value = old_conn.pack(real_id=stale_real, flags=0, last_seen_ns=now - 5 * 10**9)
+    libbpf.map_update(conn_fd, stale_key, old_value)
     persisted: dict[str, int] = {}
     for i in range(N_PERSIST):
         client = str(ipaddress.ip_address("198.51.100.0") + 1000 + i)
@@ -173,7 +179,7 @@ def test_upgrade_carries_every_flow(
             conn_fd, ctypes.sizeof(abi.FlowKey), old_conn.size, LIMITS.conn_table_size
         )
     }
-    assert len(before) == N_PROGRAM + N_RAW
+    assert len(before) == N_PROGRAM + N_RAW + 1
     old_ids = {n: libbpf.map_info(old.obj.map(n).fd).id for n in ("conn_table", "stats")}
 
     # The new version starts on the same pins.
@@ -201,6 +207,9 @@ def test_upgrade_carries_every_flow(
         late = tcp4(sport=43000)
         assert runner_on(old).run(late)[0] == abi.Verdict.TX
         late_key = flow_key(late)
+        used_at = time.monotonic_ns()
+        verdict, out, _ = runner_on(old).run(stale)
+        assert verdict == abi.Verdict.TX and dst_real(out) == stale_real
         assert new["conn_table"].lookup(abi.FlowKey.from_bytes(late_key)) is None
         counted_old = old_counters(old, old_names)
 
@@ -219,13 +228,15 @@ def test_upgrade_carries_every_flow(
 
         # Swap done (the daemon attached the new program): finish.
         carried = new.finish_migration()
-        assert carried["conn_table"] == 1  # the late connection
+        assert carried["conn_table"] == 2  # the late connection, the refreshed one
+        got = new["conn_table"].lookup(abi.FlowKey.from_bytes(stale_key))
+        assert got is not None and got.real_id == stale_real and got.last_seen_ns >= used_at
         got = new["conn_table"].lookup(abi.FlowKey.from_bytes(late_key))
         assert got is not None and got.real_id == maglev_real(state, 0, late_key)
         for c in C:  # counters carried by name, the dropped one is gone
             want = counted_new[c.name] + counted_old.get(c.name, 0)
             assert sum(new["stats"].lookup(int(c)) or [0]) == want, c.name
-        assert counted_old["RX"] == N_PROGRAM + 1 and counted_old["MIG_OLD_ONLY"] == 7 * ncpu
+        assert counted_old["RX"] == N_PROGRAM + 2 and counted_old["MIG_OLD_ONLY"] == 7 * ncpu
 
         # The pins now name the new maps; nothing half-done is left.
         for name in ("conn_table", "persist_table", "stats"):
@@ -254,7 +265,7 @@ def test_upgrade_carries_every_flow(
     again = Dataplane.load(LIMITS, pin_dir)
     try:
         assert again.adopted and again.migration is None
-        assert again["conn_table"].count() == N_PROGRAM + N_RAW + N_PERSIST + 1
+        assert again["conn_table"].count() == N_PROGRAM + N_RAW + N_PERSIST + 2
         svc = {k.to_bytes(): v.real_id for k, v in again["conn_table"].items()}
         assert all(svc[k] == rid for k, rid in pinned.items())
         assert sum_percpu(again["stats"].lookup(int(C.CONN_HIT))) == N_RAW

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carom.bpf import libbpf
-from carom.bpf.layout import Layout, LayoutError, changes, converter, describe
+from carom.bpf.layout import Layout, LayoutError, Record, Scalar, changes, converter, describe
 from carom.bpf.maps import (
     ARRAY_TYPES,
     BPF_MAP_TYPE_HASH,
@@ -47,6 +47,8 @@ STAGING = "__migrating"  # a new map's pin before it replaces the old one (bpffs
 # Array maps indexed by a C enum: entries are carried by the enum constant's name.
 INDEX_ENUMS = {"stats": ("carom_counter", "__MAX")}
 CHUNK = 4096
+# LRU entries carry the time they were last used: the more recent copy wins.
+SEEN_FIELD = "last_seen_ns"
 
 
 class MigrationError(libbpf.BpfError):
@@ -265,16 +267,31 @@ class Migration:
         return n + count
 
     def _add_missing(self, mv: MapMove) -> int:
-        """Insert old entries the new map lacks; entries the new program wrote win."""
-        added = 0
+        """Carry what the old program did since the copy: entries it created are
+        added; an entry both have is replaced only if the old one was used more
+        recently (its `last_seen_ns` is newer), so the new program's writes win."""
+        seen = _field(mv.new.value, SEEN_FIELD)
+        current = dict(
+            libbpf.map_lookup_batch(
+                mv.new_fd, mv.new.key_size, mv.new.value_size, mv.new.max_entries, chunk=CHUNK
+            )
+        )
+        carried = 0
         for k, v in self._converted(mv):
+            cur = current.get(k)
+            if cur is None:
+                flags = libbpf.BPF_NOEXIST
+            elif seen is not None and _int(v, seen) > _int(cur, seen):
+                flags = libbpf.BPF_EXIST
+            else:
+                continue
             try:
-                libbpf.map_update(mv.new_fd, k, v, libbpf.BPF_NOEXIST)
-                added += 1
-            except libbpf.BpfError as exc:
-                if exc.errno != errno.EEXIST:
+                libbpf.map_update(mv.new_fd, k, v, flags)
+                carried += 1
+            except libbpf.BpfError as exc:  # the new program raced us to it: it wins
+                if exc.errno not in (errno.EEXIST, errno.ENOENT):
                     raise
-        return added
+        return carried
 
     def _add_counters(self, mv: MapMove) -> int:
         """new += old, word by word: the new map holds what it counted since the swap."""
@@ -289,6 +306,19 @@ class Migration:
             libbpf.map_update(mv.new_fd, k, bytes(summed))
             n += 1
         return n
+
+
+def _field(layout: Layout | None, name: str) -> tuple[int, int] | None:
+    """(offset, size) of a top-level scalar field of a record layout."""
+    if isinstance(layout, Record):
+        for f in layout.fields:
+            if f.name == name and isinstance(f.layout, Scalar):
+                return f.offset, f.layout.size
+    return None
+
+
+def _int(raw: bytes, at: tuple[int, int]) -> int:
+    return int.from_bytes(raw[at[0] : at[0] + at[1]], "little")
 
 
 def _unlink(path: str) -> None:
