@@ -1,7 +1,9 @@
 """Loading the data plane: open the object, check its ABI, size and pin its maps,
 load it, attach it to interfaces. A loader that finds pinned maps of the same
 instance adopts them, so a restarted daemon continues with the connection table
-and counters of the old one while traffic keeps flowing."""
+and counters of the old one while traffic keeps flowing. Pins of an older
+layout are carried over by carom.bpf.migrate (the load copies, the caller ends
+the move with finish_migration() once the new program is attached)."""
 
 from __future__ import annotations
 
@@ -152,9 +154,9 @@ class Dataplane:
                 if any("couldn't reuse pinned map" in line for line in obj.log):
                     raise libbpf.BpfError(
                         errno.EEXIST,
-                        f"the maps pinned in {pin_dir} do not match this configuration's limits "
-                        "(or come from another carom version); changing limits needs "
-                        "`carom stop --detach` first, which interrupts traffic",
+                        f"the maps pinned in {pin_dir} do not match this object in a way the "
+                        "layout migration did not detect (see the libbpf messages above); "
+                        "`carom stop --detach` first removes them, which interrupts traffic",
                     ) from exc
                 raise
             dp = cls(obj=obj, limits=limits, pin_dir=pin_dir, adopted=adopted)

@@ -122,8 +122,13 @@ def pinned_shape(fd: int, name: str) -> Shape:
     info = libbpf.map_info(fd)
     key = value = None
     index = None
+    btf = None
     if info.btf_id:
-        btf = libbpf.kernel_btf(info.btf_id)
+        try:
+            btf = libbpf.kernel_btf(info.btf_id)
+        except libbpf.BpfError as exc:
+            log.warning("no BTF for pinned map %s (%s): comparing sizes only", name, exc)
+    if btf is not None:
         try:
             key = describe(btf, info.btf_key_type_id) if info.btf_key_type_id else None
             value = describe(btf, info.btf_value_type_id) if info.btf_value_type_id else None
