@@ -62,7 +62,7 @@ def older_layout(files: dict[str, str]) -> None:
     """conn_val with its members in reverse order (same size: libbpf alone would
     reuse the pin, and the new program would read real ids from other bytes),
     persist_val with a field since dropped in front and without `reserved`, and
-    one more counter in the middle of the list. Built from whatever the current
+    one more counter in the middle of the list, and one more map. Built from whatever the current
     headers hold, so it stays an *older version of today's* layout."""
     h = files["structs.h"]
     h = replace_struct(h, "conn_val", "\n".join(reversed(struct_members(h, "conn_val"))))
@@ -70,3 +70,17 @@ def older_layout(files: dict[str, str]) -> None:
     h = replace_struct(h, "persist_val", "\n".join(["\t__u64 old_only;", *persist]))
     files["structs.h"] = h
     files["consts.h"] = _insert_counter(files["consts.h"], "MIG_OLD_ONLY", "CONN_HIT")
+    maps = files["maps.h"]
+    at = maps.rindex("#endif")
+    files["maps.h"] = maps[:at] + OLD_ONLY_MAP + maps[at:]
+
+
+# A map the newer version no longer has.
+OLD_ONLY_MAP = """struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} mig_old_map SEC(".maps");
+
+"""

@@ -181,6 +181,10 @@ def test_upgrade_carries_every_flow(
     }
     assert len(before) == N_PROGRAM + N_RAW + 1
     old_ids = {n: libbpf.map_info(old.obj.map(n).fd).id for n in ("conn_table", "stats")}
+    # Something else pinned in the same directory (another object's map): not ours to drop.
+    other = Dataplane.load(LIMITS)
+    libbpf.obj_pin(other["stats"].fd, f"{pin_dir}/foreign_stats")
+    other.close()
 
     # The new version starts on the same pins.
     new = Dataplane.load(LIMITS, pin_dir)
@@ -189,6 +193,7 @@ def test_upgrade_carries_every_flow(
         moved = {mv.name for mv in new.migration.moves}
         assert moved == {"conn_table", "persist_table", "stats"}, new.migration.describe()
         text = "\n".join(new.migration.describe())
+        assert "mig_old_map: no longer used" in text and "foreign" not in text
         assert "real_id moved" in text and "-old_only" in text and "-CAROM_CNT_MIG_OLD_ONLY" in text
 
         # Every entry, with its real id, flags and timestamp, in the new layout.
@@ -246,6 +251,8 @@ def test_upgrade_carries_every_flow(
             finally:
                 os.close(fd)
         assert not [n for n in Path(pin_dir).iterdir() if n.name.endswith(STAGING)]
+        assert not Path(pin_dir, "mig_old_map").exists()
+        assert Path(pin_dir, "foreign_stats").exists()
     finally:
         new.close()
     old.close()

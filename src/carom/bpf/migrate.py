@@ -326,6 +326,22 @@ def _int(raw: bytes, at: tuple[int, int]) -> int:
     return int.from_bytes(raw[at[0] : at[0] + at[1]], "little")
 
 
+def _same_object(path: str, btf_ids: set[int]) -> bool:
+    """Whether a pin is a map of the previous carom object (it shares that object's
+    BTF), so one the new version dropped; anything else pinned there is left alone."""
+    try:
+        fd = libbpf.obj_get(path)
+    except libbpf.BpfError:
+        return False
+    try:
+        btf_id = int(libbpf.map_info(fd).btf_id)
+    except libbpf.BpfError:  # not a map
+        return False
+    finally:
+        os.close(fd)
+    return btf_id != 0 and btf_id in btf_ids
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -354,6 +370,7 @@ def plan(obj: libbpf.BpfObject, pin_dir: str, sized: Iterable[str]) -> Migration
     names = {m.name for m in obj.maps()}
     moves: list[MapMove] = []
     problems: list[str] = []
+    old_btfs: set[int] = set()  # BTF ids of the previous object's maps
     try:
         for m in obj.maps():
             path = os.path.join(pin_dir, m.name)
@@ -363,6 +380,7 @@ def plan(obj: libbpf.BpfObject, pin_dir: str, sized: Iterable[str]) -> Migration
             keep = False
             try:
                 old, new = pinned_shape(fd, m.name), object_shape(m, btf)
+                old_btfs.add(int(libbpf.map_info(fd).btf_id))
                 if old == new:
                     continue
                 reasons = old.differences(new)
@@ -399,7 +417,11 @@ def plan(obj: libbpf.BpfObject, pin_dir: str, sized: Iterable[str]) -> Migration
         for mv in moves:
             os.close(mv.old_fd)
         raise
-    dropped = sorted(n for n in os.listdir(pin_dir) if n not in names)
+    dropped = [
+        n
+        for n in sorted(os.listdir(pin_dir))
+        if n not in names and _same_object(os.path.join(pin_dir, n), old_btfs)
+    ]
     if not moves and not dropped:
         return None
     return Migration(pin_dir, moves, dropped)
