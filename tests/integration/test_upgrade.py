@@ -30,7 +30,7 @@ OLD_DAEMON = """
 import sys
 from carom.bpf import loader
 loader.object_path = lambda name="carom.bpf.o": sys.argv[1]
-loader.check_abi = lambda btf: None
+loader.check_abi = lambda *args: None
 from carom.cli.main import main
 sys.exit(main(["run", "-c", sys.argv[2]]))
 """

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from carom import abi
 from carom.bpf import libbpf
+from carom.bpf.btfcheck import AbiMismatch, check_abi
 from carom.bpf.layout import (
     Array,
     Field,
@@ -23,6 +25,7 @@ from carom.bpf.layout import (
     describe,
 )
 from carom.bpf.loader import object_path
+from tests.packets.oldlayout import build_old, older_layout
 
 U8, U16, U32, U64 = Scalar(1), Scalar(2), Scalar(4), Scalar(8)
 
@@ -129,3 +132,34 @@ def test_describe_agrees_with_abi_for_every_map() -> None:
             key, value = abi.MAPS[m.name]
             assert describe(btf, kid) == _of_ctypes(key), m.name
             assert describe(btf, vid) == _of_ctypes(value), m.name
+
+
+def test_map_keys_and_values_are_checked_against_abi_maps() -> None:
+    with libbpf.BpfObject(object_path()) as obj:
+        check_abi(obj.btf(), obj.maps())
+
+
+def test_a_map_with_the_wrong_struct_of_the_right_size_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ctypes.sizeof(abi.PersistVal) == ctypes.sizeof(abi.ConnVal)
+    monkeypatch.setitem(abi.MAPS, "conn_table", (abi.FlowKey, abi.PersistVal))
+    with (
+        libbpf.BpfObject(object_path()) as obj,
+        pytest.raises(
+            AbiMismatch,
+            match=r"map conn_table: value is struct conn_val, abi\.MAPS says struct persist_val",
+        ),
+    ):
+        check_abi(obj.btf(), obj.maps())
+
+
+def test_an_older_object_is_refused_with_its_map_sizes(tmp_path: Path) -> None:
+    with (
+        libbpf.BpfObject(build_old(tmp_path, older_layout)) as obj,
+        pytest.raises(AbiMismatch) as err,
+    ):
+        check_abi(obj.btf(), obj.maps())
+    text = str(err.value)
+    assert "map persist_table: value is 24 bytes, abi.MAPS says 16 (struct persist_val)" in text
+    assert "struct conn_val: C members" in text

@@ -130,7 +130,7 @@ class Dataplane:
         obj = libbpf.BpfObject(obj_path or object_path())
         migration: Migration | None = None
         try:
-            check_abi(obj.btf())
+            check_abi(obj.btf(), obj.maps())
             sizes = limits.max_entries()
             adopted = False
             if pin_dir:
