@@ -24,8 +24,9 @@ from benchmarks.common import Budget, Row, alternate
 from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf
-from carom.bpf.loader import Limits, object_path
+from carom.bpf.loader import object_path
 from carom.bpf.testrun import TestRunner
+from carom.config.limits import Limits
 from carom.model.state import Node, Real, Service, State
 from carom.sched.maglev import build_ids
 
@@ -79,7 +80,7 @@ class KernelBench:
             Limits(
                 max_services=4,
                 max_reals=16,
-                maglev_size=SIZE,
+                maglev_table_size=SIZE,
                 conn_table_size=1 << 20,
                 persist_table_size=4096,
                 max_vips=16,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from carom.bpf.loader import ensure_bpffs
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
@@ -29,9 +30,11 @@ REAL_MACS = {n.main.mac for n in t.REALS}
 DIR1 = t.DIR1
 ADDR_TO_NAME = {str(n.main.addr4): n.name for n in t.NODES if n.main.addr4}
 ADDR_TO_NAME |= {str(n.main.addr6): n.name for n in t.NODES if n.main.addr6}
-BAD_CONFIGS = sorted(
-    (Path(__file__).parent.parent / "unit" / "config_cases" / "bad").glob("*.yaml")
-)
+BAD_DIR = Path(__file__).parent.parent / "unit" / "config_cases" / "bad"
+END_TO_END_BAD = [
+    BAD_DIR / f"{name}.yaml"
+    for name in ("too_many_vips", "port_too_big", "limits_memory_absurd", "duplicate_key")
+]
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +251,15 @@ def test_bad_reload_changes_nothing_and_keeps_serving(lab: Lab, director: Direct
     assert not after["last_reload"]["ok"]
     assert len(curl(lab, "client1", f"http://{t.VIP4}/", 5)) == 5
 
+    # More services than the maps hold: refused at validation, not at apply.
+    cfg = lab_config()
+    web = cfg["services"][0]
+    cfg["services"] = [{**web, "name": f"s{p}", "port": 1000 + p} for p in range(65)]
+    reply = director.reload(cfg)
+    assert not reply["ok"]
+    assert "services[64]: 65 services but limits.max_services is 64" in reply["error"]
+    assert [s["fingerprint"] for s in director.status()["services"]] == fingerprints
+
     # A limits change cannot be applied live: refused, named, nothing changed.
     cfg = lab_config()
     cfg["limits"]["conn_table_size"] = 131072
@@ -257,18 +269,38 @@ def test_bad_reload_changes_nothing_and_keeps_serving(lab: Lab, director: Direct
     director.write_config(lab_config())
 
 
-@pytest.mark.parametrize("bad", BAD_CONFIGS, ids=lambda p: p.stem)
-def test_run_with_a_bad_config_changes_nothing(lab: Lab, bad: Path) -> None:
-    """Every bad file of the config table, given to `carom run` on dir2: exit 2,
-    the file's expected messages, and no XDP program and no pins afterwards."""
+@pytest.mark.parametrize("bad", END_TO_END_BAD, ids=lambda p: p.stem)
+def test_run_with_a_bad_config_changes_nothing(lab: Lab, bad: Path, tmp_path: Path) -> None:
+    """A few bad files of the config table (tests/unit/test_config.py runs them
+    all), given to `carom run` on dir2 with the lab's bpffs and an interface that
+    exists: exit 2, the file's expected messages, no XDP program and no pins.
+    too_many_vips used to pass validation and fail at apply, leaving pins."""
     expected = [m.strip() for m in re.findall(r"# error: ([^#\n]+)", bad.read_text())]
-    r = lab.exec("dir2", [sys.executable, "-m", "carom", "run", "-c", str(bad)])
+    instance = "carom-badrun"
+    pins = Path(t.LAB_BPFFS) / "carom" / instance
+    text = bad.read_text().replace("interfaces: [eth0]", "interfaces: [carom0]")
+    assert "interfaces: [carom0]" in text
+    config = tmp_path / bad.name
+    config.write_text(
+        f"{text.rstrip()}\ninstance: {instance}\nbpffs: {t.LAB_BPFFS}\n"
+    )  # lines kept
+    ensure_bpffs(t.LAB_BPFFS)
+    r = lab.exec("dir2", [sys.executable, "-m", "carom", "run", "-c", str(config)])
     assert r.returncode == 2, r.stderr
     for fragment in expected:
         assert fragment in r.stderr, f"{fragment!r} not in {r.stderr}"
+    assert "Traceback" not in r.stderr
     link = lab.exec("dir2", ["ip", "link", "show", "carom0"]).stdout
     assert "prog/xdp" not in link
-    assert not Path("/sys/fs/bpf/carom").exists() or not any(Path("/sys/fs/bpf/carom").iterdir())
+    assert not pins.exists(), f"{pins} was created"
+
+
+def test_detach_refuses_while_the_daemon_runs(lab: Lab, director: Director) -> None:
+    r = director.carom("detach", "-c", str(director.config_path))
+    assert r.returncode == 1 and "a carom daemon is running" in r.stderr, r.stderr
+    assert "prog/xdp" in lab.exec(DIR1.name, ["ip", "link", "show", "carom0"]).stdout
+    assert director.status()["interfaces"]
+    assert len(curl(lab, "client1", f"http://{t.VIP4}/", 3)) == 3
 
 
 def test_forwarding_loop_through_a_real_is_dropped_and_reported(
@@ -283,16 +315,24 @@ def test_forwarding_loop_through_a_real_is_dropped_and_reported(
     try:
         before = director.status()["counters"]["drop_loop"]
         curl(lab, "client1", f"http://{t.VIP4}/", 9)  # about a third land on real3, time out
-        time.sleep(2.5)  # the daemon checks the counter every 2 s
+        # the daemon reads the counter every 2 s: wait for it to say so
+        wait_until(lambda: "came back from a real server" in director.log(), 15)
         after = director.status()["counters"]
         looped = after["drop_loop"] - before
         assert looped > 0
         # each looping packet came back once: no amplification
         assert looped <= after["tx_dsr"]
-        assert "came back from a real server" in director.log()
     finally:
         lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
         lab.exec("real3", ["ip", "addr", "add", vip, "dev", "lo"])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        time.sleep(0.05)
 
 
 def _arp_repliers(lab: Lab, target: str) -> set[str]:

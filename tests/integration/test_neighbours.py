@@ -17,10 +17,14 @@ import ipaddress, time
 from carom.net.neighbours import NeighbourTable
 nt = NeighbourTable()
 addrs = [ipaddress.ip_address(a) for a in ("192.0.2.11", "192.0.2.12", "192.0.2.99")]
-for _ in range(3):
+# wait for the kernel to settle: .11 answers ARP, .99 never does
+deadline = time.monotonic() + 20
+while True:
     found = nt.lookup_many(addrs)
-    time.sleep(0.5)
-found = nt.lookup_many(addrs)
+    settled = found[addrs[0]].mac is not None and found[addrs[2]].state in ("failed", "incomplete")
+    if settled and found[addrs[0]].state == "reachable" or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
 for a in addrs:
     n = found[a]
     print(a, n.state, n.mac.hex() if n.mac else "-")

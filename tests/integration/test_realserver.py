@@ -155,10 +155,12 @@ def web(pair: Pair) -> Iterator[None]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(50):
+        for _ in range(100):
             if "8080" in pair.sh(pair.host, "ss", "-ltnH", check=False).stdout:
                 break
             time.sleep(0.1)
+        else:
+            raise AssertionError("the test's HTTP server did not listen within 10 s")
         yield
     finally:
         srv.terminate()

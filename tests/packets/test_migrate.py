@@ -23,10 +23,11 @@ from scapy.layers.l2 import Ether
 from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf, loader
-from carom.bpf.loader import Dataplane, Limits
+from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
 from carom.bpf.migrate import STAGING, MigrationError
 from carom.bpf.testrun import TestRunner
+from carom.config.limits import Limits
 from carom.model.state import State
 from tests.packets.cases import (
     REALS,
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(
     max_services=8,
     max_reals=64,
-    maglev_size=1021,
+    maglev_table_size=1021,
     conn_table_size=4096,
     persist_table_size=4096,
     max_vips=16,
@@ -309,7 +310,7 @@ def test_unconvertible_layout_is_refused_and_keeps_the_pins(
 def test_changed_limits_are_refused(pin_dir: str) -> None:
     first = Dataplane.load(LIMITS, pin_dir)
     first.close()
-    bigger = Limits(**{**LIMITS.__dict__, "conn_table_size": 8192})
+    bigger = LIMITS.model_copy(update={"conn_table_size": 8192})
     with pytest.raises(MigrationError, match="conn_table: max_entries 4096 -> 8192"):
         Dataplane.load(bigger, pin_dir)
     same = Dataplane.load(LIMITS, pin_dir)

@@ -20,6 +20,7 @@ from carom.bpf import libbpf
 from carom.bpf.btfcheck import check_abi
 from carom.bpf.maps import TypedMap
 from carom.bpf.migrate import Migration, plan
+from carom.config.limits import Limits
 
 log = logging.getLogger("carom.loader")
 
@@ -33,31 +34,6 @@ def object_path(name: str = "carom.bpf.o") -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: build the data plane with `make bpf`")
     return str(path)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Map sizes of one instance. Fixed for the life of its pinned maps."""
-
-    max_services: int = 64  # services (rows of the maglev map)
-    max_reals: int = 4096  # real ids 1..max_reals-1
-    maglev_size: int = 65537  # slots per service, prime
-    conn_table_size: int = 65536  # LRU connection table entries
-    persist_table_size: int = 65536  # LRU persistence entries
-    max_vips: int = 256  # distinct VIP addresses
-
-    def max_entries(self) -> dict[str, int]:
-        return {
-            "services": self.max_services,
-            "svc_stats": self.max_services,
-            "maglev": self.max_services * self.maglev_size,
-            "reals": self.max_reals,
-            "real_stats": self.max_reals,
-            "real_macs": self.max_reals,
-            "conn_table": self.conn_table_size,
-            "persist_table": self.persist_table_size,
-            "vip_addrs": self.max_vips,
-        }
 
 
 def _is_bpffs(path: str) -> bool:
@@ -131,7 +107,7 @@ class Dataplane:
         migration: Migration | None = None
         try:
             check_abi(obj.btf(), obj.maps())
-            sizes = limits.max_entries()
+            sizes = limits.map_entries()
             adopted = False
             if pin_dir:
                 os.makedirs(pin_dir, exist_ok=True)

@@ -14,8 +14,9 @@ import numpy as np
 
 from carom import abi
 from carom.bpf import libbpf
-from carom.bpf.loader import Dataplane, Limits
+from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
+from carom.config.limits import Limits
 from carom.model.state import State
 
 
@@ -47,7 +48,7 @@ class TestRunner:
         self.limits = limits or Limits(
             max_services=8,
             max_reals=64,
-            maglev_size=1021,
+            maglev_table_size=1021,
             conn_table_size=4096,
             persist_table_size=4096,
             max_vips=16,
@@ -73,7 +74,7 @@ class TestRunner:
             dp["node_cfg"].update(0, abi.NodeCfg(role=int(abi.Role.BACKUP)))
         else:
             dp["node_cfg"].update(0, state.node.to_abi())
-        size = self.limits.maglev_size
+        size = self.limits.maglev_table_size
         zeros = np.zeros(self.limits.max_services * size, dtype=np.uint32)
         for svc in state.services:
             if len(svc.table) != size:

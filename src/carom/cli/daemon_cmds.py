@@ -3,22 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from carom.daemon import control
+
+if TYPE_CHECKING:
+    from carom.config.limits import Limits
+    from carom.config.schema import Config
+
+
+class _Refused(Exception):
+    """Printed as `carom: MESSAGE`; the command exits with `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _load(path: str) -> Config:
+    """The config, or _Refused with its file:line messages (exit 2, as check)."""
+    from carom.config.load import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _Refused(f"invalid configuration, nothing was done:\n{exc}", 2) from None
 
 
 def _socket(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)
     if args.config:
-        from carom.config.load import load_config
         from carom.daemon.app import socket_of
 
-        return socket_of(load_config(args.config))
+        return socket_of(_load(args.config))
     return control.default_socket()
+
+
+def _refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a refusal into one message on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _Refused as exc:
+            print(f"carom: {exc}", file=sys.stderr)
+            return exc.code
+
+    return run
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -39,14 +77,23 @@ def _ask(args: argparse.Namespace, command: str, **kw: Any) -> dict[str, Any] | 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from carom.config.load import ConfigError, load_config
     from carom.daemon import logs
-    from carom.daemon.app import run
+    from carom.daemon.app import run, socket_of
 
     logs.setup(args.log_format, args.verbose)
-    return run(args.config)
+    try:
+        # Before anything is loaded: a path that cannot be ours stops the start.
+        with contextlib.suppress(ConfigError):  # run() reports those itself
+            control.check_socket_path(socket_of(load_config(args.config)))
+        return run(args.config)
+    except control.SocketPathError as exc:
+        print(f"carom: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from carom.config.limits import format_bytes
     from carom.config.load import ConfigError, load_config
 
     try:
@@ -57,7 +104,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     for w in cfg.warnings():
         print(f"warning: {w}")
     print(f"{args.config}: valid ({len(cfg.services)} services)")
+    print(render_memory(cfg.limits))
+    total = sum(m.bytes for m in cfg.limits.memory())
+    ram = _mem_total()
+    if ram and total > ram // 2:
+        print(
+            f"warning: the maps need {format_bytes(total)}, more than half of this "
+            f"machine's {format_bytes(ram)} of memory"
+        )
     return 0
+
+
+def render_memory(limits: Limits) -> str:
+    """The kernel memory the maps will take: allocated in full at start."""
+    from carom.config.limits import format_bytes
+
+    maps = limits.memory()
+    total = sum(m.bytes for m in maps)
+    lines = [f"kernel memory for the maps: {format_bytes(total)} (allocated at start)"]
+    for m in maps:
+        lines.append(
+            f"  {m.name:<14} {m.entries:>11} entries x {m.entry_bytes:>4} B = "
+            f"{format_bytes(m.bytes):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _mem_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _fmt_bytes(n: int) -> str:
@@ -147,10 +228,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_detach(args: argparse.Namespace) -> int:
     """Remove a data plane whose daemon is not running."""
     from carom.bpf import loader
-    from carom.config.load import load_config
-    from carom.daemon.app import pin_dir_of
+    from carom.daemon.app import pin_dir_of, socket_of
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
+    sock = socket_of(cfg)
+    if control.alive(sock):
+        raise _Refused(
+            f"a carom daemon is running for instance {cfg.instance} (it answers on {sock}); "
+            "detach only removes an orphaned data plane: use `carom stop --detach`"
+        )
     for ifname in cfg.interfaces:
         try:
             found = loader.detach(ifname)
@@ -183,11 +269,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("status", help="services, reals and live counters")
     _add_target(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_status)
+    p.set_defaults(handler=_refusals(cmd_status))
 
     p = sub.add_parser("reload", help="re-read the config and apply the difference")
     _add_target(p)
-    p.set_defaults(handler=cmd_reload)
+    p.set_defaults(handler=_refusals(cmd_reload))
 
     p = sub.add_parser("stop", help="stop the daemon (the data plane keeps forwarding)")
     _add_target(p)
@@ -196,11 +282,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also detach XDP and unpin the maps (interrupts traffic)",
     )
-    p.set_defaults(handler=cmd_stop)
+    p.set_defaults(handler=_refusals(cmd_stop))
 
     p = sub.add_parser("detach", help="remove the data plane when no daemon runs")
     p.add_argument("-c", "--config", required=True)
-    p.set_defaults(handler=cmd_detach)
+    p.set_defaults(handler=_refusals(cmd_detach))
 
     p = sub.add_parser("explain", help="which real server a flow goes to, and why")
     _add_target(p)
@@ -208,4 +294,4 @@ def register(sub: Any) -> None:
     p.add_argument("service", help="VIP:PORT/PROTO, e.g. 192.0.2.100:80/tcp")
     p.add_argument("--syn", action="store_true", help="explain a new connection (TCP SYN)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_explain)
+    p.set_defaults(handler=_refusals(cmd_explain))

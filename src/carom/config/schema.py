@@ -10,282 +10,60 @@ the 1.2 core schema, so the types a file gives are the types its author wrote.""
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import re
-from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv6Address
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    field_serializer,
-    model_validator,
+from pydantic import BeforeValidator, Field, field_serializer, model_validator
+
+from carom.config.fields import (
+    MAGLEV_MAX,
+    SLOTS_PER_REAL,
+    WEEK_S,
+    AbsPath,
+    Bool,
+    ConfigProblems,
+    Instance,
+    Int,
+    Interfaces,
+    IPAddress,
+    Loc,
+    Port,
+    RealAddress,
+    Seconds,
+    ServiceName,
+    SocketPath,
+    VipAddress,
+    describe,
+    format_loc,
+    is_prime,
+    nearest_primes,
+    next_prime,
 )
-from pydantic_core import PydanticCustomError
+from carom.config.fields import StrictModel as _Model
+from carom.config.fields import check_method as _method
+from carom.config.fields import int_range as _int_range
+from carom.config.limits import MAX_REALS, MAX_SERVICES, MAX_VIPS, Limits
 
-IPAddress = IPv4Address | IPv6Address
-Loc = tuple[str | int, ...]  # a field path: ("services", 0, "reals", 1, "address")
-
-WEEK_S = 86400 * 7
-MAGLEV_MIN, MAGLEV_MAX = 13, 1000003  # both prime
-SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1: the NUL terminator
-IFNAME_MAX = 15  # IFNAMSIZ - 1
-SLOTS_PER_REAL = 100  # Maglev: M >= 100 N keeps every share within about 1%
-
-
-# --- messages ---------------------------------------------------------------
-
-
-def format_loc(loc: Loc) -> str:
-    """("services", 0, "reals", 1, "address") -> "services[0].reals[1].address"."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-def describe(value: Any) -> str:
-    """A found value, in the words of someone reading the YAML file."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return f"the boolean {'true' if value else 'false'}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the text {value!r}"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-class ConfigProblems(ValueError):
-    """Problems found by one cross-field check, each at its own location relative
-    to the object that was checked. The loader reports one line per problem."""
-
-    def __init__(self, problems: Sequence[tuple[Loc, str]]) -> None:
-        self.problems = list(problems)
-        super().__init__(
-            "; ".join(f"{format_loc(loc)}: {msg}" if loc else msg for loc, msg in self.problems)
-        )
-
-
-def _fail(message: str) -> NoReturn:
-    # The message goes through the context so that braces in user input stay as typed.
-    raise PydanticCustomError("carom", "{message}", {"message": message})
-
-
-# --- field types --------------------------------------------------------------
-
-
-def _int_range(lo: int, hi: int, unit: str = "") -> AfterValidator:
-    def check(value: int) -> int:
-        if not lo <= value <= hi:
-            _fail(f"{value} is out of range; use {lo} to {hi}{unit}")
-        return value
-
-    return AfterValidator(check)
-
-
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    return all(n % d for d in range(2, math.isqrt(n) + 1))
-
-
-def nearest_primes(n: int) -> tuple[int | None, int | None]:
-    """The largest prime below n and the smallest above it (None past the range)."""
-    below = next((p for p in range(n - 1, MAGLEV_MIN - 1, -1) if is_prime(p)), None)
-    above = next((p for p in range(n + 1, MAGLEV_MAX + 1) if is_prime(p)), None)
-    return below, above
-
-
-def next_prime(n: int) -> int:
-    while not is_prime(n):
-        n += 1
-    return n
-
-
-def _maglev_size(value: int) -> int:
-    if not is_prime(value):
-        below, above = nearest_primes(value)
-        options = " or ".join(str(p) for p in (below, above) if p is not None)
-        _fail(f"{value} is not prime; a Maglev table needs a prime size: use {options}")
-    return value
-
-
-def _instance(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9-]{1,15}", value):
-        _fail(
-            f"{value!r} is not a valid instance name; use 1 to 15 characters "
-            "from a-z, 0-9 and '-', such as default"
-        )
-    return value
-
-
-def _interface(value: str) -> str:
-    if not value:
-        _fail("an interface name cannot be empty; use a name such as eth0")
-    if len(value) > IFNAME_MAX:
-        _fail(f"{value!r} is longer than {IFNAME_MAX} characters, the Linux limit")
-    if value in (".", "..") or any(c in value for c in "/:") or any(c.isspace() for c in value):
-        _fail(
-            f"{value!r} is not a Linux interface name "
-            "(no '/', ':' or spaces, not '.' or '..'); use a name such as eth0"
-        )
-    return value
-
-
-def _unique_interfaces(names: tuple[str, ...]) -> tuple[str, ...]:
-    if not names:
-        _fail("at least one interface is needed; for example interfaces: [eth0]")
-    first: dict[str, int] = {}
-    problems: list[tuple[Loc, str]] = []
-    for i, name in enumerate(names):
-        if name in first:
-            problems.append(
-                ((i,), f"{name!r} is listed twice (also interfaces[{first[name]}]); list it once")
-            )
-        first.setdefault(name, i)
-    if problems:
-        raise ConfigProblems(problems)
-    return names
-
-
-def _path(value: Any) -> Path:
-    if isinstance(value, Path):
-        path = value
-    elif isinstance(value, str) and value:
-        path = Path(value)
-    else:
-        _fail(f"expected an absolute path such as /sys/fs/bpf, found {describe(value)}")
-    if not path.is_absolute():
-        _fail(f"{str(path)!r} is not an absolute path; start it with '/'")
-    return path
-
-
-def _socket_path(path: Path) -> Path:
-    if len(str(path).encode()) > SUN_PATH_MAX:
-        _fail(
-            f"the path is {len(str(path).encode())} bytes; a unix socket path "
-            f"must be at most {SUN_PATH_MAX}: choose a shorter one"
-        )
-    return path
-
-
-def _service_name(value: str) -> str:
-    if not value or len(value) > 64 or any(not c.isprintable() or c.isspace() for c in value):
-        _fail(f"{value!r} is not a valid name; use 1 to 64 characters without spaces, such as web")
-    return value
-
-
-def _ip(example: str) -> Callable[[Any], IPAddress]:
-    """Parse an address from text; the messages name the field's example."""
-
-    def parse(value: Any) -> IPAddress:
-        if isinstance(value, IPv4Address | IPv6Address):
-            return value
-        if not isinstance(value, str):
-            _fail(f"expected an IP address such as {example}, found {describe(value)}")
-        if "/" in value:
-            _fail(
-                f"{value!r} is a network, not an address; "
-                f"write a single address without a prefix length, such as {example}"
-            )
-        if "%" in value:
-            _fail(f"{value!r} has a zone index; write the address without '%...'")
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            _fail(f"{value!r} is not an IP address; use an IPv4 or IPv6 address such as {example}")
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            _fail(
-                f"{value} is an IPv4-mapped IPv6 address; IPv4 packets carry IPv4 "
-                f"addresses: write {address.ipv4_mapped}"
-            )
-        return address
-
-    return parse
-
-
-def _special(address: IPAddress) -> str | None:
-    """What makes an address unusable as a VIP or a real, if anything."""
-    if address.is_unspecified:
-        return "the unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address == IPv4Address("255.255.255.255"):
-        return "the broadcast address"
-    return None
-
-
-def _vip(address: IPAddress) -> IPAddress:
-    what = _special(address)
-    if what:
-        _fail(
-            f"{address} is {what}; a vip must be a unicast address that clients "
-            "reach through this node, such as 192.0.2.100"
-        )
-    return address
-
-
-def _real(address: IPAddress) -> IPAddress:
-    what = _special(address)
-    if what == "a loopback address":
-        _fail(
-            f"{address} is a loopback address; for this node itself give its own "
-            "address with local: true"
-        )
-    if what:
-        _fail(f"{address} is {what}; a real must be a server's unicast address, such as 192.0.2.11")
-    return address
-
-
-def _port(value: Any) -> Any:
-    if value == "all":
-        return 0  # what the data plane's (vip, 0, protocol) lookup means
-    if isinstance(value, str) and value.strip().isdigit():
-        _fail(f"expected a port number, found the text {value!r}; write it without quotes")
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(f"expected a port 1 to 65535 or all, found {describe(value)}")
-    if not 1 <= value <= 65535:
-        _fail(f"{value} is not a port; use 1 to 65535, or all for every port of the vip")
-    return value
-
-
-def _method(value: Any) -> Any:
-    if value in ("nat", "tunnel"):
-        _fail(f"method {value!r} is not supported yet; use dsr")
-    return value
-
-
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Seconds = Annotated[int, Strict(), _int_range(1, WEEK_S, " seconds (7 days)")]
-Instance = Annotated[str, Strict(), AfterValidator(_instance)]
-Interface = Annotated[str, Strict(), AfterValidator(_interface)]
-Interfaces = Annotated[tuple[Interface, ...], AfterValidator(_unique_interfaces)]
-AbsPath = Annotated[Path, BeforeValidator(_path)]
-SocketPath = Annotated[Path, BeforeValidator(_path), AfterValidator(_socket_path)]
-ServiceName = Annotated[str, Strict(), AfterValidator(_service_name)]
-VipAddress = Annotated[IPAddress, BeforeValidator(_ip("192.0.2.100")), AfterValidator(_vip)]
-RealAddress = Annotated[IPAddress, BeforeValidator(_ip("192.0.2.11")), AfterValidator(_real)]
-Port = Annotated[int, BeforeValidator(_port)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Names other modules import from here: the schema is the config's public face.
+__all__ = [
+    "Config",
+    "ConfigProblems",
+    "IPAddress",
+    "Limits",
+    "Loc",
+    "Node",
+    "Real",
+    "Service",
+    "Timeouts",
+    "cross_service_problems",
+    "describe",
+    "format_loc",
+    "is_prime",
+    "limit_problems",
+    "nearest_primes",
+    "next_prime",
+]
 
 
 # --- the models -----------------------------------------------------------------
@@ -305,27 +83,6 @@ class Node(_Model):
         description="IP fragments addressed to a VIP: drop, or pass to the local stack "
         "(non-first fragments carry no ports, so they cannot follow their flow)",
         examples=["drop"],
-    )
-
-
-class Limits(_Model):
-    """Sizes of the pinned BPF maps. Fixed for the life of the maps: changing them
-    needs `carom stop --detach` and a start."""
-
-    max_services: Annotated[Int, _int_range(1, 4096)] = Field(
-        default=64, description="services (rows of the Maglev map)", examples=[64]
-    )
-    max_reals: Annotated[Int, _int_range(2, 65536)] = Field(
-        default=4096, description="real ids are 1..max_reals-1 (0 means none)", examples=[4096]
-    )
-    maglev_table_size: Annotated[
-        Int, _int_range(MAGLEV_MIN, MAGLEV_MAX), AfterValidator(_maglev_size)
-    ] = Field(default=65537, description="slots per service; prime", examples=[65537])
-    conn_table_size: Annotated[Int, _int_range(1024, 67108864)] = Field(
-        default=1048576, description="entries of the LRU connection table", examples=[1048576]
-    )
-    persist_table_size: Annotated[Int, _int_range(1024, 16777216)] = Field(
-        default=65536, description="entries of the LRU client-persistence table", examples=[65536]
     )
 
 
@@ -497,23 +254,68 @@ def cross_service_problems(
                     )
                 )
     if limits is not None:
-        if len(services) > limits.max_services:
+        problems += limit_problems(services, limits)
+    return problems
+
+
+def limit_problems(
+    services: Sequence[tuple[int, Service]], limits: Limits
+) -> list[tuple[Loc, str]]:
+    """What the data plane's maps cannot hold. Each problem points at the first
+    entry that does not fit and names the limit, so that `carom check` and a
+    reload refuse what the apply would fail on."""
+    problems: list[tuple[Loc, str]] = []
+    if len(services) > limits.max_services:
+        i = services[limits.max_services][0]
+        problems.append(
+            (
+                ("services", i),
+                f"{len(services)} services but limits.max_services is {limits.max_services}: "
+                f"this one and the {len(services) - limits.max_services - 1} after it do not "
+                f"fit in the services map; raise limits.max_services (up to {MAX_SERVICES})",
+            )
+        )
+    vips: dict[IPAddress, None] = {}
+    reals: dict[IPAddress, None] = {}
+    vip_over: Loc | None = None
+    real_over: Loc | None = None
+    for i, svc in services:
+        vips.setdefault(svc.vip)
+        if vip_over is None and len(vips) > limits.max_vips:
+            vip_over = ("services", i, "vip")
+        for j, real in enumerate(svc.reals):
+            reals.setdefault(real.address)
+            if real_over is None and len(reals) > limits.max_reals - 1:
+                real_over = ("services", i, "reals", j, "address")
+        weighted = sum(1 for r in svc.reals if r.weight > 0)
+        if weighted > limits.maglev_table_size:
+            wanted = min(next_prime(weighted * SLOTS_PER_REAL), MAGLEV_MAX)
             problems.append(
                 (
-                    ("services",),
-                    f"{len(services)} services but limits.max_services is "
-                    f"{limits.max_services}; raise limits.max_services (up to 4096)",
+                    ("services", i, "reals"),
+                    f"{weighted} reals with weight > 0 but limits.maglev_table_size is "
+                    f"{limits.maglev_table_size}: some would get no Maglev slot; raise "
+                    f"limits.maglev_table_size (for example to {wanted})",
                 )
             )
-        if len(local_of) > limits.max_reals - 1:
-            problems.append(
-                (
-                    ("services",),
-                    f"{len(local_of)} distinct real addresses but limits.max_reals is "
-                    f"{limits.max_reals} (real ids 1..{limits.max_reals - 1}); raise "
-                    "limits.max_reals (up to 65536)",
-                )
+    if vip_over is not None:
+        problems.append(
+            (
+                vip_over,
+                f"{len(vips)} distinct vips but limits.max_vips is {limits.max_vips}: this "
+                "is the first that does not fit in the vip_addrs map; raise "
+                f"limits.max_vips (up to {MAX_VIPS})",
             )
+        )
+    if real_over is not None:
+        problems.append(
+            (
+                real_over,
+                f"{len(reals)} distinct real addresses but limits.max_reals is "
+                f"{limits.max_reals} (real ids 1..{limits.max_reals - 1}): this is the first "
+                f"that does not fit; raise limits.max_reals (up to {MAX_REALS})",
+            )
+        )
     return problems
 
 

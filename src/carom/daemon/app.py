@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ipaddress
 import logging
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 from carom import abi
 from carom.bpf import loader
-from carom.bpf.loader import Dataplane, Limits
+from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
 from carom.config.load import ConfigError, load_config
 from carom.config.schema import Config
@@ -42,17 +41,6 @@ def socket_of(config: Config) -> str:
         str(config.control_socket)
         if config.control_socket
         else control.default_socket(config.instance)
-    )
-
-
-def limits_of(config: Config) -> Limits:
-    lim = config.limits
-    return Limits(
-        max_services=lim.max_services,
-        max_reals=lim.max_reals,
-        maglev_size=lim.maglev_table_size,
-        conn_table_size=lim.conn_table_size,
-        persist_table_size=lim.persist_table_size,
     )
 
 
@@ -96,7 +84,7 @@ class Daemon:
         loader.ensure_bpffs(str(config.bpffs))
         pin_dir = pin_dir_of(config)
         os.makedirs(os.path.dirname(pin_dir), exist_ok=True)
-        self.dp = Dataplane.load(limits_of(config), pin_dir)
+        self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = Reconciler(self.dp)
         if self.dp.adopted:
             self.rec.adopt()
@@ -176,8 +164,7 @@ class Daemon:
                 for t in tasks:
                     t.cancel()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_of(self.config))
+            control.remove_socket(socket_of(self.config))
             await self._shutdown()
         return self.stop_request
 
@@ -385,7 +372,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started, 1),
             "adopted": dp.adopted,
             "interfaces": [{"name": a.ifname, "mode": a.mode} for a in dp.attachments.values()],
-            "maglev_size": dp.limits.maglev_size,
+            "maglev_size": dp.limits.maglev_table_size,
             "services": services,
             "draining": draining,
             "counters": counters,

@@ -1,14 +1,19 @@
 """The control socket: newline-delimited JSON over a root-only unix socket.
 
-The CLI never touches maps; it asks the daemon, which owns them."""
+The CLI never touches maps; it asks the daemon, which owns them. Whatever comes
+in is untrusted: a request is bounded in size and in the time it may take to
+arrive, checked against the table of commands before the daemon sees it, and
+every failure is answered with one line that says what was wrong."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,47 +21,152 @@ log = logging.getLogger("carom.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULT_SOCKET_DIR = "/run/carom"
+MAX_REQUEST_BYTES = 64 * 1024  # a request is a command and a few short arguments
+READ_TIMEOUT_S = 5.0  # a client that sends nothing must not hold a connection open
+WRITE_TIMEOUT_S = 30.0  # nor one that never reads its reply
+
+# command -> {argument: (type, required)}; anything else is refused before the
+# daemon sees it, so a handler can trust the shape of what it gets.
+COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "status": {},
+    "reload": {},
+    "stop": {"detach": (bool, False)},
+    "explain": {"client": (str, True), "service": (str, True), "syn": (bool, False)},
+}
+
+
+class SocketPathError(Exception):
+    """The configured socket path cannot be used; nothing was removed."""
+
+
+class RequestError(ValueError):
+    """A request that does not follow the protocol."""
 
 
 def default_socket(instance: str = "default") -> str:
     return os.path.join(DEFAULT_SOCKET_DIR, f"{instance}.sock")
 
 
+def check_socket_path(path: str) -> None:
+    """Refuse a path that holds anything but a stale socket: carom removes a
+    socket a dead daemon left behind, never a file someone else put there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else _kind(st.st_mode)
+        raise SocketPathError(
+            f"{path} exists and is {what}, not a socket; carom will not delete it: "
+            "remove it yourself or set control_socket to another path"
+        )
+    if alive(path):
+        raise SocketPathError(f"another carom daemon is answering on {path}")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
+
+
+def remove_socket(path: str) -> None:
+    """Remove our socket at shutdown, and nothing that has replaced it."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line -> a checked request. Raises RequestError."""
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"malformed request: not JSON ({exc})") from None
+    except RecursionError:
+        raise RequestError("malformed request: nested too deeply") from None
+    if not isinstance(request, dict):
+        raise RequestError('malformed request: expected an object such as {"command": "status"}')
+    command = request.get("command")
+    if not isinstance(command, str) or command not in COMMANDS:
+        known = ", ".join(COMMANDS)
+        raise RequestError(f"unknown command {command!r}; the commands are: {known}")
+    spec = COMMANDS[command]
+    for name, value in request.items():
+        if name == "command":
+            continue
+        if name not in spec:
+            raise RequestError(f"{command}: unknown argument {name!r}")
+        kind, _ = spec[name]
+        if type(value) is not kind:
+            raise RequestError(
+                f"{command}: {name} must be {kind.__name__}, not {type(value).__name__}"
+            )
+    missing = [name for name, (_, required) in spec.items() if required and name not in request]
+    if missing:
+        raise RequestError(f"{command}: missing argument {', '.join(missing)}")
+    return request
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def _answer(reader: asyncio.StreamReader, handler: Handler) -> dict[str, Any]:
+    try:
+        line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
+    except TimeoutError:
+        return {"ok": False, "error": f"no complete request within {READ_TIMEOUT_S:g} s"}
+    except ValueError:  # the StreamReader's limit: a line longer than the buffer
+        return {"ok": False, "error": f"request larger than {MAX_REQUEST_BYTES} bytes"}
+    if not line.endswith(b"\n"):
+        return {"ok": False, "error": "incomplete request: end it with a newline"}
+    try:
+        request = parse_request(line)
+        return await handler(request)
+    except RequestError as exc:
+        return {"ok": False, "error": str(exc)}
+    except ValueError as exc:  # a well-formed request with a bad value, e.g. an address
+        return {"ok": False, "error": _one_line(str(exc))}
+    except Exception as exc:  # a bad request must never take the daemon down
+        log.exception("control request failed")
+        return {
+            "ok": False,
+            "error": f"internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+            "the daemon log has the details",
+        }
+
+
 async def serve(path: str, handler: Handler) -> asyncio.Server:
     """Listen on `path` (mode 0600 in a 0700 directory) and answer requests."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.path.exists(path):
-        if _alive(path):
-            raise RuntimeError(f"another carom daemon is answering on {path}")
-        os.unlink(path)
+    check_socket_path(path)
+    remove_socket(path)  # a stale socket of a dead daemon
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
-            if not line:
-                return
-            try:
-                request = json.loads(line)
-                response = await handler(request)
-            except Exception as exc:  # a bad request must never take the daemon down
-                log.exception("control request failed")
-                response = {"ok": False, "error": str(exc)}
+            response = await _answer(reader, handler)
             writer.write(json.dumps(response, default=str).encode() + b"\n")
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            pass  # the client went away or stopped reading: nothing to answer
         finally:
             writer.close()
 
     old = os.umask(0o077)
     try:
-        server = await asyncio.start_unix_server(client, path=path, limit=1 << 20)
+        server = await asyncio.start_unix_server(client, path=path, limit=MAX_REQUEST_BYTES)
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
     return server
 
 
-def _alive(path: str) -> bool:
+def alive(path: str) -> bool:
+    """Whether a daemon answers on `path`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)
@@ -68,7 +178,8 @@ def _alive(path: str) -> bool:
 
 
 def request(path: str, command: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one request to the daemon (blocking; for the CLI)."""
+    """Send one request to the daemon (blocking; for the CLI). Raises
+    ConnectionError with a sentence for a person when there is no good reply."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -78,6 +189,8 @@ def request(path: str, command: str, timeout: float = 30.0, **args: Any) -> dict
             raise ConnectionError(
                 f"no carom daemon is answering on {path} (is `carom run` running?)"
             ) from exc
+        except PermissionError as exc:
+            raise ConnectionError(f"permission denied on {path}; run as root") from exc
         s.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -85,7 +198,14 @@ def request(path: str, command: str, timeout: float = 30.0, **args: Any) -> dict
             if not chunk:
                 break
             buf += chunk
+    except TimeoutError as exc:
+        raise ConnectionError(f"no reply from the daemon on {path} within {timeout:.0f} s") from exc
     finally:
         s.close()
-    result: dict[str, Any] = json.loads(buf)
+    try:
+        result = json.loads(buf)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        result = None
+    if not isinstance(result, dict):
+        raise ConnectionError(f"the daemon on {path} closed the connection without a valid reply")
     return result

@@ -1,14 +1,21 @@
 """`carom explain`: where a flow goes and why, read from the live maps.
 
 tcpdump cannot see frames that XDP forwards, so an operator needs the data
-plane itself to answer "which real server gets this client, and why?". This
-reads the same maps in the same order as bpf/sched.h, and changes nothing
-(syscall lookups do not refresh LRU entries)."""
+plane itself to answer "which real server gets this client, and why?". The
+answer is not a third copy of the scheduler: the maps that concern the flow are
+read into a model State (`read_state`), and the reference model
+(carom.model.forward.decide, the twin of bpf/sched.h that the packet table holds
+to the kernel) decides on a frame of that flow. This module only narrates the
+decision. Nothing is written (syscall lookups do not refresh LRU entries), and
+tests/packets/test_explain.py runs it over the packet table, with and without
+the kernel maps."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,11 +23,22 @@ from typing import Any
 import numpy as np
 
 from carom import abi
+from carom.abi import Counter
 from carom.bpf.loader import Dataplane
+from carom.model.forward import Decision, decide
+from carom.model.state import Node, Real, Service, State
 from carom.sched import maglev
 from carom.sched.flowhash import flow_hash
 
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)$")
+_VERDICTS = {Counter.TX_DSR: "forward", Counter.PASS_LOCAL_REAL: "local"}
+_WHY = {
+    Counter.PASS_NOT_VIP: "{vip} is not a VIP here: the kernel gets the packet untouched",
+    Counter.PASS_BACKUP: "this node is a backup: VIP traffic goes to its own stack, "
+    "never scheduled",
+    Counter.PASS_NO_SERVICE: "no service for port {port}/{proto} on {vip}: passed to this "
+    "node's stack",
+}
 
 
 def parse_endpoint(text: str) -> tuple[abi.IPAddress, int]:
@@ -28,7 +46,10 @@ def parse_endpoint(text: str) -> tuple[abi.IPAddress, int]:
     m = _ENDPOINT.match(text.strip())
     if not m:
         raise ValueError(f"{text!r}: expected ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
-    addr = ipaddress.ip_address(m.group("v6") or m.group("v4"))
+    try:
+        addr = ipaddress.ip_address(m.group("v6") or m.group("v4"))
+    except ValueError:
+        raise ValueError(f"{text!r}: not an IP address") from None
     port = int(m.group("port"))
     if not 0 < port < 65536:
         raise ValueError(f"{text!r}: port must be 1..65535")
@@ -43,6 +64,57 @@ def parse_service(text: str) -> tuple[abi.IPAddress, int, str]:
         raise ValueError(f"{text!r}: protocol must be tcp or udp")
     addr, port = parse_endpoint(endpoint)
     return addr, port, proto
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The flow to explain, as the first packet the director would see of it."""
+
+    client: abi.IPAddress
+    cport: int
+    vip: abi.IPAddress
+    vport: int
+    proto: int  # 6 or 17
+    syn: bool  # a TCP SYN (new connection) rather than a packet of an established one
+
+    @classmethod
+    def parse(cls, client: str, service: str, syn: bool = False) -> Flow:
+        caddr, cport = parse_endpoint(client)
+        vip, vport, proto = parse_service(service)
+        if caddr.version != vip.version:
+            raise ValueError("client and VIP must be the same address family")
+        return cls(caddr, cport, vip, vport, abi.PROTOCOLS[proto], syn)
+
+    @property
+    def family(self) -> int:
+        return int(abi.family_of(self.vip))
+
+    def key(self, ports: bool = True) -> abi.FlowKey:
+        return abi.FlowKey(
+            src=abi.Addr.of(self.client),
+            dst=abi.Addr.of(self.vip),
+            sport=abi.port_be(self.cport) if ports else 0,
+            dport=abi.port_be(self.vport) if ports else 0,
+            proto=self.proto,
+            family=self.family,
+        )
+
+    def frame(self, src_mac: bytes) -> bytes:
+        """A minimal well-formed Ethernet frame of this flow."""
+        if self.proto == 6:
+            l4 = struct.pack("!HHIIBBHHH", self.cport, self.vport, 0, 0, 5 << 4, 0, 65535, 0, 0)
+            l4 = l4[:13] + bytes([0x02 if self.syn else 0x10]) + l4[14:]
+        else:
+            l4 = struct.pack("!HHHH", self.cport, self.vport, 8, 0)
+        if self.vip.version == 4:
+            l3 = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 0, 0, 64, self.proto, 0)
+            l3 += self.client.packed + self.vip.packed
+            ethertype = 0x0800
+        else:
+            l3 = struct.pack("!IHBB", 6 << 28, len(l4), self.proto, 64)
+            l3 += self.client.packed + self.vip.packed
+            ethertype = 0x86DD
+        return b"\x02" + bytes(5) + src_mac + struct.pack("!H", ethertype) + l3 + l4
 
 
 @dataclass
@@ -60,6 +132,68 @@ class Explanation:
         return asdict(self)
 
 
+def _candidates(flow: Flow) -> list[abi.SvcKey]:
+    """The service keys the data plane tries for this flow, in its order."""
+    return [abi.svc_key(flow.vip, flow.proto, flow.vport), abi.svc_key(flow.vip, flow.proto, 0)]
+
+
+def read_state(dp: Dataplane, flow: Flow) -> State:
+    """The maps, as far as they concern `flow`, as a model State: every service
+    and real, the Maglev rows of the services the flow can match, and the flow's
+    own connection and persistence entries."""
+    cfg = dp["node_cfg"].lookup(0)
+    node = None
+    if cfg is not None:
+        node = Node(
+            role=abi.Role(cfg.role),
+            frag_pass=bool(cfg.flags & abi.CfgFlags.FRAG_PASS),
+            maglev_size=cfg.maglev_size,
+            tcp_idle_ns=cfg.tcp_idle_ns,
+            udp_idle_ns=cfg.udp_idle_ns,
+        )
+    size = node.maglev_size if node else 0
+    wanted = {k.to_bytes() for k in _candidates(flow)}
+    state = State(node=node)
+    for key, info in dp["services"].items():
+        table = np.zeros(0, dtype=np.uint32)
+        if key.to_bytes() in wanted and size:
+            raw = dp["maglev"].read_range(info.id * size, size)
+            table = np.frombuffer(raw, dtype=np.uint32).copy()
+        state.services.append(
+            Service(
+                vip=key.vip.to_ip(key.family),
+                proto=key.proto,
+                port=abi.port_host(key.port),
+                svc_id=info.id,
+                table=table,
+                persist_timeout_s=info.persist_timeout_s
+                if info.flags & abi.SvcFlags.PERSIST
+                else 0,
+            )
+        )
+        if key.to_bytes() in wanted and info.flags & abi.SvcFlags.PERSIST:
+            pkey = abi.PersistKey(
+                client=abi.Addr.of(flow.client), svc_id=info.id, family=flow.family
+            )
+            pv = dp["persist_table"].lookup(pkey)
+            if pv is not None:
+                state.persist[pkey.to_bytes()] = pv
+    for rid, info in dp["reals"].items():
+        if info.family:
+            state.reals[int(rid)] = Real(
+                real_id=int(rid),
+                address=info.addr.to_ip(info.family),
+                mac=bytes(info.mac),
+                local=bool(info.flags & abi.RealFlags.LOCAL),
+                usable=not info.flags & abi.RealFlags.UNUSABLE,
+                method=abi.Method(info.method),
+            )
+    conn = dp["conn_table"].lookup(flow.key())
+    if conn is not None:
+        state.conns[flow.key().to_bytes()] = conn
+    return state
+
+
 def explain(
     dp: Dataplane,
     client: str,
@@ -67,150 +201,148 @@ def explain(
     syn: bool = False,
     expected_fingerprints: dict[int, str] | None = None,
 ) -> Explanation:
-    caddr, cport = parse_endpoint(client)
-    vip, vport, proto_name = parse_service(service)
-    if caddr.version != vip.version:
-        raise ValueError("client and VIP must be the same address family")
-    proto = abi.PROTOCOLS[proto_name]
-    fam = int(abi.family_of(vip))
+    """Explain the flow from the live maps."""
+    flow = Flow.parse(client, service, syn)
+    return explain_state(read_state(dp, flow), flow, time.monotonic_ns(), expected_fingerprints)
+
+
+def _src_mac(state: State) -> bytes:
+    """A source MAC that is no real's (a real's would be a forwarding loop)."""
+    macs = state.real_macs()
+    for last in range(256):
+        mac = b"\x02\x00\x00\x00\x00" + bytes([last])
+        if mac + b"\0\0" not in macs:
+            return mac
+    raise ValueError("no free source MAC")  # 256 reals with these MACs: not a real setup
+
+
+def _decide(state: State, flow: Flow, now: int) -> Decision:
+    return decide(flow.frame(_src_mac(state)), copy.deepcopy(state), now)
+
+
+def explain_state(
+    state: State, flow: Flow, now: int, expected_fingerprints: dict[int, str] | None = None
+) -> Explanation:
+    """The model's decision for `flow` on `state`, in words. Pure: `state` is
+    left as it was."""
+    d = _decide(state, flow, now)
+    proto = "tcp" if flow.proto == 6 else "udp"
     steps: list[str] = []
-    cfg = dp["node_cfg"].lookup(0)
-    if dp["vip_addrs"].lookup(abi.vip_key(vip)) is None:
-        return Explanation(
-            "pass",
-            None,
-            0,
-            "none",
-            [f"{vip} is not a VIP here: the kernel gets the packet untouched"],
-        )
-    if cfg is None or cfg.role != abi.Role.ACTIVE:
-        return Explanation(
-            "pass",
-            None,
-            0,
-            "none",
-            ["this node is a backup: VIP traffic goes to its own stack, never scheduled"],
-        )
-    key = abi.svc_key(vip, proto, vport)
-    svc = dp["services"].lookup(key)
-    if svc is None:
-        key.port = 0
-        svc = dp["services"].lookup(key)
-        if svc is not None:
-            steps.append(f"service: all ports of {vip}/{proto_name} (id {svc.id})")
-    else:
-        steps.append(f"service: {vip}:{vport}/{proto_name} (id {svc.id})")
-    if svc is None:
-        return Explanation(
-            "pass",
-            None,
-            0,
-            "none",
-            [f"no service for port {vport}/{proto_name} on {vip}: passed to this node's stack"],
-        )
+    if d.reason in _WHY:
+        why = _WHY[d.reason].format(vip=flow.vip, port=flow.vport, proto=proto)
+        return Explanation("pass", None, 0, "none", [why])
 
-    flow = abi.FlowKey(
-        src=abi.Addr.of(caddr),
-        dst=abi.Addr.of(vip),
-        sport=abi.port_be(cport),
-        dport=abi.port_be(vport),
-        proto=proto,
-        family=fam,
+    services = state.service_map()
+    svc = next(s for k in _candidates(flow) if (s := services.get(k.to_bytes())) is not None)
+    where = (
+        f"all ports of {flow.vip}/{proto}" if svc.port == 0 else f"{flow.vip}:{svc.port}/{proto}"
     )
-    now = time.monotonic_ns()
-    idle = cfg.tcp_idle_ns if proto == 6 else cfg.udp_idle_ns
+    steps.append(f"service: {where} (id {svc.svc_id})")
 
-    def real_desc(rid: int) -> tuple[str | None, str]:
-        info = dp["reals"].lookup(rid) if rid else None
-        if info is None or not info.family:
-            return None, f"real id {rid} is unknown"
-        addr = str(info.addr.to_ip(info.family))
-        if info.flags & abi.RealFlags.UNUSABLE:
-            return None, f"real {addr} has no resolved MAC (unusable)"
-        if info.flags & abi.RealFlags.LOCAL:
-            return addr, f"real {addr} (this node: local stack)"
-        return addr, f"real {addr} (MAC {abi.mac_str(bytes(info.mac))})"
+    def desc(rid: int) -> str:
+        real = state.reals.get(rid)
+        if real is None:
+            return f"real id {rid} is unknown"
+        if not real.usable:
+            return f"real {real.address} has no resolved MAC (unusable)"
+        if real.local:
+            return f"real {real.address} (this node: local stack)"
+        return f"real {real.address} (MAC {abi.mac_str(real.mac)})"
 
-    def verdict_for(rid: int) -> str:
-        info = dp["reals"].lookup(rid)
-        return "local" if info is not None and info.flags & abi.RealFlags.LOCAL else "forward"
-
-    persistent = bool(svc.flags & abi.SvcFlags.PERSIST)
-    pkey = abi.PersistKey(client=abi.Addr.of(caddr), svc_id=svc.id, family=fam)
-    result: Explanation | None = None
-
-    conn = dp["conn_table"].lookup(flow)
-    if conn is not None:
-        age = (now - conn.last_seen_ns) / 1e9
-        addr, desc = real_desc(conn.real_id)
-        if syn:
-            steps.append(
-                f"connection entry to real id {conn.real_id} exists, but a SYN "
-                "starts a new connection: rescheduled"
-            )
-        elif idle and now - conn.last_seen_ns > idle:
-            steps.append(f"connection entry idle for {age:.0f}s (> {idle / 1e9:.0f}s): rescheduled")
-        elif addr is None:
-            steps.append(f"connection entry points at {desc}: rescheduled")
-        else:
-            steps.append(f"existing connection entry (last packet {age:.1f}s ago) -> {desc}")
-            result = Explanation(verdict_for(conn.real_id), addr, conn.real_id, "connection", steps)
-    else:
+    tally = d.counters
+    conn = state.conns.get(flow.key().to_bytes())
+    if conn is None:
         steps.append("no connection entry for this 5-tuple")
-
-    # What a new connection gets (also the answer when there is no usable entry).
-    new_steps: list[str] = []
-    rid = 0
-    path = "maglev"
-    slot = None
-    fp = None
-    if persistent:
-        pv = dp["persist_table"].lookup(pkey)
-        if pv is not None and now - pv.last_seen_ns <= svc.persist_timeout_s * 10**9:
-            addr, desc = real_desc(pv.real_id)
-            if addr is not None:
-                rid, path = pv.real_id, "persistence"
-                new_steps.append(
-                    f"persistence entry for client {caddr} "
-                    f"({(now - pv.last_seen_ns) / 1e9:.0f}s old, timeout "
-                    f"{svc.persist_timeout_s}s) -> {desc}"
-                )
-        elif pv is not None:
-            new_steps.append("persistence entry expired")
-    if not rid:
-        hkey = abi.FlowKey.from_buffer_copy(bytes(flow))
-        if persistent:
-            hkey.sport = 0
-            hkey.dport = 0
-        size = cfg.maglev_size
-        h = flow_hash(bytes(hkey))
-        slot = h % size
-        row = np.frombuffer(dp["maglev"].read_range(svc.id * size, size), dtype=np.uint32)
-        fp = maglev.fingerprint(row)
-        rid = int(row[slot])
-        addr, desc = real_desc(rid)
-        what = "client address" if persistent else "5-tuple"
-        new_steps.append(
-            f"Maglev: hash of the {what} = {h:#010x}, slot {slot} of {size} in "
-            f"table {fp} -> {desc if rid else 'empty slot (no reals)'}"
-        )
-        exp = (expected_fingerprints or {}).get(int(svc.id))
-        if exp and exp != fp:
-            new_steps.append(
-                f"WARNING: the table in the map ({fp}) differs from the one "
-                f"the config gives ({exp})"
+    else:
+        age = (now - conn.last_seen_ns) / 1e9
+        node = state.node
+        idle = (node.tcp_idle_ns if flow.proto == 6 else node.udp_idle_ns) if node else 0
+        if tally[Counter.SYN_RESCHEDULE]:
+            steps.append(
+                f"connection entry to real id {conn.real_id} exists, but a SYN starts a new "
+                "connection: rescheduled"
             )
-        if addr is None:
-            rid = 0
-    new_addr, new_desc = real_desc(rid) if rid else (None, "dropped: no usable real")
+        elif tally[Counter.CONN_EXPIRED]:
+            steps.append(f"connection entry idle for {age:.0f}s (> {idle / 1e9:.0f}s): rescheduled")
+        elif tally[Counter.CONN_REAL_GONE]:
+            steps.append(f"connection entry points at {desc(conn.real_id)}: rescheduled")
+        else:
+            steps.append(
+                f"existing connection entry (last packet {age:.1f}s ago) -> {desc(conn.real_id)}"
+            )
 
-    if result is not None:
-        result.new_connection = new_desc
-        return result
-    steps.extend(new_steps)
-    if not rid:
+    if tally[Counter.CONN_HIT]:
+        e = Explanation(
+            _VERDICTS.get(d.reason, "drop"), _addr(state, d.real_id), d.real_id, "connection", steps
+        )
+        e.new_connection = _new_connection(state, flow, now)
+        return e
+
+    slot = fp = None
+    if svc.persist_timeout_s:
+        pv = state.persist.get(
+            abi.PersistKey(
+                client=abi.Addr.of(flow.client), svc_id=svc.svc_id, family=flow.family
+            ).to_bytes()
+        )
+        if tally[Counter.PERSIST_HIT] and pv is not None:
+            steps.append(
+                f"persistence entry for client {flow.client} ({(now - pv.last_seen_ns) / 1e9:.0f}s "
+                f"old, timeout {svc.persist_timeout_s}s) -> {desc(d.real_id)}"
+            )
+        elif pv is not None:
+            steps.append("persistence entry expired or its real is unusable")
+    if not tally[Counter.PERSIST_HIT] and state.node is not None and len(svc.table):
+        size = state.node.maglev_size
+        h = flow_hash(bytes(flow.key(ports=not svc.persist_timeout_s)))
+        slot = h % size
+        fp = maglev.fingerprint(svc.table)
+        rid = int(svc.table[slot])
+        what = "client address" if svc.persist_timeout_s else "5-tuple"
+        steps.append(
+            f"Maglev: hash of the {what} = {h:#010x}, slot {slot} of {size} in table {fp} -> "
+            f"{desc(rid) if rid else 'empty slot (no reals)'}"
+        )
+        exp = (expected_fingerprints or {}).get(svc.svc_id)
+        if exp and exp != fp:
+            steps.append(
+                f"WARNING: the table in the map ({fp}) differs from the one the config "
+                f"gives ({exp})"
+            )
+    path = "persistence" if tally[Counter.PERSIST_HIT] else "maglev"
+    if d.reason not in _VERDICTS:
         return Explanation("drop", None, 0, "none", steps, slot, fp)
-    return Explanation(verdict_for(rid), new_addr, rid, path, steps, slot, fp, new_desc)
+    return Explanation(
+        _VERDICTS[d.reason],
+        _addr(state, d.real_id),
+        d.real_id,
+        path,
+        steps,
+        slot,
+        fp,
+        desc(d.real_id),
+    )
+
+
+def _addr(state: State, rid: int) -> str | None:
+    real = state.reals.get(rid)
+    return str(real.address) if real is not None else None
+
+
+def _new_connection(state: State, flow: Flow, now: int) -> str:
+    """What a new connection from the same tuple would get (the model again, on a SYN)."""
+    if flow.proto == 6:
+        d = _decide(state, Flow(flow.client, flow.cport, flow.vip, flow.vport, 6, True), now)
+    else:  # UDP has no SYN: ask again without the entry
+        fresh = copy.deepcopy(state)
+        del fresh.conns[flow.key().to_bytes()]
+        d = _decide(fresh, flow, now)
+    if d.reason not in _VERDICTS:
+        return "dropped: no usable real"
+    real = state.reals[d.real_id]
+    if real.local:
+        return f"real {real.address} (this node: local stack)"
+    return f"real {real.address} (MAC {abi.mac_str(real.mac)})"
 
 
 def render(e: Explanation, client: str, service: str) -> str:

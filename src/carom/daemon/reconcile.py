@@ -96,7 +96,7 @@ class Reconciler:
 
     def __init__(self, dp: Dataplane) -> None:
         self.dp = dp
-        self.size = dp.limits.maglev_size
+        self.size = dp.limits.maglev_table_size
         self.current = Image()
         self.real_ids: dict[Address, int] = {}
         self.last: Desired | None = None

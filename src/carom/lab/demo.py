@@ -13,7 +13,6 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from carom.cli.daemon_cmds import render_status
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
 from carom.lab.lab import Lab
@@ -107,7 +106,9 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> int:
 
         say("")
         say("carom status on the director:")
-        for line in render_status(director.status()).splitlines():
+        # what an operator would type: the demo shows the CLI, it does not import it
+        status = director.carom("status", "--socket", director.socket, check=True).stdout
+        for line in status.splitlines():
             say(f"  {line}")
         ok = len(served) == total and set(counts) == {r.name for r in t.REALS} and not crossed
         say("")

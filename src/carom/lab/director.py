@@ -5,7 +5,6 @@ mount namespace (so pins survive across `ip netns exec` sessions)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ import yaml
 
 from carom.bpf.loader import ensure_bpffs
 from carom.daemon import control
+from carom.lab import daemons
 from carom.lab import topology as t
 from carom.lab.lab import Lab
 
@@ -62,7 +62,7 @@ class Director:
         self.config_path = state / f"{self.node}.yaml"
         self.log_path = state / f"{self.node}.log"
         self.socket = os.path.join(t.DEFAULT_STATE_DIR, f"{self.node}.sock")
-        self.pid_path = state / f"{self.node}.carom.pid"
+        self.pid_path = daemons.pid_file(state, self.node)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, cfg: dict[str, Any] | str) -> None:
@@ -140,27 +140,3 @@ class Director:
         self.stop(detach=True)
         if self.config_path.exists():
             self.carom("detach", "-c", str(self.config_path))
-
-
-def stop_daemons(state_dir: str | Path = t.DEFAULT_STATE_DIR) -> list[int]:
-    """SIGTERM every carom daemon the lab started (pid files), checking each PID is
-    still a `carom run` before signalling it. Used by `lab down`."""
-    stopped = []
-    for pid_file in Path(state_dir).glob("*.carom.pid"):
-        try:
-            pid = int(pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            pid_file.unlink(missing_ok=True)
-            continue
-        if b"carom" in cmdline and b"run" in cmdline:
-            os.kill(pid, signal.SIGTERM)
-            stopped.append(pid)
-        pid_file.unlink(missing_ok=True)
-    deadline = time.monotonic() + 10
-    for pid in stopped:
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-    return stopped

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from carom.lab import nodes, services
+from carom.lab import daemons, nodes, services
 from carom.lab import topology as t
 from carom.lab.nodes import LabError
 
@@ -130,9 +130,7 @@ class Lab:
     def _down(self) -> list[str]:
         warnings: list[str] = []
         services.stop(self.state_dir, [n.name for n in t.SERVICE_NODES])
-        from carom.lab.director import stop_daemons  # director imports this module
-
-        stop_daemons(self.state_dir)
+        daemons.stop_daemons(self.state_dir)
         for ns in nodes.existing_namespaces():
             others = services.stop_strays(ns)
             if others:

@@ -39,8 +39,19 @@ class Capture:
             self.proc.kill()
             raise RuntimeError(f"tcpdump did not start: {line}")
 
-    def stop(self) -> list[Any]:
-        time.sleep(0.3)
+    def stop(self, quiet_s: float = 0.1, limit_s: float = 3.0) -> list[Any]:
+        """Stop once the capture has been quiet for `quiet_s` (the last frames of
+        a finished exchange, FIN and ACK, are still on their way when the client
+        returns), at most `limit_s` from now; return the frames."""
+        deadline = time.monotonic() + limit_s
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = self.path.stat().st_size if self.path.exists() else 0
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            time.sleep(0.02)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(10)
