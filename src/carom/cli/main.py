@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "carom.cli.realserver_cmds",
     "carom.cli.lab_cmds",
     "carom.cli.bench_cmds",
+    "carom.cli.import_cmds",
 )
 
 
