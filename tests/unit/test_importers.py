@@ -176,16 +176,12 @@ def test_existing_output_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_keepalived_syntax() -> None:
     """Comments with # and !, quotes, a brace on the next line, one-line blocks."""
-    tree = parse(
-        'a 1 2 ! comment\nb "x y" # c\n{\n  url { path /h status_code 200 }\n}\n!\n', "t"
-    )
+    tree = parse('a 1 2 ! comment\nb "x y" # c\n{\n  url { path /h status_code 200 }\n}\n!\n', "t")
     assert [(s.keyword, s.args, s.line) for s in tree] == [("a", ("1", "2"), 1), ("b", ("x y",), 2)]
     block = tree[1].block
     assert block is not None and block[0].keyword == "url"
     assert block[0].block is not None
-    assert [(s.keyword, s.args) for s in block[0].block] == [
-        ("path", ("/h", "status_code", "200"))
-    ]
+    assert [(s.keyword, s.args) for s in block[0].block] == [("path", ("/h", "status_code", "200"))]
 
 
 def test_ipvsadm_long_options_and_edits() -> None:
