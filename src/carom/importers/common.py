@@ -42,9 +42,8 @@ def scheduler_note(name: str) -> str | None:
         return None  # IPVS's Maglev hashing: what carom does
     what = SCHEDULERS.get(name, "an unknown scheduler")
     return (
-        f"scheduler {name} ({what}) not carried over: carom spreads new flows over the "
-        "reals in proportion to their weights with Maglev consistent hashing "
-        "(there is no other scheduler)"
+        f"scheduler {name} ({what}) not carried over: carom always spreads new flows "
+        "by weight with Maglev consistent hashing"
     )
 
 
