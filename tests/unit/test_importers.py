@@ -129,6 +129,11 @@ def test_stdout_holds_only_the_yaml(capsys: pytest.CaptureFixture[str]) -> None:
         ("ipvsadm", "-A -s rr\n", "x:1: give exactly one of -t, -u, -f for the service"),
         (
             "ipvsadm",
+            "-A -t 192.0.2.1:80\n-a -t 192.0.2.1:80 -r 192.0.2.2 -w heavy\n",
+            "x:2: -w heavy: a weight is a number from 0",
+        ),
+        (
+            "ipvsadm",
             "iptables -A INPUT -j ACCEPT\n",
             "x:1: unexpected word 'iptables'; is this ipvsadm-save output?",
         ),
@@ -142,6 +147,13 @@ def test_stdout_holds_only_the_yaml(capsys: pytest.CaptureFixture[str]) -> None:
             "keepalived",
             "virtual_server group NOPE {\n}\n",
             "x:1: virtual_server group NOPE: no virtual_server_group of that name",
+        ),
+        (
+            "keepalived",
+            "virtual_server_group G {\n 192.0.2.250-300 80\n}\n"
+            "virtual_server group G {\n lb_kind DR\n}\n",
+            "x:2: '192.0.2.250-300': the range must end after it starts and within the last "
+            "part of the address",
         ),
         (
             "keepalived",
@@ -182,6 +194,22 @@ def test_keepalived_syntax() -> None:
     assert block is not None and block[0].keyword == "url"
     assert block[0].block is not None
     assert [(s.keyword, s.args) for s in block[0].block] == [("path", ("/h", "status_code", "200"))]
+
+
+def test_keepalived_group_ranges() -> None:
+    text = (
+        "virtual_server_group G {\n 2001:db8::a-c 443\n 192.0.2.254-255 80\n fwmark 9\n}\n"
+        "virtual_server group G {\n lb_kind DR\n real_server 192.0.2.7 {\n }\n}\n"
+    )
+    result = keepalived.convert(text, "x", interfaces=["eth0"])
+    assert [(s.vip, s.port) for s in result.services] == [
+        ("2001:db8::a", 443),
+        ("2001:db8::b", 443),
+        ("2001:db8::c", 443),
+        ("192.0.2.254", 80),
+        ("192.0.2.255", 80),
+    ]
+    assert [n.message[:40] for n in result.notes] == ["virtual_server group G: fwmark service 9"]
 
 
 def test_ipvsadm_long_options_and_edits() -> None:

@@ -337,7 +337,9 @@ def _real(st: _State, number: int, command: str, key: _Key, opts: dict[str, str]
     for flag, what in (("-x", "upper connection threshold"), ("-y", "lower connection threshold")):
         if flag in opts:
             st.note(number, f"{where}: {what} ({flag}) not carried over: carom has none")
-    weight = int(opts["-w"]) if opts.get("-w", "").isdigit() else 1
+    if "-w" in opts and not opts["-w"].isdigit():
+        raise st.fail(number, f"-w {opts['-w']}: a weight is a number from 0")
+    weight = int(opts.get("-w", "1"))
     if command == "-e" and "-w" not in opts and address in svc.reals:
         weight = svc.reals[address][0]
     svc.reals[address] = (clamp_weight(weight, number, st.notes), number)

@@ -252,17 +252,24 @@ def _group_entry(st: _State, entry: Stmt) -> list[_Target]:
         return [_Target(None, 0, int(words[1]))]
     host = words[0]
     port = words[1] if len(words) > 1 else "0"
-    if "-" in host:  # 192.0.2.10-12: the last part of the address runs to 12
+    if "-" in host:  # 192.0.2.10-12 (2001:db8::a-1f): the last part runs to 12 (0x1f)
         first, _, last = host.rpartition("-")
         start = parse_ip(first)
-        if start is None or not last.isdigit():
+        base = ipaddress.ip_address(start) if start else None
+        sep, radix = (".", 10) if base is None or base.version == 4 else (":", 16)
+        try:
+            low = int(first.rsplit(sep, 1)[1] or "0", radix)
+            high = int(last, radix)
+        except (ValueError, IndexError):
+            base = None
+        if base is None:
             raise st.fail(entry.line, f"{host!r} is not an address range like 192.0.2.10-12")
-        base = ipaddress.ip_address(start)
-        sep = "." if base.version == 4 else ":"
-        low = int(start.rsplit(sep, 1)[1] or "0", 10 if base.version == 4 else 16)
-        high = int(last, 10 if base.version == 4 else 16)
-        if high < low:
-            raise st.fail(entry.line, f"{host!r}: the range ends before it starts")
+        if high < low or high > (255 if radix == 10 else 0xFFFF):
+            raise st.fail(
+                entry.line,
+                f"{host!r}: the range must end after it starts and within the last part "
+                "of the address",
+            )
         return [
             _address_target(st, entry.line, str(base + (n - low)), port)
             for n in range(low, high + 1)
