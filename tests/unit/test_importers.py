@@ -178,6 +178,12 @@ def test_bad_input_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "rules:1: 'lb.example.com' is not an IP address" in capsys.readouterr().err
 
 
+def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "missing" / "carom.yaml"
+    assert main(["import", "ipvsadm", str(CASES / "web-dr.ipvsadm"), "-o", str(out)]) == 2
+    assert f"cannot write {out}: No such file or directory" in capsys.readouterr().err
+
+
 def test_existing_output_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "carom.yaml"
     out.write_text("mine\n")

@@ -16,6 +16,10 @@ from carom.importers import ipvsadm, keepalived
 from carom.importers.common import ImportFailure, ImportResult, parse_fwmark_map
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from carom.config.load import ConfigError, parse_config
 
@@ -48,14 +52,18 @@ def cmd_import(args: argparse.Namespace) -> int:
         if out.exists() and not args.force:
             print(f"carom import: {out} exists; use --force to overwrite it", file=sys.stderr)
             return 2
-        out.write_text(yaml_text, encoding="utf-8")
+        try:
+            out.write_text(yaml_text, encoding="utf-8")
+        except OSError as exc:
+            print(f"carom import: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         written = str(out)
     else:
         sys.stdout.write(yaml_text)
         written = "<stdout>"
     print(
-        f"converted {len(result.services)} services with {reals} reals to {written}; "
-        f"{len(result.notes)} warnings",
+        f"converted {_count(len(result.services), 'service')} with "
+        f"{_count(reals, 'real')} to {written}; {_count(len(result.notes), 'warning')}",
         file=sys.stderr,
     )
     try:
