@@ -76,3 +76,28 @@ bench: deps bpf
 
 clean:
 	rm -rf build src/carom/bpf/obj $(MAGLEV_SO)
+
+# --- packaging: a wheel that carries the compiled BPF objects (setup.py builds them
+# with clang), and an install as a systemd service. Override the paths as needed.
+PREFIX     ?= /usr/local
+CAROM_HOME ?= /opt/carom
+UNITDIR    ?= /etc/systemd/system
+CONFDIR    ?= /etc/carom
+
+.PHONY: dist install
+dist: deps
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
+# carom in its own venv (Debian's python refuses system-wide pip), the command in
+# $(PREFIX)/bin, the unit carom@.service, and $(CONFDIR) for the instances' configs.
+install: dist
+	test -x $(CAROM_HOME)/bin/python || $(PYTHON) -m venv $(CAROM_HOME)
+	$(CAROM_HOME)/bin/pip install -q --force-reinstall dist/carom-*.whl
+	install -d $(PREFIX)/bin $(UNITDIR)
+	ln -sf $(CAROM_HOME)/bin/carom $(PREFIX)/bin/carom
+	install -d -m 0755 $(CONFDIR)
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@CONFDIR@|$(CONFDIR)|g' \
+	    packaging/carom@.service > $(UNITDIR)/carom@.service
+	chmod 0644 $(UNITDIR)/carom@.service
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
