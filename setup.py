@@ -30,6 +30,20 @@ def bpf_cflags() -> list[str]:
     return ["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", f"-I/usr/include/{multiarch}"]
 
 
+# Same as the Makefile's MAGLEV_CFLAGS: no FP contraction, so tables are identical.
+MAGLEV_CFLAGS = [
+    "-O2",
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fPIC",
+    "-shared",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+]
+
+
 class BuildPyWithBpf(build_py):
     """build_py, then clang for every bpf/*.bpf.c into <build_lib>/carom/bpf/obj/."""
 
@@ -54,11 +68,25 @@ class BuildPyWithBpf(build_py):
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise ExecError(f"compiling {src.name} failed:\n{result.stderr}")
+        self._build_maglev_helper()
+
+    def _build_maglev_helper(self) -> None:
+        """The compiled Maglev fill (src/carom/sched/maglev_fill.c): carom falls
+        back to numpy without it, 10x slower, so a missing C compiler is an error."""
+        src = ROOT / "src" / "carom" / "sched" / "maglev_fill.c"
+        out = Path(self.build_lib) / "carom" / "sched" / "_maglev_fill.so"
+        cc = os.environ.get("CC", "gcc")
+        cmd = [cc, *MAGLEV_CFLAGS, str(src), "-o", str(out), "-lm"]
+        self.announce(" ".join(cmd), level=2)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ExecError(f"compiling {src.name} failed:\n{result.stderr}")
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         out_dir = Path(self.build_lib) / "carom" / "bpf" / "obj"
         objs = [str(out_dir / (s.name[: -len(".c")] + ".o")) for s in BPF_DIR.glob("*.bpf.c")]
-        return [*super().get_outputs(include_bytecode), *objs]
+        helper = str(Path(self.build_lib) / "carom" / "sched" / "_maglev_fill.so")
+        return [*super().get_outputs(include_bytecode), *objs, helper]
 
 
 setup(cmdclass={"build_py": BuildPyWithBpf})

@@ -120,3 +120,22 @@ def test_unit_file_verifies(installed: Path, tmp_path: Path) -> None:
     # lines about other units on this machine are not ours to judge
     ours = [line for line in result.stderr.splitlines() if "carom@" in line]
     assert ours == [], ours
+
+
+def test_maglev_helper_is_built_into_the_package(installed: Path) -> None:
+    """Without the compiled fill an installed carom builds tables ten times slower."""
+    probe = (
+        "from carom.sched import maglev_native as n; import carom, pathlib; "
+        "print(n.LIBRARY); print(n.available())"
+    )
+    out = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_no_clang_env(installed),
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr
+    lib, ok = out.stdout.splitlines()
+    assert Path(lib).is_relative_to(installed) and ok == "True", out.stdout
