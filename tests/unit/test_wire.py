@@ -144,7 +144,7 @@ def test_pack_records_fills_datagrams_without_exceeding_them() -> None:
     room = wire.MAX_DATAGRAM - wire.HEADER.size - wire.MAC_LEN
     assert sum(len(b) for b in batches) == 200
     assert all(len(b) * r4.size <= room for b in batches)
-    assert len(batches[0]) == room // r4.size  # 24-byte records: ~57 a datagram
+    assert len(batches[0]) == room // r4.size  # 24-byte records: 56 a datagram
     for b in batches:
         h = Header(MsgType.CONN_SYNC, 1, 1, 1, len(b))
         payload = b"".join(wire.encode_record(r) for r in b)
