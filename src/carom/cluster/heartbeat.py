@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from carom.cluster import wire
 from carom.cluster.roles import Candidate, RoleMachine, State, Transition, elect
 from carom.cluster.wire import Header, Heartbeat, MsgType, ReplayWindow, WireError
-from carom.config.cluster import Cluster, IPAddress, Member
+from carom.config.cluster import Cluster, Member
+from carom.config.fields import IPAddress
 
 log = logging.getLogger("carom.cluster")
 
