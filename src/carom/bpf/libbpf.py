@@ -467,32 +467,81 @@ BTF_KIND_INT, BTF_KIND_STRUCT, BTF_KIND_ENUM = 1, 4, 6
 
 
 class Btf:
-    """Read-only view of an object's BTF: enough to check struct layouts and enums."""
+    """Read-only view of BTF: struct layouts and enums for the ABI check, and raw
+    types by id for the layout migration (carom.bpf.layout)."""
 
-    def __init__(self, ptr: int, owner: BpfObject) -> None:
-        self.ptr = ptr
-        self._owner = owner  # the BTF lives as long as the object
+    def __init__(self, ptr: int, owner: BpfObject | None) -> None:
+        self.ptr: int | None = ptr
+        self._owner = owner  # an object's BTF lives as long as the object
+        self._owned = owner is None  # a kernel BTF is ours to free
+
+    def close(self) -> None:
+        if self._owned and self.ptr:
+            _btf_free(self.ptr)
+        self.ptr = None
+
+    def _p(self) -> int:
+        if not self.ptr:
+            raise BpfError(errno.EBADF, "BTF already closed")
+        return self.ptr
 
     def _find(self, name: str, kind: int) -> BtfType:
-        tid = _btf_find_by_name_kind(self.ptr, name.encode(), kind)
+        return self.type_at(self.find(name, kind))
+
+    def find(self, name: str, kind: int) -> int:
+        """Type id of the named type of this kind; KeyError if absent."""
+        tid = _btf_find_by_name_kind(self._p(), name.encode(), kind)
         if tid < 0:
             raise KeyError(name)
-        return _btf_type_by_id(self.ptr, tid).contents  # type: ignore[no-any-return]
+        return int(tid)
+
+    def type_at(self, tid: int) -> BtfType:
+        t = _btf_type_by_id(self._p(), tid)
+        if not t:
+            raise KeyError(tid)
+        return t.contents  # type: ignore[no-any-return]
+
+    def type_count(self) -> int:
+        return int(_btf_type_cnt(self._p()))
+
+    def name(self, off: int) -> str:
+        return self._name(off)
 
     def _name(self, off: int) -> str:
-        return (_btf_name_by_offset(self.ptr, off) or b"").decode()
+        return (_btf_name_by_offset(self._p(), off) or b"").decode()
 
-    def struct_layout(self, name: str) -> tuple[int, list[tuple[str, int, int]]]:
-        """(size, [(member, byte offset, byte size)]) of a struct."""
-        t = self._find(name, BTF_KIND_STRUCT)
+    def resolve_size(self, tid: int) -> int:
+        return int(_check(int(_btf_resolve_size(self._p(), tid)), f"size of BTF type {tid}"))
+
+    def raw_members(self, tid: int) -> list[tuple[str, int, int, int]]:
+        """(name, bit offset, type id, bitfield bits or 0) of a struct or union."""
+        t = self.type_at(tid)
         vlen = t.info & 0xFFFF
+        kflag = bool(t.info >> 31)
         members = ctypes.cast(
             ctypes.addressof(t) + ctypes.sizeof(BtfType), ctypes.POINTER(BtfMember * vlen)
         ).contents
         out = []
         for m in members:
-            size = int(_btf_resolve_size(self.ptr, m.type))
-            out.append((self._name(m.name_off), (m.offset & 0xFFFFFF) // 8, size))
+            if kflag:
+                out.append((self._name(m.name_off), m.offset & 0xFFFFFF, m.type, m.offset >> 24))
+            else:
+                out.append((self._name(m.name_off), m.offset, m.type, 0))
+        return out
+
+    def raw_array(self, tid: int) -> tuple[int, int]:
+        """(element type id, element count) of an array type."""
+        t = self.type_at(tid)
+        arr = BtfArray.from_address(ctypes.addressof(t) + ctypes.sizeof(BtfType))
+        return int(arr.type), int(arr.nelems)
+
+    def struct_layout(self, name: str) -> tuple[int, list[tuple[str, int, int]]]:
+        """(size, [(member, byte offset, byte size)]) of a struct."""
+        tid = self.find(name, BTF_KIND_STRUCT)
+        t = self.type_at(tid)
+        out = []
+        for mname, bit_off, mtype, _ in self.raw_members(tid):
+            out.append((mname, (bit_off & 0xFFFFFF) // 8, self.resolve_size(mtype)))
         return int(t.size), out
 
     def enum_values(self, name: str) -> dict[str, int]:
@@ -502,3 +551,86 @@ class Btf:
             ctypes.addressof(t) + ctypes.sizeof(BtfType), ctypes.POINTER(BtfEnum * vlen)
         ).contents
         return {self._name(v.name_off): int(v.val) for v in values}
+
+
+# --- map introspection and kernel BTF (used by the layout migration) -------------------
+
+
+class MapInfoC(ctypes.Structure):
+    """struct bpf_map_info, up to map_extra (the kernel fills what it knows)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+    ]
+
+
+class BtfArray(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("index_type", ctypes.c_uint32),
+        ("nelems", ctypes.c_uint32),
+    ]
+
+
+_obj_get_info_by_fd = _sig(
+    "bpf_obj_get_info_by_fd", _c.c_int, _c.c_int, _vp, _c.POINTER(_c.c_uint32)
+)
+_map_get_fd_by_id = _sig("bpf_map_get_fd_by_id", _c.c_int, _c.c_uint32)
+_map_flags = _sig("bpf_map__map_flags", _c.c_uint32, _vp)
+_map_btf_key_type_id = _sig("bpf_map__btf_key_type_id", _c.c_uint32, _vp)
+_map_btf_value_type_id = _sig("bpf_map__btf_value_type_id", _c.c_uint32, _vp)
+_btf_load_from_kernel_by_id = _sig("btf__load_from_kernel_by_id", _vp, _c.c_uint32)
+_btf_free = _sig("btf__free", None, _vp)
+_btf_type_cnt = _sig("btf__type_cnt", _c.c_uint32, _vp)
+
+
+def map_info(fd: int) -> MapInfoC:
+    """The kernel's description of a map: type, sizes, flags, id, BTF ids."""
+    info = MapInfoC()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(n)), "map info")
+    return info
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(_map_get_fd_by_id(map_id), f"map id {map_id}")
+
+
+def map_flags(m: BpfMap) -> int:
+    return int(_map_flags(m.ptr))
+
+
+def map_btf_ids(m: BpfMap) -> tuple[int, int]:
+    """(key type id, value type id) of a map in its object's BTF (0 = none)."""
+    return int(_map_btf_key_type_id(m.ptr)), int(_map_btf_value_type_id(m.ptr))
+
+
+def clear_pin_path(m: BpfMap) -> None:
+    """Create this map fresh at load instead of reusing (or making) a pin."""
+    _check(_map_set_pin_path(m.ptr, None), f"clear pin path of map {m.name}")
+
+
+def kernel_btf(btf_id: int) -> Btf:
+    """A BTF object the kernel holds (e.g. the one a pinned map was created with).
+
+    The caller closes it."""
+    ptr = _btf_load_from_kernel_by_id(btf_id)
+    if not ptr:
+        err = ctypes.get_errno() or errno.ENOENT
+        raise BpfError(err, f"loading BTF id {btf_id} from the kernel: {os.strerror(err)}")
+    return Btf(ptr, owner=None)

@@ -1,7 +1,9 @@
 """Loading the data plane: open the object, check its ABI, size and pin its maps,
 load it, attach it to interfaces. A loader that finds pinned maps of the same
 instance adopts them, so a restarted daemon continues with the connection table
-and counters of the old one while traffic keeps flowing."""
+and counters of the old one while traffic keeps flowing. Pins of an older
+layout are carried over by carom.bpf.migrate (the load copies, the caller ends
+the move with finish_migration() once the new program is attached)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from carom import abi
 from carom.bpf import libbpf
 from carom.bpf.btfcheck import check_abi
 from carom.bpf.maps import TypedMap
+from carom.bpf.migrate import Migration, plan
 from carom.config.limits import Limits as Limits  # the one model; re-exported for callers of load()
 
 log = logging.getLogger("carom.loader")
@@ -92,6 +95,8 @@ class Dataplane:
     adopted: bool  # maps came from a previous instance's pins
     maps: dict[str, TypedMap] = field(default_factory=dict)
     attachments: dict[str, Attachment] = field(default_factory=dict)
+    # Pins of an older layout being carried over; finish_migration() ends it.
+    migration: Migration | None = None
 
     @classmethod
     def load(
@@ -99,8 +104,9 @@ class Dataplane:
     ) -> Dataplane:
         limits = limits or Limits()
         obj = libbpf.BpfObject(obj_path or object_path())
+        migration: Migration | None = None
         try:
-            check_abi(obj.btf())
+            check_abi(obj.btf(), obj.maps())
             sizes = limits.map_entries()
             adopted = False
             if pin_dir:
@@ -112,15 +118,21 @@ class Dataplane:
                     path = os.path.join(pin_dir, m.name)
                     adopted = adopted or os.path.exists(path)
                     m.set_pin_path(path)
+            migration = plan(obj, pin_dir, sizes) if pin_dir and adopted else None
+            if migration is not None:
+                log.warning(
+                    "pinned maps have an older layout; carrying them over",
+                    extra={"maps": "; ".join(migration.describe())},
+                )
             try:
                 obj.load()
             except libbpf.BpfError as exc:
                 if any("couldn't reuse pinned map" in line for line in obj.log):
                     raise libbpf.BpfError(
                         errno.EEXIST,
-                        f"the maps pinned in {pin_dir} do not match this configuration's limits "
-                        "(or come from another carom version); changing limits needs "
-                        "`carom stop --detach` first, which interrupts traffic",
+                        f"the maps pinned in {pin_dir} do not match this object in a way the "
+                        "layout migration did not detect (see the libbpf messages above); "
+                        "`carom stop --detach` first removes them, which interrupts traffic",
                     ) from exc
                 raise
             dp = cls(obj=obj, limits=limits, pin_dir=pin_dir, adopted=adopted)
@@ -129,10 +141,29 @@ class Dataplane:
                     continue
                 key, value = abi.MAPS[m.name]
                 dp.maps[m.name] = TypedMap(m.name, m.fd, m.map_type, m.max_entries, key, value)
+            if migration is not None:
+                copied = migration.copy({m.name: m.fd for m in obj.maps()})
+                log.info("copied entries into the new maps", extra=copied)
+                dp.migration = migration
             return dp
         except BaseException:
+            if migration is not None:
+                migration.close()
             obj.close()
             raise
+
+    def finish_migration(self) -> dict[str, int]:
+        """After the new program replaced the old one everywhere: carry the last
+        entries and the counters, and pin the new maps in place of the old.
+
+        A no-op when nothing was migrated. Until it runs, the old pins stay (a
+        daemon that dies before it migrates again from them at its next start)."""
+        if self.migration is None:
+            return {}
+        carried = self.migration.finish()
+        self.migration = None
+        log.info("layout migration finished: new maps pinned, old ones dropped", extra=carried)
+        return carried
 
     @property
     def prog_fd(self) -> int:
@@ -189,6 +220,8 @@ class Dataplane:
 
     def close(self) -> None:
         """Release our file descriptors; attached programs and pins stay."""
+        if self.migration is not None:
+            self.migration.close()
         self.obj.close()
 
 

@@ -15,8 +15,8 @@ BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
-_PERCPU = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
-_ARRAYS = {BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY}
+PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+ARRAY_TYPES = {BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY}
 
 CType = Any  # a ctypes type: abi.Struct subclass or c_uint32/c_uint64
 
@@ -46,8 +46,8 @@ class TypedMap:
         self.value_type = value
         self.key_size = ctypes.sizeof(key)
         self.value_size = ctypes.sizeof(value)
-        self.percpu = map_type in _PERCPU
-        self.is_array = map_type in _ARRAYS
+        self.percpu = map_type in PERCPU_TYPES
+        self.is_array = map_type in ARRAY_TYPES
         self.ncpus = libbpf.num_possible_cpus() if self.percpu else 1
         # Per-CPU values are laid out with each CPU's copy rounded up to 8 bytes.
         self.slot_size = (self.value_size + 7) & ~7 if self.percpu else self.value_size

@@ -9,12 +9,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from carom import __version__
+
 # Modules that contribute subcommands: each has register(subparsers).
 _COMMAND_MODULES = (
     "carom.cli.daemon_cmds",
     "carom.cli.realserver_cmds",
     "carom.cli.lab_cmds",
     "carom.cli.bench_cmds",
+    "carom.cli.import_cmds",
 )
 
 
@@ -23,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="carom", description="carom: XDP layer-4 load balancer (Direct Server Return)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"carom {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_serializer, model_validator
 
+from carom.config.cluster import Cluster
 from carom.config.fields import (
     MAGLEV_MAX,
     SLOTS_PER_REAL,
@@ -349,6 +350,11 @@ class Config(_Model):
         examples=["/run/carom/default.sock"],
     )
     node: Node = Field(default=Node(), description="this node's role and policies", examples=[{}])
+    cluster: Cluster | None = Field(
+        default=None,
+        description="active/backup directors sharing connection state; none: a lone director",
+        examples=[None],
+    )
     limits: Limits = Field(default=Limits(), description="BPF map sizes", examples=[{}])
     timeouts: Timeouts = Field(default=Timeouts(), description="idle timeouts", examples=[{}])
     services: tuple[Service, ...] = Field(

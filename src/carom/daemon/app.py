@@ -94,6 +94,7 @@ class Daemon:
         for ifname in config.interfaces:
             att = self.dp.attach(ifname, config.xdp_mode)
             log.info("attached", extra={"interface": ifname, "mode": att.mode})
+        self.dp.finish_migration()  # older pinned layouts: swap the pins now
         self.last_reload = {"time": time.time(), "writes": writes, "ok": True}
         self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
         log.info(

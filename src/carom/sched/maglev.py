@@ -20,17 +20,30 @@ The algorithm:
 5. Each step claims an eighth of the free slots, so steps shrink as the table
    fills and collisions stay rare: the result stays close to one-claim-at-a-time
    Maglev (measured churn within about 10% of it) at numpy speed.
+
+Two implementations of steps 4-5 give the same tables byte for byte: the
+compiled helper (maglev_fill.c through maglev_native; 1-3 ms for 65537 slots,
+built by `make bpf`) and _fill_numpy, the reference (20-35 ms, mostly spent on
+the windows it materialises in full: about 30 cells per slot per build, whatever
+the number of reals). Without the helper the numpy path is used, logged once;
+the tests compare the two on random inputs. TableCache shares one read-only
+table among all services with the same (key, real id, weight) set.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from carom.sched import maglev_native
 
 DEFAULT_TABLE_SIZE = 65537
 # position * skip must fit in int64, and table entries in uint32.
@@ -45,6 +58,8 @@ _STEP = 0.125
 _POW2 = 1 << np.arange(32, dtype=np.int64)
 
 U32Array = npt.NDArray[np.uint32]
+# Who fills the slots; see build_table.
+Impl = Literal["auto", "native", "numpy"]
 _I64Array = npt.NDArray[np.int64]
 
 
@@ -83,12 +98,7 @@ class MaglevReal:
     weight: int  # relative share of slots, >= 0; 0 drains the real (no slots)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, bytes):
-            raise TypeError(f"MaglevReal key must be bytes, got {type(self.key).__name__}")
-        if not isinstance(self.weight, int):
-            raise TypeError(f"MaglevReal weight must be int, got {type(self.weight).__name__}")
-        if self.weight < 0:
-            raise ValueError(f"negative weight {self.weight} for real {self.key.hex()}")
+        _check_member(self.key, self.weight)
 
 
 def canonical_order(reals: Iterable[MaglevReal]) -> list[MaglevReal]:
@@ -102,38 +112,40 @@ def canonical_order(reals: Iterable[MaglevReal]) -> list[MaglevReal]:
     return ordered
 
 
-def build_table(reals: Iterable[MaglevReal], size: int = DEFAULT_TABLE_SIZE) -> U32Array:
+def build_table(
+    reals: Iterable[MaglevReal], size: int = DEFAULT_TABLE_SIZE, *, impl: Impl = "auto"
+) -> U32Array:
     """The lookup table: `size` uint32 entries, each a position in
-    canonical_order(reals). Needs at least one real with weight > 0."""
+    canonical_order(reals). Needs at least one real with weight > 0.
+
+    impl picks who fills the slots: "native" (the compiled helper, 1-3 ms),
+    "numpy" (the pure path, 20-35 ms) or "auto" (native when it was built).
+    Both give the same table; tests/unit/test_maglev.py compares them."""
     _check_size(size)
     ordered = canonical_order(reals)
-    quota = _quotas([r.weight for r in ordered], size)
-    live = [i for i, q in enumerate(quota) if q > 0]
-    if len(live) == 1:
-        return np.full(size, live[0], dtype=np.uint32)
-    offset, skip = zip(*(_offset_skip(ordered[i].key, size) for i in live), strict=True)
-    owner = _fill(
-        np.array(offset, dtype=np.int64),
-        np.array(skip, dtype=np.int64),
-        np.array([quota[i] for i in live], dtype=np.int64),
-        size,
-    )
-    return np.array(live, dtype=np.uint32)[owner]
+    return _table([r.key for r in ordered], [r.weight for r in ordered], None, size, impl)
 
 
-def build_ids(reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE) -> U32Array:
+def build_ids(
+    reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE, *, impl: Impl = "auto"
+) -> U32Array:
     """The table as the data plane stores it: real ids, from key -> (real_id,
     weight). Id 0 means "no real"; with no weight at all the whole row is 0, so
-    the data plane drops rather than guesses."""
+    the data plane drops rather than guesses. Same table as build_table, without
+    building a MaglevReal per entry (this is the daemon's hot path)."""
     _check_size(size)
-    members = [MaglevReal(key=k, weight=w) for k, (_, w) in reals.items()]
-    if not any(m.weight for m in members):
+    bad_id = None
+    for key, (rid, weight) in reals.items():
+        _check_member(key, weight)
+        if bad_id is None and not 0 <= rid <= 0xFFFFFFFF:
+            bad_id = f"real id {rid} for {key.hex()} does not fit in uint32"
+    if not any(w for _, w in reals.values()):
         return np.zeros(size, dtype=np.uint32)
-    for key, (rid, _) in reals.items():
-        if not 0 <= rid <= 0xFFFFFFFF:
-            raise ValueError(f"real id {rid} for {key.hex()} does not fit in uint32")
-    ids = np.array([reals[m.key][0] for m in canonical_order(members)], dtype=np.uint32)
-    return ids[build_table(members, size)]
+    if bad_id is not None:
+        raise ValueError(bad_id)
+    keys = sorted(reals)  # dict keys are unique: no duplicate check needed
+    ids = [reals[k][0] for k in keys]
+    return _table(keys, [reals[k][1] for k in keys], ids, size, impl)
 
 
 def fingerprint(table: npt.NDArray[np.uint32]) -> str:
@@ -143,6 +155,92 @@ def fingerprint(table: npt.NDArray[np.uint32]) -> str:
     h.update(len(table).to_bytes(8, "little"))
     h.update(np.ascontiguousarray(table, dtype="<u4").tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedRow:
+    """A built table and its fingerprint, shared by every caller that asked for
+    the same members; the array is read-only so no caller can change it for the
+    others."""
+
+    ids: U32Array  # build_ids' result, flags.writeable False
+    fingerprint: str  # fingerprint(ids), computed once
+
+
+class TableCache:
+    """Built tables by member set, least recently used first out, bounded in
+    bytes. With thousands of services over a few hundred reals many services
+    share one (key, real id, weight) set: each such table is built and
+    fingerprinted once, and every service holds the same array.
+
+    Thread-safe (builds may run in an executor). Two threads missing the same
+    set at once may both build it; the first stored is the one shared."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        # 64 MiB holds 256 tables of 65537 slots.
+        self.max_bytes = max_bytes
+        self.hits = 0  # lookups answered from the cache
+        self.misses = 0  # lookups that built a table
+        self._rows: OrderedDict[tuple[int, frozenset[tuple[bytes, tuple[int, int]]]], CachedRow]
+        self._rows = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def row(
+        self, reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+    ) -> CachedRow:
+        """build_ids(reals, size) and its fingerprint, built at most once while
+        cached. Bad input raises as build_ids does and is not cached."""
+        key = (size, frozenset(reals.items()))
+        with self._lock:
+            hit = self._rows.get(key)
+            if hit is not None:
+                self._rows.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        ids = build_ids(reals, size)
+        ids.flags.writeable = False
+        built = CachedRow(ids=ids, fingerprint=fingerprint(ids))
+        with self._lock:
+            stored = self._rows.setdefault(key, built)
+            if stored is built:
+                self._bytes += ids.nbytes
+                while self._bytes > self.max_bytes and self._rows:
+                    _, old = self._rows.popitem(last=False)
+                    self._bytes -= old.ids.nbytes
+            return stored
+
+    def build_ids(
+        self, reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+    ) -> U32Array:
+        """Like build_ids, but shared and read-only: copy before changing it."""
+        return self.row(reals, size).ids
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of table data held."""
+        return self._bytes
+
+
+# The process-wide cache build_ids_cached uses.
+shared_cache = TableCache()
+
+
+def build_ids_cached(
+    reals: Mapping[bytes, tuple[int, int]], size: int = DEFAULT_TABLE_SIZE
+) -> U32Array:
+    """build_ids through the process-wide TableCache: identical member sets get
+    the same read-only array, built once."""
+    return shared_cache.build_ids(reals, size)
 
 
 def _check_size(size: int) -> None:
@@ -163,22 +261,60 @@ def _quotas(weights: list[int], size: int) -> list[int]:
         raise ValueError("a Maglev table needs at least one real with weight > 0")
     quota = [size * w // total for w in weights]
     spare = size - sum(quota)
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(size * weights[i] % total), i))
-    for i in by_remainder[:spare]:
-        quota[i] += 1
+    if spare:
+        remainder = [size * w % total for w in weights]
+        # A stable sort keeps equal remainders in real order, reverse=True too.
+        by_remainder = sorted(range(len(weights)), key=remainder.__getitem__, reverse=True)
+        for i in by_remainder[:spare]:
+            quota[i] += 1
     return quota
 
 
-def _offset_skip(key: bytes, size: int) -> tuple[int, int]:
-    """Where a real's permutation starts and how it strides: stable across
-    processes and machines, unlike hash()."""
-    digest = hashlib.blake2b(key, digest_size=16, person=_PERSON).digest()
-    offset = int.from_bytes(digest[:8], "little") % size
-    skip = int.from_bytes(digest[8:], "little") % (size - 1) + 1
-    return offset, skip
+def _check_member(key: bytes, weight: int) -> None:
+    if not isinstance(key, bytes):
+        raise TypeError(f"MaglevReal key must be bytes, got {type(key).__name__}")
+    if not isinstance(weight, int):
+        raise TypeError(f"MaglevReal weight must be int, got {type(weight).__name__}")
+    if weight < 0:
+        raise ValueError(f"negative weight {weight} for real {key.hex()}")
 
 
-def _fill(offset: _I64Array, skip: _I64Array, quota: _I64Array, size: int) -> _I64Array:
+def _check_impl(impl: str) -> None:
+    if impl not in ("auto", "native", "numpy"):
+        raise ValueError(f"unknown Maglev implementation {impl!r}: auto, native or numpy")
+
+
+def _table(
+    keys: list[bytes], weights: list[int], values: list[int] | None, size: int, impl: Impl
+) -> U32Array:
+    """The filled table over unique keys in canonical order: each slot holds
+    values[i] of its real i (None: i itself, a position)."""
+    _check_impl(impl)
+    quota = _quotas(weights, size)
+    live = [i for i, q in enumerate(quota) if q > 0]
+    value = np.array(live if values is None else [values[i] for i in live], dtype=np.uint32)
+    if len(live) == 1:
+        return np.full(size, value[0], dtype=np.uint32)
+    offset, skip = _offset_skip([keys[i] for i in live], size)
+    live_quota = np.array([quota[i] for i in live], dtype=np.int64)
+    if impl == "native" or (impl == "auto" and maglev_native.available()):
+        return maglev_native.fill(offset, skip, live_quota, value, size)
+    table: U32Array = value[_fill_numpy(offset, skip, live_quota, size)]
+    return table
+
+
+def _offset_skip(keys: list[bytes], size: int) -> tuple[_I64Array, _I64Array]:
+    """Where each real's permutation starts and how it strides, from BLAKE2b of
+    its key: stable across processes and machines, unlike hash(). The digest's
+    two little-endian 64-bit halves, reduced with exact uint64 arithmetic."""
+    digests = b"".join([hashlib.blake2b(k, digest_size=16, person=_PERSON).digest() for k in keys])
+    halves = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+    offset = halves[:, 0] % np.uint64(size)
+    skip = halves[:, 1] % np.uint64(size - 1) + np.uint64(1)
+    return offset.astype(np.int64), skip.astype(np.int64)
+
+
+def _fill_numpy(offset: _I64Array, skip: _I64Array, quota: _I64Array, size: int) -> _I64Array:
     """Owner (index into the arguments) of every slot; see the module docstring.
     Only exact float operations (+, *, /, floor) and integer maths decide the
     result, so it is bit-identical on every IEEE-754 machine."""

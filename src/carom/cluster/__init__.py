@@ -1,0 +1,1 @@
+"""The directors' cluster: wire format, roles, heartbeats, connection sync."""

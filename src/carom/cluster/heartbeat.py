@@ -1,0 +1,364 @@
+"""Heartbeats between directors, failure detection, and the role decision.
+
+Pure core: `Membership` (who is alive, from heartbeats and a clock passed in)
+and `decide` (the next role, from the role machine's state and the election).
+Thin I/O: `HeartbeatNode`, an asyncio UDP endpoint that sends a heartbeat to
+every peer address every interval, authenticates and de-duplicates what it
+receives, and calls `on_role` when the role changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from carom.cluster import wire
+from carom.cluster.roles import Candidate, RoleMachine, State, Transition, elect
+from carom.cluster.wire import Header, Heartbeat, MsgType, ReplayWindow, WireError
+from carom.config.cluster import Cluster, Member
+from carom.config.fields import IPAddress
+
+log = logging.getLogger("carom.cluster")
+
+WIRE_ROLE = {
+    State.STARTING: wire.Role.STARTING,
+    State.SYNCING: wire.Role.SYNCING,
+    State.BACKUP: wire.Role.BACKUP,
+    State.ACTIVE: wire.Role.ACTIVE,
+    State.RESIGNING: wire.Role.BACKUP,
+    State.FAULT: wire.Role.FAULT,
+}
+# Datagrams accepted per peer per second before the rest are dropped (a
+# misbehaving or compromised peer cannot starve the daemon).
+RATE_PER_PEER = 20000
+
+
+@dataclass
+class Peer:
+    """What this node knows of one other member."""
+
+    member: Member  # its config
+    last_seen: float | None = None  # monotonic time of its last valid heartbeat
+    heartbeat: Heartbeat | None = None  # the last one
+    paths: dict[IPAddress, float] = field(default_factory=dict)  # source -> last seen
+    window: ReplayWindow = field(default_factory=ReplayWindow)
+    resigned: bool = False  # it sent RESIGN and has not been active since
+
+
+class Membership:
+    """Peers and their liveness. A peer is alive if its last heartbeat is newer
+    than dead_after intervals."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.dead_s = cluster.dead_after * cluster.heartbeat_ms / 1000
+        self.peers = {m.id: Peer(m) for m in cluster.peers}
+        self.by_address = {a: m.id for m in cluster.peers for a in m.addresses}
+
+    def alive(self, peer: Peer, now: float) -> bool:
+        return peer.last_seen is not None and now - peer.last_seen <= self.dead_s
+
+    def live_peers(self, now: float) -> list[Peer]:
+        return [p for p in self.peers.values() if self.alive(p, now)]
+
+    def on_heartbeat(self, peer: Peer, source: IPAddress, hb: Heartbeat, now: float) -> None:
+        peer.last_seen = now
+        peer.heartbeat = hb
+        peer.paths[source] = now
+        if hb.role == wire.Role.ACTIVE:
+            peer.resigned = False
+
+    def candidates(self, me: Candidate, now: float) -> list[Candidate]:
+        out = [me]
+        for p in self.live_peers(now):
+            hb = p.heartbeat
+            assert hb is not None
+            out.append(
+                Candidate(
+                    node_id=p.member.id,
+                    priority=p.member.priority,
+                    active=hb.role == wire.Role.ACTIVE,
+                    ready=hb.ready and not p.resigned,
+                    preempt=hb.preempt,
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything `decide` looks at, at one instant."""
+
+    state: State  # current role
+    now: float  # monotonic seconds
+    holddown_until: float  # STARTING lasts at least until then
+    peers_alive: int  # live peers
+    synced: bool  # bulk resync complete and the stream caught up
+    elected: bool  # the election picks this node
+    peer_active: bool  # some live peer says it is active
+    resign_expired: bool = False  # RESIGNING for longer than a peer needs to take over
+
+
+def decide(i: Inputs) -> tuple[State, str] | None:
+    """The next role and why, or None to stay. Only allowed transitions come out."""
+    if i.state is State.STARTING:
+        if i.now < i.holddown_until:
+            return None
+        if i.peers_alive:
+            return State.SYNCING, "a peer is alive: pulling its connection table first"
+        return State.BACKUP, "no peer heard during the start-up hold-down"
+    if i.state is State.SYNCING:
+        if i.synced:
+            return State.BACKUP, "connection table synced from the peer"
+        if not i.peers_alive:
+            return State.BACKUP, "the peer died during the resync: nothing more to pull"
+        return None
+    if i.state is State.BACKUP:
+        if i.elected:
+            why = "elected: no live active director" if not i.peer_active else "elected"
+            return State.ACTIVE, why
+        return None
+    if i.state is State.ACTIVE:
+        if not i.elected:
+            return State.BACKUP, "another director won the election"
+        return None
+    if i.state is State.RESIGNING:
+        if i.peer_active:
+            return State.BACKUP, "the peer took over"
+        if i.resign_expired or not i.peers_alive:
+            return State.BACKUP, "no peer took over: standing for election again"
+        return None
+    return None
+
+
+class HeartbeatNode:
+    """The running heartbeat protocol of one director."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        on_role: Callable[[Transition], None],
+        synced: Callable[[], bool] = lambda: True,
+        fingerprint: Callable[[], bytes] = lambda: bytes(16),
+        conns: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.cluster = cluster
+        self.me = cluster.me
+        self.key = cluster.key()
+        self.on_role = on_role
+        self.synced = synced
+        self.fingerprint = fingerprint
+        self.conns = conns
+        self.machine = RoleMachine()
+        self.members = Membership(cluster)
+        self.epoch = time.time_ns() // 1_000_000
+        self.seq = 0
+        self.interval = cluster.heartbeat_ms / 1000
+        self.holddown_until = float("inf")  # set when run() starts listening
+        self.dropped: Counter[str] = Counter()
+        self.received = 0
+        self.sent = 0
+        self._rate: dict[int, tuple[float, int]] = {}
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.mismatch: set[int] = set()
+        self.resigned_at = 0.0
+
+    # --- sending ----------------------------------------------------------------------
+    def _datagram(self, mtype: MsgType, payload: bytes, count: int = 0) -> bytes:
+        self.seq += 1
+        header = Header(mtype, self.me.id, self.epoch, self.seq, count)
+        return wire.seal(self.key, header, payload)
+
+    def heartbeat(self) -> Heartbeat:
+        st = self.machine.state
+        return Heartbeat(
+            name=self.me.name,
+            priority=self.me.priority,
+            role=WIRE_ROLE[st],
+            ready=st in (State.BACKUP, State.ACTIVE),
+            preempt=self.cluster.preempt,
+            fingerprint=self.fingerprint(),
+            conns=self.conns(),
+        )
+
+    def send(self, mtype: MsgType, payload: bytes = b"", count: int = 0) -> None:
+        data = self._datagram(mtype, payload, count)
+        for peer in self.members.peers.values():
+            for addr in peer.member.addresses:
+                for t in self.transports:
+                    try:
+                        t.sendto(data, (str(addr), self.cluster.port))
+                        self.sent += 1
+                    except OSError:
+                        self.dropped["send_error"] += 1
+
+    # --- receiving --------------------------------------------------------------------
+    def datagram(self, data: bytes, source: IPAddress) -> None:
+        """One received datagram: authenticate, de-duplicate, dispatch."""
+        now = time.monotonic()
+        pid = self.members.by_address.get(source)
+        if pid is None:
+            self.dropped["unknown_sender"] += 1
+            return
+        start, n = self._rate.get(pid, (now, 0))
+        if now - start >= 1.0:
+            start, n = now, 0
+        self._rate[pid] = (start, n + 1)
+        if n >= RATE_PER_PEER:
+            self.dropped["rate_limited"] += 1
+            return
+        try:
+            header, payload = wire.open_datagram(self.key, data)
+        except WireError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        peer = self.members.peers.get(header.sender)
+        if peer is None or header.sender != pid:
+            self.dropped["unknown_sender"] += 1
+            return
+        reason = peer.window.accept(header.epoch, header.seq)
+        if reason:
+            self.dropped[reason] += 1
+            return
+        self.received += 1
+        if header.type is MsgType.HEARTBEAT:
+            try:
+                hb = wire.decode_heartbeat(payload)
+            except WireError as exc:
+                self.dropped[exc.reason] += 1
+                return
+            self.members.on_heartbeat(peer, source, hb, now)
+            self._check_fingerprint(peer, hb)
+        elif header.type is MsgType.RESIGN:
+            peer.resigned = True
+            log.info("peer resigned the active role", extra={"peer": peer.member.name})
+        self.step(now)
+
+    def _check_fingerprint(self, peer: Peer, hb: Heartbeat) -> None:
+        mine = self.fingerprint()
+        pid = peer.member.id
+        if hb.fingerprint != mine and pid not in self.mismatch:
+            self.mismatch.add(pid)
+            log.error(
+                "Maglev tables differ from the peer's: after a takeover, flows that were "
+                "not synced would move to other reals. Compare the configs.",
+                extra={
+                    "peer": peer.member.name,
+                    "theirs": hb.fingerprint.hex(),
+                    "ours": mine.hex(),
+                },
+            )
+        elif hb.fingerprint == mine and pid in self.mismatch:
+            self.mismatch.discard(pid)
+            log.info("Maglev tables agree with the peer again", extra={"peer": peer.member.name})
+
+    # --- deciding ---------------------------------------------------------------------
+    def step(self, now: float | None = None) -> Transition | None:
+        now = time.monotonic() if now is None else now
+        st = self.machine.state
+        me = Candidate(
+            self.me.id,
+            self.me.priority,
+            active=st is State.ACTIVE,
+            ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
+            preempt=self.cluster.preempt,
+        )
+        live = self.members.live_peers(now)
+        winner = elect(self.members.candidates(me, now))
+        inputs = Inputs(
+            state=st,
+            now=now,
+            holddown_until=self.holddown_until,
+            peers_alive=len(live),
+            synced=self.synced(),
+            elected=winner == self.me.id,
+            peer_active=any(
+                p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE for p in live
+            ),
+            resign_expired=now - self.resigned_at > 2 * self.members.dead_s,
+        )
+        nxt = decide(inputs)
+        if nxt is None:
+            return None
+        t = self.machine.go(*nxt)
+        if t is not None:
+            log.info(
+                "role change",
+                extra={"from": t.old.value, "to": t.new.value, "reason": t.reason},
+            )
+            self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
+            self.on_role(t)
+        return t
+
+    def resign(self) -> bool:
+        """Planned switchover: hand the active role to the best ready peer."""
+        if self.machine.state is not State.ACTIVE:
+            return False
+        t = self.machine.go(State.RESIGNING, "planned switchover")
+        self.resigned_at = time.monotonic()
+        self.send(MsgType.RESIGN)
+        if t is not None:
+            self.on_role(t)
+        return True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self
+
+        class Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+                node.datagram(data, ipaddress.ip_address(str(addr[0]).split("%")[0]))
+
+        for addr in self.me.addresses:
+            t, _ = await loop.create_datagram_endpoint(
+                Proto, local_addr=(str(addr), self.cluster.port)
+            )
+            self.transports.append(t)
+        # Hold-down: listen for dead_after intervals plus a random part before
+        # deciding anything, so two directors started together do not both find
+        # "nobody" and go active.
+        self.holddown_until = (
+            time.monotonic() + self.members.dead_s + random.uniform(0, 2 * self.interval)
+        )
+        try:
+            while True:
+                self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
+                self.step()
+                await asyncio.sleep(self.interval)
+        finally:
+            for t in self.transports:
+                t.close()
+            self.transports.clear()
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        return {
+            "node": self.me.name,
+            "role": self.machine.state.value,
+            "epoch": self.epoch,
+            "sent": self.sent,
+            "received": self.received,
+            "dropped": dict(self.dropped),
+            "peers": [
+                {
+                    "name": p.member.name,
+                    "alive": self.members.alive(p, now),
+                    "role": p.heartbeat.role.name.lower() if p.heartbeat else None,
+                    "ready": p.heartbeat.ready if p.heartbeat else None,
+                    "last_seen_ms": round((now - p.last_seen) * 1000) if p.last_seen else None,
+                    "paths": {str(a): round((now - t) * 1000) for a, t in sorted(p.paths.items())},
+                    "fingerprint_agrees": p.member.id not in self.mismatch,
+                }
+                for p in self.members.peers.values()
+            ],
+            "transitions": [
+                {"from": t.old.value, "to": t.new.value, "reason": t.reason}
+                for t in self.machine.history[-10:]
+            ],
+        }

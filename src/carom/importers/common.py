@@ -1,0 +1,245 @@
+"""What every importer produces: carom services, the notes on what could not be
+carried over, and the YAML text of the resulting config.
+
+Importers are pure: text in, an `ImportResult` out. They never look at the host
+(no name resolution, no interface list), so a conversion gives the same result
+wherever it runs and golden tests pin it exactly."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+WEIGHT_MAX = 65535  # carom's largest real weight (IPVS allows up to 2^31 - 1)
+PERSIST_MAX = 86400 * 7  # carom's largest persistence_timeout (docs/config.md)
+DEFAULT_INTERFACE = "eth0"
+
+# Why carom cannot carry over the common IPVS schedulers. Maglev is what carom
+# does for every service, so a scheduler is only worth a warning when it differs.
+SCHEDULERS: Mapping[str, str] = {
+    "rr": "round robin",
+    "wrr": "weighted round robin",
+    "lc": "least-connection",
+    "wlc": "weighted least-connection",
+    "lblc": "locality-based least-connection",
+    "lblcr": "locality-based least-connection with replication",
+    "dh": "destination hashing",
+    "sh": "source hashing",
+    "sed": "shortest expected delay",
+    "nq": "never queue",
+    "fo": "weighted failover",
+    "ovf": "weighted overflow",
+    "twos": "weighted random twos choice",
+}
+
+
+def scheduler_note(name: str) -> str | None:
+    """The warning for an IPVS scheduler, or None when carom does the same thing."""
+    if name == "mh":
+        return None  # IPVS's Maglev hashing: what carom does
+    what = SCHEDULERS.get(name, "an unknown scheduler")
+    return (
+        f"scheduler {name} ({what}) not carried over: carom always spreads new flows "
+        "by weight with Maglev consistent hashing"
+    )
+
+
+class ImportFailure(Exception):
+    """The input cannot be read as the format it claims to be; nothing was written.
+    One line per problem, `SOURCE:LINE: what is wrong; how to fix it`."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """One construct of the input that carom cannot carry over, and why."""
+
+    line: int  # line of the construct in the input (1-based)
+    message: str  # what was not carried over, why, and what to do instead
+
+    def render(self, source: str) -> str:
+        return f"{source}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ImportedReal:
+    """A real server of an imported service."""
+
+    address: str  # normalised IP address text
+    weight: int = 1  # carom weight, 0..65535
+    local: bool = False  # this node itself (from --local)
+
+
+@dataclass(frozen=True)
+class ImportedService:
+    """A carom service built from one service of the input."""
+
+    vip: str  # normalised IP address text
+    protocol: str  # tcp or udp
+    port: int  # 1..65535, or 0 for every port
+    line: int  # where the service was defined in the input
+    persistence_timeout: int = 0  # seconds, 0 is off
+    reals: tuple[ImportedReal, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """A conversion: the services, the interfaces and every note."""
+
+    kind: str  # "keepalived" or "ipvsadm": named in the header of the YAML
+    interfaces: tuple[str, ...]  # where XDP attaches
+    services: tuple[ImportedService, ...]
+    notes: tuple[Note, ...]
+    timeouts: Mapping[str, int] = field(default_factory=dict)  # tcp_idle / udp_idle
+
+    def config_dict(self) -> dict[str, Any]:
+        """The carom config as the mapping `carom.config` validates."""
+        out: dict[str, Any] = {"interfaces": list(self.interfaces)}
+        if self.timeouts:
+            out["timeouts"] = dict(self.timeouts)
+        out["services"] = [_service_dict(s) for s in self.services]
+        return out
+
+    def to_yaml(self, source: str) -> str:
+        """carom.yaml text; each service carries a comment naming its origin."""
+        lines = [
+            f"# carom config converted by `carom import {self.kind}` from {source}.",
+            "# Read the warnings printed with it: they list what was not carried over.",
+            "# Every field is described in docs/config.md.",
+            f"interfaces: [{', '.join(_scalar(i) for i in self.interfaces)}]",
+        ]
+        if self.timeouts:
+            lines.append("timeouts:")
+            lines += [f"  {k}: {v}" for k, v in self.timeouts.items()]
+        if not self.services:
+            lines.append("services: []")
+            return "\n".join(lines) + "\n"
+        lines.append("services:")
+        for svc in self.services:
+            lines.append(f"  - vip: {svc.vip}  # {source}:{svc.line}")
+            lines.append(f"    protocol: {svc.protocol}")
+            lines.append(f"    port: {svc.port or 'all'}")
+            if svc.persistence_timeout:
+                lines.append(f"    persistence_timeout: {svc.persistence_timeout}")
+            if not svc.reals:
+                lines.append("    reals: []")
+                continue
+            lines.append("    reals:")
+            for real in svc.reals:
+                lines.append(f"      - address: {real.address}")
+                if real.weight != 1:
+                    lines.append(f"        weight: {real.weight}")
+                if real.local:
+                    lines.append("        local: true")
+        return "\n".join(lines) + "\n"
+
+
+def _service_dict(svc: ImportedService) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "vip": svc.vip,
+        "protocol": svc.protocol,
+        "port": svc.port or "all",
+    }
+    if svc.persistence_timeout:
+        out["persistence_timeout"] = svc.persistence_timeout
+    reals: list[dict[str, Any]] = []
+    for real in svc.reals:
+        r: dict[str, Any] = {"address": real.address}
+        if real.weight != 1:
+            r["weight"] = real.weight
+        if real.local:
+            r["local"] = True
+        reals.append(r)
+    out["reals"] = reals
+    return out
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _scalar(text: str) -> str:
+    """A YAML scalar for an interface name: plain when it is safe, quoted otherwise."""
+    if _PLAIN.match(text) and text.lower() not in {"true", "false", "null"}:
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_ip(text: str) -> str | None:
+    """Normalised address text, or None when `text` is not an IP address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def parse_fwmark_map(specs: Sequence[str]) -> dict[int, tuple[str, str]]:
+    """`MARK=VIP[/tcp|/udp]` options -> {mark: (vip, protocol)}. Raises ValueError."""
+    out: dict[int, tuple[str, str]] = {}
+    for spec in specs:
+        mark_text, sep, rest = spec.partition("=")
+        vip_text, _, proto = rest.partition("/")
+        proto = proto or "tcp"
+        vip = parse_ip(vip_text)
+        if not sep or not mark_text.isdigit() or vip is None or proto not in ("tcp", "udp"):
+            raise ValueError(
+                f"--fwmark {spec!r}: write MARK=VIP or MARK=VIP/udp, for example "
+                "--fwmark 100=192.0.2.10"
+            )
+        out[int(mark_text)] = (vip, proto)
+    return out
+
+
+def fwmark_note(mark: int, mapped: tuple[str, str] | None) -> str:
+    """The warning for an IPVS firewall-mark service, converted or not."""
+    if mapped is None:
+        return (
+            f"fwmark service {mark} not carried over: carom has no firewall-mark "
+            "(multi-port) services, and the VIP and ports it covers live in your "
+            "iptables/nftables mark rules, which this import cannot see; pass "
+            f"--fwmark {mark}=VIP to convert it to every port of that VIP, or write "
+            "one service per VIP and port"
+        )
+    vip, proto = mapped
+    return (
+        f"fwmark service {mark} converted to every {proto.upper()} port of {vip} "
+        f"(--fwmark {mark}={vip}/{proto}): carom has no firewall-mark services, so "
+        "it now takes all ports of the VIP, not only those your mark rules selected"
+    )
+
+
+def clamp_weight(weight: int, line: int, notes: list[Note]) -> int:
+    """A weight carom accepts; a larger IPVS weight is capped, with a note."""
+    if weight > WEIGHT_MAX:
+        notes.append(
+            Note(
+                line,
+                f"weight {weight} capped at {WEIGHT_MAX}, carom's largest weight; "
+                "scale the weights of this service down to keep their ratios",
+            )
+        )
+        return WEIGHT_MAX
+    return weight
+
+
+def clamp_persistence(seconds: int, line: int, notes: list[Note]) -> int:
+    if seconds > PERSIST_MAX:
+        notes.append(
+            Note(
+                line,
+                f"persistence timeout {seconds}s capped at {PERSIST_MAX}s (7 days), "
+                "carom's longest",
+            )
+        )
+        return PERSIST_MAX
+    return seconds
+
+
+def mark_local(services: Sequence[ImportedService], local: Sequence[str]) -> list[ImportedService]:
+    """Set local: true on the reals that are this node (--local ADDR)."""
+    wanted = {parse_ip(a) or a for a in local}
+    return [
+        replace(svc, reals=tuple(replace(r, local=r.address in wanted) for r in svc.reals))
+        for svc in services
+    ]
