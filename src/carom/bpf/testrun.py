@@ -65,6 +65,7 @@ class TestRunner:
             "vip_addrs",
             "real_macs",
             "director_macs",
+            "if_macs",
             "conn_table",
             "persist_table",
         ):
@@ -93,6 +94,8 @@ class TestRunner:
             dp["real_macs"].update(abi.MacKey.from_bytes(mk), rid)
         for mac in state.director_macs:
             dp["director_macs"].update(abi.MacKey.from_buffer_copy(mac + b"\0\0"), 1)
+        for ifindex, mac in state.if_macs.items():
+            dp["if_macs"].update(ifindex, abi.IfMac.from_buffer_copy(mac + b"\0\0"))
         for k, v in state.conns.items():
             dp["conn_table"].update(abi.FlowKey.from_bytes(k), v)
         for k, pv in state.persist.items():

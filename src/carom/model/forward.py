@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from carom import abi
 from carom.abi import Counter
+from carom.model import neighbour
 from carom.model.state import Real, Service, State
 from carom.sched.flowhash import flow_hash
 
@@ -29,6 +30,9 @@ LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 TCP_SYN, TCP_ACK = 0x02, 0x10
+ETH_P_ARP = 0x0806
+# BPF_PROG_TEST_RUN runs the program on the loopback device's receive queue.
+LOOPBACK_IFINDEX = 1
 
 
 @dataclass
@@ -255,13 +259,31 @@ def _schedule(  # sched.h schedule
     return rid, real
 
 
-def decide(frame: bytes, state: State, now_ns: int) -> Decision:
-    """Run one frame through the model. Mutates state.conns and state.persist."""
+class _Answer(_Verdict):
+    """A verdict that sends a rewritten frame back out (ARP/NDP answers)."""
+
+    def __init__(self, reason: Counter, frame: bytes) -> None:
+        super().__init__(reason)
+        self.frame = frame
+
+
+def _answer(result: tuple[Counter, bytes]) -> _Verdict:
+    reason, frame = result
+    return _Answer(reason, frame) if abi.verdict_of(reason) == abi.Verdict.TX else _Verdict(reason)
+
+
+def decide(frame: bytes, state: State, now_ns: int, ifindex: int = LOOPBACK_IFINDEX) -> Decision:
+    """Run one frame, received on `ifindex`, through the model.
+
+    Mutates state.conns and state.persist."""
     tally: Tally[Counter] = Tally()
     tally[Counter.RX] += 1
     result = Decision(verdict=abi.Verdict.PASS, reason=Counter.RX, frame=frame, counters=tally)
     try:
-        _decide(frame, state, now_ns, result)
+        _decide(frame, state, now_ns, ifindex, result)
+    except _Answer as a:
+        result.reason = a.reason
+        result.frame = a.frame
     except _Verdict as v:
         result.reason = v.reason
     result.verdict = abi.verdict_of(result.reason)
@@ -269,7 +291,9 @@ def decide(frame: bytes, state: State, now_ns: int) -> Decision:
     return result
 
 
-def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # carom.bpf.c
+def _decide(  # carom.bpf.c
+    frame: bytes, state: State, now: int, ifindex: int, result: Decision
+) -> None:
     tally = result.counters
     if len(frame) < ETH_HLEN:
         raise _Verdict(Counter.DROP_SHORT_ETH)
@@ -278,6 +302,12 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
         p = _parse_ipv4(frame)
     elif eth_proto == ETH_P_IPV6:
         p = _parse_ipv6(frame)
+        if p.l4_proto == neighbour.IPPROTO_ICMPV6:
+            nd = neighbour.ndp_respond(frame, state, now, ifindex, p.l4_end)
+            if nd is not None:
+                raise _answer(nd)
+    elif eth_proto == ETH_P_ARP:
+        raise _answer(neighbour.arp_respond(frame, state, now, ifindex))
     else:
         raise _Verdict(Counter.PASS_NOT_IP)
 
@@ -303,6 +333,11 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
 
     if frame[0] & 1:
         raise _Verdict(Counter.DROP_GROUP_MAC)
+    own = state.if_macs.get(ifindex)  # ifmac.h addressed_to_us
+    if own is None:
+        raise _Verdict(Counter.PASS_NO_IF_MAC)
+    if frame[0:6] != own:
+        raise _Verdict(Counter.PASS_NOT_OUR_MAC)
     if frame[6:12] + b"\0\0" in state.real_macs():
         raise _Verdict(Counter.DROP_LOOP)
 
