@@ -503,6 +503,29 @@ CASES: list[PacketCase] = [
         ),
         C.DROP_FRAGMENT,
     ),
+    PacketCase(
+        "ipv6-later-fragment-payload-not-parsed-as-headers",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrFragment(offset=10, m=1, nh=60)
+            / ((b"\x3c\x00" + bytes(6)) * 6)
+        ),
+        C.DROP_FRAGMENT,
+        note="the payload looks like six destination-options headers (too many to walk)",
+    ),
+    PacketCase(
+        "ipv6-later-fragment-pass-policy",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrFragment(offset=10, m=0, nh=0)
+            / (b"\x06\xff" + bytes(30))
+        ),
+        C.PASS_FRAGMENT,
+        setup=_set_node(frag_pass=True),
+        note="the payload looks like a hop-by-hop header longer than the packet",
+    ),
     # --- malformed input ---
     PacketCase(
         "short-ethernet",

@@ -143,9 +143,13 @@ def _skip_ipv6_ext(frame: bytes, p: _Packet) -> None:  # parse.h skip_ipv6_ext
         elif nxt == IPPROTO_FRAGMENT:
             if off + 8 > n or off + 8 > p.l4_end:
                 raise _Verdict(Counter.DROP_TRUNC_L3)
-            if _u16(frame, off + 2) & (0xFFF8 | 0x0001):
+            frag_off = _u16(frame, off + 2)
+            if frag_off & (0xFFF8 | 0x0001):
                 p.fragment = True
             nxt, off = frame[off], off + 8
+            if frag_off & 0xFFF8:  # non-first fragment: payload follows, not headers
+                p.l4_off, p.l4_proto = off, nxt
+                return
         else:
             break
     if nxt in IPV6_EXT or nxt == IPPROTO_FRAGMENT:

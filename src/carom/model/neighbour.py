@@ -23,6 +23,7 @@ ND_NA_FLAGS_SO = 0x60000000  # Solicited | Override
 ND_HOP_LIMIT = 255
 ND_NS_LEN, ND_NS_LEN_SLLA = 24, 32
 ICMP6_OFF = ETH_HLEN + 40
+U64 = (1 << 64) - 1
 SOLICITED_NODE_PREFIX = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
 
 Answer = tuple[Counter, bytes]
@@ -30,7 +31,8 @@ Answer = tuple[Counter, bytes]
 
 def _active(state: State, now: int) -> bool:  # neigh_active
     node = state.node
-    return node is not None and node.role == abi.Role.ACTIVE and now < node.lease_until_ns
+    # the map holds a u64: a negative deadline wraps as it does when written
+    return node is not None and node.role == abi.Role.ACTIVE and now < node.lease_until_ns & U64
 
 
 def _may_answer(frame: bytes, state: State, now: int, ifindex: int) -> Counter | bytes:
