@@ -51,6 +51,21 @@ for line in sys.stdin:
                       for i, v in dp["stats"].items() if sum(v)}), flush=True)
 """
 
+# A dual-stack TCP server on the director answering two connections.
+SERVER = """
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 7000))
+s.listen()
+print("up", flush=True)
+for _ in range(2):
+    c, _ = s.accept()
+    c.sendall(b"hello " + c.recv(16))
+    c.close()
+"""
+
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, capture_output=True, text=True)
@@ -151,18 +166,10 @@ def test_peer_resolves_vip_only_through_the_active_director(pair: Pair) -> None:
     # A real TCP connection to the VIP (no service configured: the director's
     # own stack answers from lo), over IPv4 and IPv6.
     server = subprocess.Popen(
-        [
-            "ip", "netns", "exec", pair.director, sys.executable, "-c",
-            "import socket\n"
-            "s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
-            "s.bind(('::', 7000)); s.listen(); print('up', flush=True)\n"
-            "for _ in range(2):\n"
-            "    c, _ = s.accept(); c.sendall(b'hello ' + c.recv(16)); c.close()\n",
-        ],
+        ["ip", "netns", "exec", pair.director, sys.executable, "-c", SERVER],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
         for address in (VIP, VIP6):
