@@ -157,13 +157,6 @@ static __always_inline __u16 icmp6_csum(const struct ipv6hdr *ip6, const struct 
 	return csum_fold(sum);
 }
 
-static __always_inline int same_addr6(const __u8 *a, const __u8 *b)
-{
-	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
-
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
-}
-
 /* Solicited-node multicast address of `target`: ff02::1:ffXX:XXXX. */
 static __always_inline int is_solicited_node(const __u8 *dst, const __u8 *target)
 {

@@ -16,6 +16,7 @@
 #include "forward_dsr.h"
 #include "ifmac.h"
 #include "arp_responder.h"
+#include "icmp.h"
 
 /* Referenced so the enums reach BTF, where user space checks them. */
 struct carom_abi_enums {
@@ -98,6 +99,8 @@ int carom_xdp(struct xdp_md *ctx)
 	if (p.fragment)
 		return finish(cfg->flags & CAROM_CFG_FRAG_PASS ? CAROM_CNT_PASS_FRAGMENT
 							       : CAROM_CNT_DROP_FRAGMENT);
+	if (p.l4_proto == (p.flow.family == CAROM_FAMILY_IPV4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
+		return finish(icmp_error_forward(ctx, data, end, &p, cfg));
 	if (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP)
 		return finish(CAROM_CNT_PASS_OTHER_PROTO);
 	rc = parse_l4(data, end, &p);

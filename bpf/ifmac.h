@@ -24,6 +24,13 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
 }
 
+static __always_inline int same_addr6(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
 /* 0 if a unicast frame is addressed to this interface, else the pass reason. */
 static __always_inline int addressed_to_us(const struct xdp_md *ctx, const struct ethhdr *eth)
 {

@@ -608,9 +608,10 @@ CASES: list[PacketCase] = [
 ]
 
 
-from tests.packets.neighbour_cases import NEIGHBOUR_CASES  # noqa: E402 (uses the names above)
+from tests.packets.icmp_cases import ICMP_CASES  # noqa: E402 (uses the names above)
+from tests.packets.neighbour_cases import NEIGHBOUR_CASES  # noqa: E402
 
-CASES += NEIGHBOUR_CASES
+CASES += NEIGHBOUR_CASES + ICMP_CASES
 
 
 def prepared(case: PacketCase) -> tuple[State, int]:

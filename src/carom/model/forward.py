@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from carom import abi
 from carom.abi import Counter
-from carom.model import neighbour
+from carom.model import icmp, neighbour
 from carom.model.state import Real, Service, State
 from carom.sched.flowhash import flow_hash
 
@@ -276,6 +276,43 @@ def _answer(result: tuple[Counter, bytes]) -> _Verdict:
     return _Answer(reason, frame) if abi.verdict_of(reason) == abi.Verdict.TX else _Verdict(reason)
 
 
+def _frame_checks(frame: bytes, state: State, ifindex: int) -> None:
+    """Ethernet checks before forwarding a VIP frame (carom.bpf.c, ifmac.h)."""
+    if frame[0] & 1:
+        raise _Verdict(Counter.DROP_GROUP_MAC)
+    own = state.if_macs.get(ifindex)  # ifmac.h addressed_to_us
+    if own is None:
+        raise _Verdict(Counter.PASS_NO_IF_MAC)
+    if frame[0:6] != own:
+        raise _Verdict(Counter.PASS_NOT_OUR_MAC)
+    if frame[6:12] + b"\0\0" in state.real_macs():
+        raise _Verdict(Counter.DROP_LOOP)
+
+
+def _icmp_error_forward(  # icmp.h icmp_error_forward
+    frame: bytes, state: State, p: _Packet, ifindex: int, result: Decision
+) -> None:
+    fkey = icmp.quoted_flow(frame, p.family, p.dst, p.l4_off, p.l4_end)
+    if isinstance(fkey, Counter):
+        raise _Verdict(fkey)
+    svc = icmp.service_of(state, fkey)
+    if svc is None:
+        raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
+    _frame_checks(frame, state, ifindex)
+    found = icmp.quoted_real(state, fkey, svc)
+    if found is None:
+        raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
+    rid, real = found
+    result.real_id = rid
+    result.svc_traffic[svc.svc_id] = (1, len(frame))
+    result.real_traffic[rid] = (1, len(frame))
+    if real.local:
+        raise _Verdict(Counter.PASS_LOCAL_REAL)
+    if real.method != abi.Method.DSR:
+        raise _Verdict(Counter.DROP_UNSUPPORTED)
+    raise _Answer(Counter.TX_ICMP_ERROR, real.mac + frame[0:6] + frame[12:])
+
+
 def decide(frame: bytes, state: State, now_ns: int, ifindex: int = LOOPBACK_IFINDEX) -> Decision:
     """Run one frame, received on `ifindex`, through the model.
 
@@ -324,6 +361,8 @@ def _decide(  # carom.bpf.c
         _skip_ipv6_ext(frame, p)
     if p.fragment:
         raise _Verdict(Counter.PASS_FRAGMENT if state.node.frag_pass else Counter.DROP_FRAGMENT)
+    if p.l4_proto == (1 if p.family == abi.Family.IPV4 else neighbour.IPPROTO_ICMPV6):
+        _icmp_error_forward(frame, state, p, ifindex, result)
     if p.l4_proto not in (IPPROTO_TCP, IPPROTO_UDP):
         raise _Verdict(Counter.PASS_OTHER_PROTO)
     _parse_l4(frame, p)
@@ -335,15 +374,7 @@ def _decide(  # carom.bpf.c
     if svc is None:
         raise _Verdict(Counter.PASS_NO_SERVICE)
 
-    if frame[0] & 1:
-        raise _Verdict(Counter.DROP_GROUP_MAC)
-    own = state.if_macs.get(ifindex)  # ifmac.h addressed_to_us
-    if own is None:
-        raise _Verdict(Counter.PASS_NO_IF_MAC)
-    if frame[0:6] != own:
-        raise _Verdict(Counter.PASS_NOT_OUR_MAC)
-    if frame[6:12] + b"\0\0" in state.real_macs():
-        raise _Verdict(Counter.DROP_LOOP)
+    _frame_checks(frame, state, ifindex)
 
     rid, real = _schedule(state, p, svc, now, tally)
     result.real_id = rid
