@@ -165,9 +165,11 @@ def test_large_response_reaches_a_client_behind_a_small_mtu(topo: Topology) -> N
             director.stdin.close()
         director.wait(timeout=10)
 
-    # The router learned the VIP's MAC from the director, the real learned the
-    # path MTU from the error the director passed on, and everything arrived.
-    assert counters.get("tx_arp_reply", 0) >= 1, counters
-    assert counters.get("tx_icmp_error", 0) >= 1, counters
+    # Everything arrived, because the real learned the path MTU from the error
+    # the director passed on; the router found the director through its ARP reply.
+    # (With the ICMP hook removed from the program, the fetch stalls after the
+    # first segments and the first assertion fails: checked by hand.)
+    assert int(fetched.stdout) == RESPONSE, (fetched.stdout, counters)
     assert f"mtu {SMALL_MTU}" in cached, cached
-    assert int(fetched.stdout) == RESPONSE, counters
+    assert counters.get("tx_icmp_error", 0) >= 1, counters
+    assert counters.get("tx_arp_reply", 0) >= 1, counters
