@@ -26,6 +26,7 @@ from carom.abi import Counter as C
 from carom.bpf import libbpf
 from carom.bpf.loader import Limits, object_path
 from carom.bpf.testrun import TestRunner
+from carom.model.forward import LOOPBACK_IFINDEX
 from carom.model.state import Node, Real, Service, State
 from carom.sched.maglev import build_ids
 
@@ -48,6 +49,7 @@ def bench_state() -> State:
     k6 = [bytes([6]) + reals[i].address.packed for i in (4, 5)]
     return State(
         node=Node(maglev_size=SIZE),
+        if_macs={LOOPBACK_IFINDEX: abi.mac_bytes(DIR_MAC)},  # test runs arrive on lo
         reals=reals,
         services=[
             Service(vip=ip(VIP), proto=6, port=80, svc_id=0, table=_row([1, 2, 3], k4)),
