@@ -14,7 +14,7 @@
 #define CAROM_MAX_VIPS 256
 #define CAROM_MAX_DIRECTORS 64
 #define CAROM_MAX_IPV6_EXT_HDRS 4
-#define CAROM_MAX_IFACES 64
+#define CAROM_MAX_IFINDEX 65536 /* if_macs is an array indexed by ifindex */
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {

@@ -13,8 +13,9 @@
 static __always_inline struct if_mac *if_mac_of(const struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
+	struct if_mac *own = bpf_map_lookup_elem(&if_macs, &ifindex);
 
-	return bpf_map_lookup_elem(&if_macs, &ifindex);
+	return own && own->known ? own : 0;
 }
 
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)

@@ -93,7 +93,8 @@ struct node_cfg {
 /* if_macs: ifindex -> that interface's own MAC, written when XDP is attached. */
 struct if_mac {
 	__u8 mac[6];
-	__u8 pad[2];
+	__u8 known; /* 1 once written: array slots of other interfaces read as zeros */
+	__u8 pad;
 };
 
 /* svc_stats and real_stats values (per CPU). */

@@ -286,7 +286,15 @@ class IfMac(Struct):
     """struct if_mac: an interface's own MAC (value of if_macs, keyed by ifindex)."""
 
     _c_name_ = "if_mac"
-    _fields_ = [("mac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint8 * 2)]
+    _fields_ = [
+        ("mac", ctypes.c_uint8 * 6),
+        ("known", ctypes.c_uint8),  # 1 once written (an array: other slots read as zeros)
+        ("pad", ctypes.c_uint8),
+    ]
+
+    @classmethod
+    def of(cls, mac: bytes) -> IfMac:
+        return cls.from_buffer_copy(mac_bytes(mac) + b"\x01\0")
 
 
 class TrafficCounter(Struct):

@@ -222,9 +222,14 @@ class Dataplane:
         interface (pass_no_if_mac). attach() calls this; call it again when an
         interface's MAC changes."""
         mac = interface_mac(ifname)
-        self.maps["if_macs"].update(
-            socket.if_nametoindex(ifname), abi.IfMac.from_buffer_copy(mac + b"\0\0")
-        )
+        ifindex = socket.if_nametoindex(ifname)
+        slots = self.maps["if_macs"].max_entries
+        if ifindex >= slots:
+            raise ValueError(
+                f"{ifname} has ifindex {ifindex}; carom's if_macs map holds ifindex "
+                f"0..{slots - 1} (CAROM_MAX_IFINDEX in bpf/consts.h)"
+            )
+        self.maps["if_macs"].update(ifindex, abi.IfMac.of(mac))
         return mac
 
     def close(self) -> None:
