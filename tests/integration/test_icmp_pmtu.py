@@ -4,8 +4,9 @@ client --(MTU 1400 at the router)-- router --bridge-- director (XDP)
                                                   \\-- real server (VIP on lo)
 
 The real answers with full-size segments; the router cannot forward them to the
-client and sends "fragmentation needed" to their source, the VIP, which it
-resolves (through the XDP ARP responder) to the director. The director must
+client and sends "fragmentation needed" (IPv4) or "packet too big" (IPv6) to
+their source, the VIP, which it resolves (through the XDP ARP/NDP responder) to
+the director. The director must
 pass the error on to the real, or the large response never arrives."""
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import pytest
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
-VIP = "192.0.2.100"
+VIP, VIP6 = "192.0.2.100", "2001:db8:2::100"
 CLIENT, CLIENT_GW = "198.51.100.10", "198.51.100.1"
+CLIENT6, CLIENT_GW6 = "2001:db8:1::10", "2001:db8:1::1"
 ROUTER, DIRECTOR, REAL = "192.0.2.1", "192.0.2.2", "192.0.2.11"
+ROUTER6, DIRECTOR6, REAL6 = "2001:db8:2::1", "2001:db8:2::2", "2001:db8:2::11"
 SMALL_MTU = 1400
 RESPONSE = 400_000
 
@@ -52,7 +55,7 @@ for _ in sys.stdin:
 
 SERVER = """
 import socket, sys
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 80))
 s.listen()
@@ -118,15 +121,21 @@ def topo() -> Iterator[Topology]:
         for port, ns in (("caromd", t.director), ("caroms", t.real)):
             _veth(t.router, port, ns, "carom0")
             sh("ip", "-n", t.router, "link", "set", port, "master", "carombr")
-        sh("ip", "-n", t.client, "addr", "add", f"{CLIENT}/24", "dev", "carom0")
+        for ns, dev, a4, a6 in (
+            (t.client, "carom0", f"{CLIENT}/24", f"{CLIENT6}/64"),
+            (t.router, "caromc", f"{CLIENT_GW}/24", f"{CLIENT_GW6}/64"),
+            (t.router, "carombr", f"{ROUTER}/24", f"{ROUTER6}/64"),
+            (t.director, "carom0", f"{DIRECTOR}/24", f"{DIRECTOR6}/64"),
+            (t.real, "carom0", f"{REAL}/24", f"{REAL6}/64"),
+            (t.real, "lo", f"{VIP}/32", f"{VIP6}/128"),
+        ):
+            sh("ip", "-n", ns, "addr", "add", a4, "dev", dev)
+            sh("ip", "-n", ns, "addr", "add", a6, "dev", dev, "nodad")
         sh("ip", "-n", t.client, "route", "add", "default", "via", CLIENT_GW)
-        sh("ip", "-n", t.router, "addr", "add", f"{CLIENT_GW}/24", "dev", "caromc")
-        sh("ip", "-n", t.router, "addr", "add", f"{ROUTER}/24", "dev", "carombr")
-        _sysctl(t.router, "net.ipv4.ip_forward=1")
-        sh("ip", "-n", t.director, "addr", "add", f"{DIRECTOR}/24", "dev", "carom0")
-        sh("ip", "-n", t.real, "addr", "add", f"{REAL}/24", "dev", "carom0")
-        sh("ip", "-n", t.real, "addr", "add", f"{VIP}/32", "dev", "lo")
+        sh("ip", "-n", t.client, "-6", "route", "add", "default", "via", CLIENT_GW6)
         sh("ip", "-n", t.real, "route", "add", "default", "via", ROUTER)
+        sh("ip", "-n", t.real, "-6", "route", "add", "default", "via", ROUTER6)
+        _sysctl(t.router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         _sysctl(t.real, "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2")
         yield t
     finally:
@@ -134,16 +143,18 @@ def topo() -> Iterator[Topology]:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def test_large_response_reaches_a_client_behind_a_small_mtu(topo: Topology) -> None:
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4-frag-needed", "ipv6-packet-too-big"])
+def test_large_response_reaches_a_client_behind_a_small_mtu(topo: Topology, v6: bool) -> None:
+    vip, real, client = (VIP6, REAL6, CLIENT6) if v6 else (VIP, REAL, CLIENT)
     link = json.loads(sh("ip", "-n", topo.real, "-j", "link", "show", "carom0").stdout)
     real_mac = link[0]["address"].replace(":", "")
     director = subprocess.Popen(
         ["ip", "netns", "exec", topo.director, sys.executable, "-c", DIRECTOR_CONTROL,
-         VIP, REAL, real_mac],
+         vip, real, real_mac],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     server = subprocess.Popen(
-        ["ip", "netns", "exec", topo.real, sys.executable, "-c", SERVER, VIP, str(RESPONSE)],
+        ["ip", "netns", "exec", topo.real, sys.executable, "-c", SERVER, vip, str(RESPONSE)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -152,12 +163,12 @@ def test_large_response_reaches_a_client_behind_a_small_mtu(topo: Topology) -> N
         assert director.stdout.readline().strip() == "up"
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
         fetched = sh(
-            "ip", "netns", "exec", topo.client, sys.executable, "-c", CLIENT_FETCH, VIP
+            "ip", "netns", "exec", topo.client, sys.executable, "-c", CLIENT_FETCH, vip
         )  # fmt: skip
         director.stdin.write("stats\n")
         director.stdin.flush()
         counters = json.loads(director.stdout.readline())
-        cached = sh("ip", "-n", topo.real, "route", "get", CLIENT, "from", VIP).stdout
+        cached = sh("ip", "-n", topo.real, "route", "get", client, "from", vip).stdout
     finally:
         server.kill()
         server.wait()
@@ -172,4 +183,4 @@ def test_large_response_reaches_a_client_behind_a_small_mtu(topo: Topology) -> N
     assert int(fetched.stdout) == RESPONSE, (fetched.stdout, counters)
     assert f"mtu {SMALL_MTU}" in cached, cached
     assert counters.get("tx_icmp_error", 0) >= 1, counters
-    assert counters.get("tx_arp_reply", 0) >= 1, counters
+    assert counters.get("tx_nd_advert" if v6 else "tx_arp_reply", 0) >= 1, counters
