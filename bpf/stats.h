@@ -32,7 +32,8 @@ static __always_inline int finish(__u32 reason)
 	if (reason <= CAROM_CNT_PASS_LOCAL_REAL ||
 	    (reason >= CAROM_CNT_PASS_NOT_OUR_MAC && reason <= CAROM_CNT_PASS_ICMP_UNMATCHED))
 		return XDP_PASS;
-	if (reason == CAROM_CNT_TX_DSR || reason >= CAROM_CNT_TX_ARP_REPLY)
+	if (reason == CAROM_CNT_TX_DSR ||
+	    (reason >= CAROM_CNT_TX_ARP_REPLY && reason <= CAROM_CNT_TX_ICMP_ERROR))
 		return XDP_TX;
 	return XDP_DROP;
 }

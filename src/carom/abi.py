@@ -122,7 +122,7 @@ def verdict_of(reason: Counter) -> Verdict:
         Counter.PASS_NOT_OUR_MAC <= reason <= Counter.PASS_ICMP_UNMATCHED
     ):
         return Verdict.PASS
-    if reason == Counter.TX_DSR or reason >= Counter.TX_ARP_REPLY:
+    if reason == Counter.TX_DSR or Counter.TX_ARP_REPLY <= reason <= Counter.TX_ICMP_ERROR:
         return Verdict.TX
     return Verdict.DROP
 
