@@ -14,6 +14,9 @@
 #include "parse.h"
 #include "sched.h"
 #include "forward_dsr.h"
+#include "ifmac.h"
+#include "arp_responder.h"
+#include "icmp.h"
 
 /* Referenced so the enums reach BTF, where user space checks them. */
 struct carom_abi_enums {
@@ -65,12 +68,17 @@ int carom_xdp(struct xdp_md *ctx)
 	rc = parse_eth(data, end, &p, &eth_proto);
 	if (rc)
 		return finish(rc);
-	if (eth_proto == bpf_htons(ETH_P_IP))
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
 		rc = parse_ipv4(data, end, &p);
-	else if (eth_proto == bpf_htons(ETH_P_IPV6))
+	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
 		rc = parse_ipv6(data, end, &p);
-	else
+		if (!rc && p.l4_proto == IPPROTO_ICMPV6)
+			rc = ndp_respond(ctx, data, end, &p);
+	} else if (eth_proto == bpf_htons(ETH_P_ARP)) {
+		return finish(arp_respond(ctx, data, end));
+	} else {
 		return finish(CAROM_CNT_PASS_NOT_IP);
+	}
 	if (rc)
 		return finish(rc);
 
@@ -91,6 +99,8 @@ int carom_xdp(struct xdp_md *ctx)
 	if (p.fragment)
 		return finish(cfg->flags & CAROM_CFG_FRAG_PASS ? CAROM_CNT_PASS_FRAGMENT
 							       : CAROM_CNT_DROP_FRAGMENT);
+	if (p.l4_proto == (p.flow.family == CAROM_FAMILY_IPV4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
+		return finish(icmp_error_forward(ctx, data, end, &p, cfg));
 	if (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP)
 		return finish(CAROM_CNT_PASS_OTHER_PROTO);
 	rc = parse_l4(data, end, &p);
@@ -104,6 +114,9 @@ int carom_xdp(struct xdp_md *ctx)
 	/* Checks on the Ethernet header, now that the frame is ours to forward. */
 	if (eth->h_dest[0] & 1)
 		return finish(CAROM_CNT_DROP_GROUP_MAC);
+	rc = addressed_to_us(ctx, eth);
+	if (rc)
+		return finish(rc);
 	__builtin_memcpy(mk.mac, eth->h_source, ETH_ALEN);
 	if (bpf_map_lookup_elem(&real_macs, &mk))
 		return finish(CAROM_CNT_DROP_LOOP);

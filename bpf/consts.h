@@ -14,6 +14,7 @@
 #define CAROM_MAX_VIPS 256
 #define CAROM_MAX_DIRECTORS 64
 #define CAROM_MAX_IPV6_EXT_HDRS 4
+#define CAROM_MAX_IFINDEX 65536 /* if_macs is an array indexed by ifindex */
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {
@@ -90,7 +91,17 @@ enum carom_counter {
 	CAROM_CNT_SYN_RESCHEDULE = 24,
 	CAROM_CNT_CONN_EXPIRED = 25,
 	CAROM_CNT_CONN_REAL_GONE = 26,
-	CAROM_CNT__MAX = 27,
+	/* pass: VIP ownership and frame addressing (arp_responder.h, ifmac.h, icmp.h) */
+	CAROM_CNT_PASS_NOT_OUR_MAC = 27,     /* unicast to another MAC (promiscuous, flooding) */
+	CAROM_CNT_PASS_NO_IF_MAC = 28,       /* receiving interface not in if_macs */
+	CAROM_CNT_PASS_NEIGH_INACTIVE = 29,  /* ARP/NS for a VIP: not active or lease expired */
+	CAROM_CNT_PASS_NEIGH_IGNORED = 30,   /* ARP/NS for a VIP we must not answer (DAD, probe, malformed) */
+	CAROM_CNT_PASS_ICMP_UNMATCHED = 31,  /* ICMP error to a VIP quoting no VIP flow */
+	/* transmitted: answers and forwarded errors */
+	CAROM_CNT_TX_ARP_REPLY = 32,
+	CAROM_CNT_TX_ND_ADVERT = 33,
+	CAROM_CNT_TX_ICMP_ERROR = 34,        /* ICMP error forwarded (DSR) to the quoted flow's real */
+	CAROM_CNT__MAX = 35,
 };
 
 #endif

@@ -62,6 +62,17 @@ struct {
 	__type(value, __u32);
 } director_macs SEC(".maps");
 
+/* Own MAC of every interface the program is attached to: the source of ARP/NDP
+ * answers, and the only destination MAC whose VIP frames are forwarded. An array
+ * indexed by ifindex: the verifier inlines its lookup, which costs a few ns on
+ * every forwarded packet where a hash lookup cost ~30 (512 KiB of memory). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CAROM_MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, struct if_mac);
+} if_macs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CAROM_MAX_CONNS);

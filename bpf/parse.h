@@ -144,6 +144,13 @@ static __always_inline int skip_ipv6_ext(void *data, void *end, struct packet *p
 			/* An atomic fragment (offset 0, no MF) carries the whole datagram. */
 			if (bpf_ntohs(fh->frag_off) & (IP6_FRAG_OFFSET_MASK | IP6_FRAG_MF))
 				p->fragment = 1;
+			/* After a non-first fragment's header comes payload, not headers:
+			 * stop here, the fragment policy decides. */
+			if (bpf_ntohs(fh->frag_off) & IP6_FRAG_OFFSET_MASK) {
+				p->l4_off = off;
+				p->l4_proto = next;
+				return 0;
+			}
 		} else {
 			break;
 		}

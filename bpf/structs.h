@@ -87,6 +87,14 @@ struct node_cfg {
 	__u32 reserved;
 	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
 	__u64 udp_idle_ns;   /* same for UDP */
+	__u64 lease_until_ns; /* bpf_ktime_get_ns() deadline: ARP/NDP answered only before it */
+};
+
+/* if_macs: ifindex -> that interface's own MAC, written when XDP is attached. */
+struct if_mac {
+	__u8 mac[6];
+	__u8 known; /* 1 once written: array slots of other interfaces read as zeros */
+	__u8 pad;
 };
 
 /* svc_stats and real_stats values (per CPU). */

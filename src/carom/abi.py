@@ -93,9 +93,17 @@ class Counter(enum.IntEnum):
     SYN_RESCHEDULE = 24
     CONN_EXPIRED = 25
     CONN_REAL_GONE = 26
+    PASS_NOT_OUR_MAC = 27
+    PASS_NO_IF_MAC = 28
+    PASS_NEIGH_INACTIVE = 29
+    PASS_NEIGH_IGNORED = 30
+    PASS_ICMP_UNMATCHED = 31
+    TX_ARP_REPLY = 32
+    TX_ND_ADVERT = 33
+    TX_ICMP_ERROR = 34
 
 
-COUNTER_MAX = 27  # CAROM_CNT__MAX
+COUNTER_MAX = 35  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -110,9 +118,11 @@ class Verdict(enum.IntEnum):
 
 def verdict_of(reason: Counter) -> Verdict:
     """The verdict a reason counter stands for (mirrors finish() in bpf/stats.h)."""
-    if reason <= Counter.PASS_LOCAL_REAL:
+    if reason <= Counter.PASS_LOCAL_REAL or (
+        Counter.PASS_NOT_OUR_MAC <= reason <= Counter.PASS_ICMP_UNMATCHED
+    ):
         return Verdict.PASS
-    if reason == Counter.TX_DSR:
+    if reason == Counter.TX_DSR or Counter.TX_ARP_REPLY <= reason <= Counter.TX_ICMP_ERROR:
         return Verdict.TX
     return Verdict.DROP
 
@@ -268,7 +278,23 @@ class NodeCfg(Struct):
         ("reserved", ctypes.c_uint32),
         ("tcp_idle_ns", ctypes.c_uint64),
         ("udp_idle_ns", ctypes.c_uint64),
+        ("lease_until_ns", ctypes.c_uint64),  # CLOCK_MONOTONIC ns; ARP/NDP answered before it
     ]
+
+
+class IfMac(Struct):
+    """struct if_mac: an interface's own MAC (value of if_macs, keyed by ifindex)."""
+
+    _c_name_ = "if_mac"
+    _fields_ = [
+        ("mac", ctypes.c_uint8 * 6),
+        ("known", ctypes.c_uint8),  # 1 once written (an array: other slots read as zeros)
+        ("pad", ctypes.c_uint8),
+    ]
+
+    @classmethod
+    def of(cls, mac: bytes) -> IfMac:
+        return cls.from_buffer_copy(mac_bytes(mac) + b"\x01\0")
 
 
 class TrafficCounter(Struct):
@@ -288,6 +314,7 @@ STRUCTS: tuple[type[Struct], ...] = (
     PersistKey,
     PersistVal,
     NodeCfg,
+    IfMac,
     TrafficCounter,
 )
 
@@ -302,6 +329,7 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "reals": (U32, RealInfo),
     "real_macs": (MacKey, U32),
     "director_macs": (MacKey, U32),
+    "if_macs": (U32, IfMac),
     "conn_table": (FlowKey, ConnVal),
     "persist_table": (PersistKey, PersistVal),
     "stats": (U32, U64),

@@ -153,3 +153,56 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
         state.reals[rid].usable = False
     assert_same(bpf_runner, state, frame)
     _ = CLIENT
+
+
+@given(
+    v6=st.booleans(),
+    udp=st.booleans(),
+    icmp_type=st.integers(0, 15),
+    vip=st.sampled_from([VIP, VIP_ALL_PORTS, VIP_PERSIST, "192.0.2.77"]),
+    vip_port=st.sampled_from([80, 53, 443, 22, 8443]),
+    client_port=st.integers(1, 65535),
+    client=st.integers(1, 2**32 - 1),
+    quote_len=st.integers(0, 60),
+    seeded_real=st.one_of(st.none(), st.sampled_from(list(REALS)), st.just(99)),
+    unusable=st.sets(st.sampled_from(list(REALS))),
+)
+@FUZZ
+def test_icmp_errors_quoting_flows(  # type: ignore[no-untyped-def]
+    bpf_runner: TestRunner,
+    v6,
+    udp,
+    icmp_type,
+    vip,
+    vip_port,
+    client_port,
+    client,
+    quote_len,
+    seeded_real,
+    unusable,
+) -> None:
+    """ICMP errors (and non-errors) to a VIP quoting a reply of some flow, with
+    or without its connection entry: the model and the program agree."""
+    from scapy.layers.inet import ICMP
+    from scapy.layers.inet6 import ICMPv6Unknown
+
+    from tests.packets.icmp_cases import _key
+
+    if v6:
+        cl, v = str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), VIP6
+        outer, quote_l3 = IPv6(src="2001:db8:9::1", dst=v), IPv6(src=v, dst=cl)
+        head = ICMPv6Unknown(type=icmp_type, msgbody=bytes(4))  # 4 more header bytes
+    else:
+        cl, v = str(ipaddress.IPv4Address(client)), vip
+        outer, quote_l3 = IP(src="203.0.113.1", dst=v), IP(src=v, dst=cl)
+        head = ICMP(type=icmp_type)
+    l4 = UDP(sport=vip_port, dport=client_port) if udp else TCP(sport=vip_port, dport=client_port)
+    quote = bytes(quote_l3 / l4)[:quote_len]
+    frame = bytes(Ether(src=ROUTER_MAC, dst=DIRECTOR_MAC) / outer / head / quote)
+    state = base_state()
+    if seeded_real is not None:
+        key = _key(cl, v, client_port, vip_port, 17 if udp else 6)
+        state.conns[key] = abi.ConnVal(real_id=seeded_real, last_seen_ns=0)
+    for rid in unusable:
+        state.reals[rid].usable = False
+    assert_same(bpf_runner, state, frame)

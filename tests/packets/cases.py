@@ -17,6 +17,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from carom import abi
 from carom.abi import Counter as C
+from carom.model.forward import LOOPBACK_IFINDEX
 from carom.model.state import Node, Real, Service, State
 
 MAGLEV_SIZE = 1021
@@ -63,7 +64,9 @@ def base_state() -> State:
     }
     ip = ipaddress.ip_address
     return State(
-        node=Node(maglev_size=MAGLEV_SIZE),
+        # a lease that never runs out; neighbour cases set their own
+        node=Node(maglev_size=MAGLEV_SIZE, lease_until_ns=2**64 - 1),
+        if_macs={LOOPBACK_IFINDEX: abi.mac_bytes(DIRECTOR_MAC)},
         reals=reals,
         services=[
             Service(vip=ip(VIP), proto=6, port=80, svc_id=0, table=table_of([1, 2, 3])),
@@ -153,6 +156,7 @@ class PacketCase:
     conn_created: bool | None = None  # expect a conn entry for the flow afterwards
     refreshed: bool | None = None  # expect the entry's last_seen set to the run's time
     kernel: bool = True  # False: the kernel refuses the frame before XDP (documented)
+    out: bytes | None = None  # expected frame of an answer (ARP/NDP), built independently
     note: str = ""
 
     @property
@@ -436,7 +440,14 @@ CASES: list[PacketCase] = [
     PacketCase(
         "vip-icmp-echo", bytes(eth() / IP(src=CLIENT, dst=VIP) / ICMP()), C.PASS_OTHER_PROTO
     ),
-    PacketCase("arp", bytes(eth(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=VIP)), C.PASS_NOT_IP),
+    PacketCase(
+        "arp-reply-is-the-kernels",
+        bytes(
+            eth(dst="ff:ff:ff:ff:ff:ff", type=0x0806)
+            / ARP(op=2, hwsrc=ROUTER_MAC, psrc="192.0.2.1", hwdst=DIRECTOR_MAC, pdst=VIP)
+        ),
+        C.PASS_NOT_IP,
+    ),
     PacketCase(
         "backup-node-never-schedules", SYN, C.PASS_BACKUP, setup=_set_node(role=abi.Role.BACKUP)
     ),
@@ -491,6 +502,29 @@ CASES: list[PacketCase] = [
             / (b"x" * 40)
         ),
         C.DROP_FRAGMENT,
+    ),
+    PacketCase(
+        "ipv6-later-fragment-payload-not-parsed-as-headers",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrFragment(offset=10, m=1, nh=60)
+            / ((b"\x3c\x00" + bytes(6)) * 6)
+        ),
+        C.DROP_FRAGMENT,
+        note="the payload looks like six destination-options headers (too many to walk)",
+    ),
+    PacketCase(
+        "ipv6-later-fragment-pass-policy",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrFragment(offset=10, m=0, nh=0)
+            / (b"\x06\xff" + bytes(30))
+        ),
+        C.PASS_FRAGMENT,
+        setup=_set_node(frag_pass=True),
+        note="the payload looks like a hop-by-hop header longer than the packet",
     ),
     # --- malformed input ---
     PacketCase(
@@ -574,6 +608,12 @@ CASES: list[PacketCase] = [
 ]
 
 
+from tests.packets.icmp_cases import ICMP_CASES  # noqa: E402 (uses the names above)
+from tests.packets.neighbour_cases import NEIGHBOUR_CASES  # noqa: E402
+
+CASES += NEIGHBOUR_CASES + ICMP_CASES
+
+
 def prepared(case: PacketCase) -> tuple[State, int]:
     """base_state() with the case's setup applied, and the 'now' it used."""
     state = base_state()
@@ -595,6 +635,8 @@ def expected_real(case: PacketCase, state: State) -> int | None:
 
 
 def expected_frame(case: PacketCase, state: State) -> bytes:
+    if case.out is not None:
+        return case.out
     if case.reason != C.TX_DSR:
         return case.frame
     rid = expected_real(case, state)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf
 from carom.bpf.testrun import Outcome, TestRunner, model_outcome
@@ -64,7 +65,8 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
 def test_table_covers_every_verdict_reason() -> None:
     """Each pass/drop/tx reason of the data plane has at least one case."""
     covered = {c.reason for c in CASES}
-    reasons = {c for c in C if C.PASS_NOT_IP <= c <= C.DROP_UNSUPPORTED}
+    reasons = {c for c in C if c != C.RX and abi.verdict_of(c) != abi.Verdict.DROP}
+    reasons |= {c for c in C if C.DROP_SHORT_ETH <= c <= C.DROP_UNSUPPORTED}
     missing = reasons - covered - {C.DROP_UNSUPPORTED}  # no non-DSR method exists yet
     assert not missing, f"no packet case for {sorted(m.name for m in missing)}"
 
@@ -75,3 +77,46 @@ def test_dsr_leaves_the_ip_packet_untouched() -> None:
         if case.reason == C.TX_DSR:
             state, _ = prepared(case)
             assert expected_frame(case, state)[12:] == case.frame[12:]
+
+
+def test_neighbour_advertisements_are_valid_icmpv6() -> None:
+    """Every NA the table expects carries a checksum scapy agrees with, hop limit 255,
+    Solicited+Override and (for multicast solicitations) our MAC as target option."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+
+    from tests.packets.cases import DIRECTOR_MAC
+
+    checked = 0
+    for case in CASES:
+        if case.reason != C.TX_ND_ADVERT:
+            continue
+        assert case.out is not None
+        pkt = Ether(case.out)
+        na = pkt[ICMPv6ND_NA]
+        sent = na.cksum
+        del na.cksum
+        assert Ether(bytes(pkt))[ICMPv6ND_NA].cksum == sent, case.name
+        assert pkt[IPv6].hlim == 255 and (na.R, na.S, na.O) == (0, 1, 1)
+        if ICMPv6NDOptDstLLAddr in pkt:
+            assert pkt[ICMPv6NDOptDstLLAddr].lladdr == DIRECTOR_MAC
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.root
+def test_kernel_advertisement_checksum_checked_by_scapy(bpf_runner: TestRunner) -> None:
+    """The NA the program builds, decoded by scapy with its checksum recomputed."""
+    from scapy.layers.inet6 import ICMPv6ND_NA
+    from scapy.layers.l2 import Ether
+
+    from tests.packets.neighbour_cases import NS_MCAST
+
+    case = next(c for c in CASES if c.name == "ns-multicast-for-vip-answered")
+    state, _ = prepared(case)
+    out = bpf_runner.outcome(state, NS_MCAST)
+    assert out.verdict == abi.Verdict.TX
+    pkt = Ether(out.frame)
+    sent = pkt[ICMPv6ND_NA].cksum
+    del pkt[ICMPv6ND_NA].cksum
+    assert Ether(bytes(pkt))[ICMPv6ND_NA].cksum == sent

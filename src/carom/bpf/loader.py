@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +213,7 @@ class Dataplane:
             finally:
                 if old_fd is not None:
                     os.close(old_fd)
+            self.write_if_mac(ifname)
             att = Attachment(ifname, ifindex, m)
             self.attachments[ifname] = att
             log.info("XDP attached to %s in %s mode", ifname, m)
@@ -218,11 +221,40 @@ class Dataplane:
         assert last is not None
         raise last
 
+    def write_if_mac(self, ifname: str) -> bytes:
+        """Record the interface's own MAC in `if_macs` (keyed by ifindex).
+
+        The program answers ARP/NDP for the VIPs from this MAC and forwards only
+        frames addressed to it; without the entry it passes everything on that
+        interface (pass_no_if_mac). attach() calls this; call it again when an
+        interface's MAC changes."""
+        mac = interface_mac(ifname)
+        ifindex = socket.if_nametoindex(ifname)
+        slots = self.maps["if_macs"].max_entries
+        if ifindex >= slots:
+            raise ValueError(
+                f"{ifname} has ifindex {ifindex}; carom's if_macs map holds ifindex "
+                f"0..{slots - 1} (CAROM_MAX_IFINDEX in bpf/consts.h)"
+            )
+        self.maps["if_macs"].update(ifindex, abi.IfMac.of(mac))
+        return mac
+
     def close(self) -> None:
         """Release our file descriptors; attached programs and pins stay."""
         if self.migration is not None:
             self.migration.close()
         self.obj.close()
+
+
+SIOCGIFHWADDR = 0x8927
+
+
+def interface_mac(ifname: str) -> bytes:
+    """An interface's MAC address, asked of the kernel in this network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("256s", ifname.encode()[:15])
+        res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)
+    return res[18:24]
 
 
 def current_xdp(ifindex: int) -> dict[str, int]:

@@ -54,6 +54,7 @@ class TestRunner:
             max_vips=16,
         )
         self.dp = Dataplane.load(self.limits)
+        self._if_slots: set[int] = set()  # if_macs slots written by write_state
 
     def close(self) -> None:
         self.dp.close()
@@ -94,6 +95,11 @@ class TestRunner:
             dp["real_macs"].update(abi.MacKey.from_bytes(mk), rid)
         for mac in state.director_macs:
             dp["director_macs"].update(abi.MacKey.from_buffer_copy(mac + b"\0\0"), 1)
+        for ifindex in self._if_slots - state.if_macs.keys():  # an array: zero, not delete
+            dp["if_macs"].update(ifindex, abi.IfMac())
+        for ifindex, mac in state.if_macs.items():
+            dp["if_macs"].update(ifindex, abi.IfMac.of(mac))
+        self._if_slots = set(state.if_macs)
         for k, v in state.conns.items():
             dp["conn_table"].update(abi.FlowKey.from_bytes(k), v)
         for k, pv in state.persist.items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from carom import abi
 from carom.abi import Counter
+from carom.model import icmp, neighbour
 from carom.model.state import Real, Service, State
 from carom.sched.flowhash import flow_hash
 
@@ -29,6 +30,9 @@ LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 TCP_SYN, TCP_ACK = 0x02, 0x10
+ETH_P_ARP = 0x0806
+# BPF_PROG_TEST_RUN runs the program on the loopback device's receive queue.
+LOOPBACK_IFINDEX = 1
 
 
 @dataclass
@@ -139,9 +143,13 @@ def _skip_ipv6_ext(frame: bytes, p: _Packet) -> None:  # parse.h skip_ipv6_ext
         elif nxt == IPPROTO_FRAGMENT:
             if off + 8 > n or off + 8 > p.l4_end:
                 raise _Verdict(Counter.DROP_TRUNC_L3)
-            if _u16(frame, off + 2) & (0xFFF8 | 0x0001):
+            frag_off = _u16(frame, off + 2)
+            if frag_off & (0xFFF8 | 0x0001):
                 p.fragment = True
             nxt, off = frame[off], off + 8
+            if frag_off & 0xFFF8:  # non-first fragment: payload follows, not headers
+                p.l4_off, p.l4_proto = off, nxt
+                return
         else:
             break
     if nxt in IPV6_EXT or nxt == IPPROTO_FRAGMENT:
@@ -255,13 +263,68 @@ def _schedule(  # sched.h schedule
     return rid, real
 
 
-def decide(frame: bytes, state: State, now_ns: int) -> Decision:
-    """Run one frame through the model. Mutates state.conns and state.persist."""
+class _Answer(_Verdict):
+    """A verdict that sends a rewritten frame back out (ARP/NDP answers)."""
+
+    def __init__(self, reason: Counter, frame: bytes) -> None:
+        super().__init__(reason)
+        self.frame = frame
+
+
+def _answer(result: tuple[Counter, bytes]) -> _Verdict:
+    reason, frame = result
+    return _Answer(reason, frame) if abi.verdict_of(reason) == abi.Verdict.TX else _Verdict(reason)
+
+
+def _frame_checks(frame: bytes, state: State, ifindex: int) -> None:
+    """Ethernet checks before forwarding a VIP frame (carom.bpf.c, ifmac.h)."""
+    if frame[0] & 1:
+        raise _Verdict(Counter.DROP_GROUP_MAC)
+    own = state.if_macs.get(ifindex)  # ifmac.h addressed_to_us
+    if own is None:
+        raise _Verdict(Counter.PASS_NO_IF_MAC)
+    if frame[0:6] != own:
+        raise _Verdict(Counter.PASS_NOT_OUR_MAC)
+    if frame[6:12] + b"\0\0" in state.real_macs():
+        raise _Verdict(Counter.DROP_LOOP)
+
+
+def _icmp_error_forward(  # icmp.h icmp_error_forward
+    frame: bytes, state: State, p: _Packet, ifindex: int, result: Decision
+) -> None:
+    fkey = icmp.quoted_flow(frame, p.family, p.dst, p.l4_off, p.l4_end)
+    if isinstance(fkey, Counter):
+        raise _Verdict(fkey)
+    svc = icmp.service_of(state, fkey)
+    if svc is None:
+        raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
+    _frame_checks(frame, state, ifindex)
+    found = icmp.quoted_real(state, fkey, svc)
+    if found is None:
+        raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
+    rid, real = found
+    result.real_id = rid
+    result.svc_traffic[svc.svc_id] = (1, len(frame))
+    result.real_traffic[rid] = (1, len(frame))
+    if real.local:
+        raise _Verdict(Counter.PASS_LOCAL_REAL)
+    if real.method != abi.Method.DSR:
+        raise _Verdict(Counter.DROP_UNSUPPORTED)
+    raise _Answer(Counter.TX_ICMP_ERROR, real.mac + frame[0:6] + frame[12:])
+
+
+def decide(frame: bytes, state: State, now_ns: int, ifindex: int = LOOPBACK_IFINDEX) -> Decision:
+    """Run one frame, received on `ifindex`, through the model.
+
+    Mutates state.conns and state.persist."""
     tally: Tally[Counter] = Tally()
     tally[Counter.RX] += 1
     result = Decision(verdict=abi.Verdict.PASS, reason=Counter.RX, frame=frame, counters=tally)
     try:
-        _decide(frame, state, now_ns, result)
+        _decide(frame, state, now_ns, ifindex, result)
+    except _Answer as a:
+        result.reason = a.reason
+        result.frame = a.frame
     except _Verdict as v:
         result.reason = v.reason
     result.verdict = abi.verdict_of(result.reason)
@@ -269,7 +332,9 @@ def decide(frame: bytes, state: State, now_ns: int) -> Decision:
     return result
 
 
-def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # carom.bpf.c
+def _decide(  # carom.bpf.c
+    frame: bytes, state: State, now: int, ifindex: int, result: Decision
+) -> None:
     tally = result.counters
     if len(frame) < ETH_HLEN:
         raise _Verdict(Counter.DROP_SHORT_ETH)
@@ -278,6 +343,12 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
         p = _parse_ipv4(frame)
     elif eth_proto == ETH_P_IPV6:
         p = _parse_ipv6(frame)
+        if p.l4_proto == neighbour.IPPROTO_ICMPV6:
+            nd = neighbour.ndp_respond(frame, state, now, ifindex, p.l4_end)
+            if nd is not None:
+                raise _answer(nd)
+    elif eth_proto == ETH_P_ARP:
+        raise _answer(neighbour.arp_respond(frame, state, now, ifindex))
     else:
         raise _Verdict(Counter.PASS_NOT_IP)
 
@@ -290,6 +361,8 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
         _skip_ipv6_ext(frame, p)
     if p.fragment:
         raise _Verdict(Counter.PASS_FRAGMENT if state.node.frag_pass else Counter.DROP_FRAGMENT)
+    if p.l4_proto == (1 if p.family == abi.Family.IPV4 else neighbour.IPPROTO_ICMPV6):
+        _icmp_error_forward(frame, state, p, ifindex, result)
     if p.l4_proto not in (IPPROTO_TCP, IPPROTO_UDP):
         raise _Verdict(Counter.PASS_OTHER_PROTO)
     _parse_l4(frame, p)
@@ -301,10 +374,7 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
     if svc is None:
         raise _Verdict(Counter.PASS_NO_SERVICE)
 
-    if frame[0] & 1:
-        raise _Verdict(Counter.DROP_GROUP_MAC)
-    if frame[6:12] + b"\0\0" in state.real_macs():
-        raise _Verdict(Counter.DROP_LOOP)
+    _frame_checks(frame, state, ifindex)
 
     rid, real = _schedule(state, p, svc, now, tally)
     result.real_id = rid

@@ -22,6 +22,9 @@ class Node:
     maglev_size: int = 13  # slots per service row
     tcp_idle_ns: int = 900 * 10**9  # idle TCP entries are rescheduled
     udp_idle_ns: int = 300 * 10**9  # idle UDP entries are rescheduled
+    # CLOCK_MONOTONIC deadline renewed by the daemon: ARP/NDP for the VIPs is
+    # answered only before it (0: never), so a wedged daemon stops claiming them.
+    lease_until_ns: int = 0
 
     def to_abi(self) -> abi.NodeCfg:
         return abi.NodeCfg(
@@ -30,6 +33,7 @@ class Node:
             maglev_size=self.maglev_size,
             tcp_idle_ns=self.tcp_idle_ns,
             udp_idle_ns=self.udp_idle_ns,
+            lease_until_ns=self.lease_until_ns,
         )
 
 
@@ -92,6 +96,8 @@ class State:
     conns: dict[bytes, abi.ConnVal] = field(default_factory=dict)
     persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
     director_macs: set[bytes] = field(default_factory=set)
+    # if_macs: ifindex -> the interface's own MAC (6 bytes)
+    if_macs: dict[int, bytes] = field(default_factory=dict)
 
     def vip_keys(self) -> set[bytes]:
         return {abi.vip_key(s.vip).to_bytes() for s in self.services}
