@@ -94,10 +94,7 @@ def load_old(obj: str, pin_dir: str, monkeypatch: pytest.MonkeyPatch) -> Datapla
 
 
 def runner_on(dp: Dataplane) -> TestRunner:
-    r = TestRunner.__new__(TestRunner)
-    r.limits = LIMITS
-    r.dp = dp
-    return r
+    return TestRunner.on(dp, LIMITS)
 
 
 def dst_real(frame: bytes) -> int:
@@ -133,7 +130,9 @@ def test_upgrade_carries_every_flow(
         for k, v in old.obj.btf().enum_values("carom_counter").items()
         if not k.endswith("__MAX")
     }
-    runner_on(old).write_state(State(node=state.node, reals=state.reals, services=state.services))
+    runner_on(old).write_state(
+        State(node=state.node, reals=state.reals, services=state.services, if_macs=state.if_macs)
+    )
     # Flows scheduled by the old program itself...
     for sport in range(41000, 41000 + N_PROGRAM):
         verdict, _, _ = runner_on(old).run(tcp4(sport=sport))

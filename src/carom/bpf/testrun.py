@@ -56,6 +56,13 @@ class TestRunner:
         self.dp = Dataplane.load(self.limits)
         self._if_slots: set[int] = set()  # if_macs slots written by write_state
 
+    @classmethod
+    def on(cls, dp: Dataplane, limits: Limits) -> TestRunner:
+        """A runner over an already loaded data plane (e.g. one just migrated)."""
+        r = cls.__new__(cls)
+        r.limits, r.dp, r._if_slots = limits, dp, set()
+        return r
+
     def close(self) -> None:
         self.dp.close()
 

@@ -25,7 +25,7 @@ import numpy as np
 from carom import abi
 from carom.abi import Counter
 from carom.bpf.loader import Dataplane
-from carom.model.forward import Decision, decide
+from carom.model.forward import LOOPBACK_IFINDEX, Decision, decide
 from carom.model.state import Node, Real, Service, State
 from carom.sched import maglev
 from carom.sched.flowhash import flow_hash
@@ -114,7 +114,12 @@ class Flow:
             l3 = struct.pack("!IHBB", 6 << 28, len(l4), self.proto, 64)
             l3 += self.client.packed + self.vip.packed
             ethertype = 0x86DD
-        return b"\x02" + bytes(5) + src_mac + struct.pack("!H", ethertype) + l3 + l4
+        return OUR_MAC + src_mac + struct.pack("!H", ethertype) + l3 + l4
+
+
+# The destination MAC of the frames explain builds: the director's own, as far as
+# the model is concerned (explain asks what happens to a flow that reached us).
+OUR_MAC = b"\x02" + bytes(5)
 
 
 @dataclass
@@ -217,7 +222,10 @@ def _src_mac(state: State) -> bytes:
 
 
 def _decide(state: State, flow: Flow, now: int) -> Decision:
-    return decide(flow.frame(_src_mac(state)), copy.deepcopy(state), now)
+    """The flow as a frame that reached the director addressed to its own MAC."""
+    mine = copy.deepcopy(state)
+    mine.if_macs[LOOPBACK_IFINDEX] = OUR_MAC
+    return decide(flow.frame(_src_mac(state)), mine, now, LOOPBACK_IFINDEX)
 
 
 def explain_state(
