@@ -73,7 +73,7 @@ def test_restart_onto_a_new_layout_keeps_every_connection(lab: Lab, tmp_path: Pa
     old.start(lab_config())
     hold: HoldClient | None = None
     try:
-        hold = HoldClient(lab, "client1", str(t.VIP4), banner=8, http=8)
+        hold = HoldClient(lab, "client1", str(t.VIP4), banner=16, http=16)
         servers = Counter(c["server"] for c in hold.connected)
         assert "carom-real3" in servers and len(servers) == 3, servers
         assert_same_servers(hold, "on the old version")

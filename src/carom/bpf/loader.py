@@ -145,7 +145,7 @@ class Dataplane:
                 dp.maps[m.name] = TypedMap(m.name, m.fd, m.map_type, m.max_entries, key, value)
             if migration is not None:
                 copied = migration.copy({m.name: m.fd for m in obj.maps()})
-                log.info("copied entries into the new maps", extra=copied)
+                log.info("copied entries into the new maps", extra={"entries": _kv(copied)})
                 dp.migration = migration
             return dp
         except BaseException:
@@ -158,13 +158,17 @@ class Dataplane:
         """After the new program replaced the old one everywhere: carry the last
         entries and the counters, and pin the new maps in place of the old.
 
-        A no-op when nothing was migrated. Until it runs, the old pins stay (a
-        daemon that dies before it migrates again from them at its next start)."""
+        A no-op when nothing was migrated. Until it runs the old pins stay, so a
+        daemon that dies before this point migrates again from them at its next
+        start."""
         if self.migration is None:
             return {}
         carried = self.migration.finish()
         self.migration = None
-        log.info("layout migration finished: new maps pinned, old ones dropped", extra=carried)
+        log.info(
+            "layout migration finished: new maps pinned, old ones dropped",
+            extra={"carried": _kv(carried)},
+        )
         return carried
 
     @property
@@ -255,6 +259,10 @@ def interface_mac(ifname: str) -> bytes:
         req = struct.pack("256s", ifname.encode()[:15])
         res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)
     return res[18:24]
+
+
+def _kv(counts: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in counts.items())
 
 
 def current_xdp(ifindex: int) -> dict[str, int]:
