@@ -54,8 +54,8 @@ def cluster(tmp_path: Path, node: str, preempt: bool = False, prio2: int = 100) 
             "node": node,
             "key_file": str(key),
             "port": 17946,
-            "heartbeat_ms": 20,
-            "dead_after": 3,
+            "heartbeat_ms": 50,
+            "dead_after": 5,
             "preempt": preempt,
             "members": [
                 {"name": "a", "id": 1, "priority": 200, "addresses": ["127.0.0.1"]},
@@ -85,7 +85,7 @@ class Running:
         return self.node.machine.state
 
 
-async def until(cond: object, timeout: float = 2.0) -> float:
+async def until(cond: object, timeout: float = 10.0) -> float:
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not cond():  # type: ignore[operator]
@@ -108,10 +108,10 @@ def test_two_directors_elect_fail_over_and_hand_over(tmp_path: Path) -> None:
         assert [t.new for t in a.roles] == [State.SYNCING, State.BACKUP]
         # The active dies: a takes over within dead_after heartbeats (3 x 20 ms) + one.
         await b.stop()
-        # Within dead_after heartbeats (3 x 20 ms) plus one, on an idle machine;
+        # Within dead_after heartbeats (5 x 50 ms) plus one, on an idle machine;
         # the bound here is loose because the suite shares 2 cores (benchmarks time it).
         took = await until(lambda: a.state is State.ACTIVE)
-        assert took < 1.0, took
+        assert took < 2.0, took
         # b comes back: it must not take over (no preemption).
         b = Running(cluster(tmp_path, "b"))
         b.start()
