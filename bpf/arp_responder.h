@@ -3,7 +3,7 @@
  * Solicitations for its VIPs itself, in XDP. The VIPs live on `lo` with the
  * real-server ARP settings on every node, so the kernel never answers for them;
  * this responder needs no address juggling on takeover and stops the instant the
- * node is not active or its daemon stops renewing the lease (node_cfg).
+ * node is not active or its daemon stops renewing the lease (the `lease` map).
  * src/carom/model/neighbour.py is the same decision in Python. */
 #ifndef CAROM_ARP_RESPONDER_H
 #define CAROM_ARP_RESPONDER_H
@@ -62,10 +62,11 @@ static __always_inline int neigh_active(void)
 {
 	__u32 zero = 0;
 	struct node_cfg *cfg = bpf_map_lookup_elem(&node_cfg, &zero);
+	__u64 *until = bpf_map_lookup_elem(&lease, &zero);
 
-	if (!cfg || cfg->role != CAROM_ROLE_ACTIVE)
+	if (!cfg || cfg->role != CAROM_ROLE_ACTIVE || !until)
 		return 0;
-	return bpf_ktime_get_ns() < cfg->lease_until_ns;
+	return bpf_ktime_get_ns() < *until;
 }
 
 /* The checks every answer shares, in order: role and lease, our MAC known, the

@@ -17,6 +17,16 @@ struct {
 	__type(value, struct node_cfg);
 } node_cfg SEC(".maps");
 
+/* lease[0]: bpf_ktime_get_ns() deadline renewed by the daemon's ownership task;
+ * ARP/NDP for the VIPs is answered only before it (0: never). A map of its own,
+ * so the lease writer and the reconciler (node_cfg) never race each other. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lease SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CAROM_MAX_VIPS);

@@ -87,7 +87,6 @@ struct node_cfg {
 	__u32 reserved;
 	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
 	__u64 udp_idle_ns;   /* same for UDP */
-	__u64 lease_until_ns; /* bpf_ktime_get_ns() deadline: ARP/NDP answered only before it */
 };
 
 /* if_macs: ifindex -> that interface's own MAC, written when XDP is attached. */

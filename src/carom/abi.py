@@ -278,7 +278,6 @@ class NodeCfg(Struct):
         ("reserved", ctypes.c_uint32),
         ("tcp_idle_ns", ctypes.c_uint64),
         ("udp_idle_ns", ctypes.c_uint64),
-        ("lease_until_ns", ctypes.c_uint64),  # CLOCK_MONOTONIC ns; ARP/NDP answered before it
     ]
 
 
@@ -323,6 +322,7 @@ U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
 MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = {
     "node_cfg": (U32, NodeCfg),
+    "lease": (U32, U64),
     "vip_addrs": (VipKey, U32),
     "services": (SvcKey, SvcInfo),
     "maglev": (U32, U32),

@@ -39,7 +39,7 @@ from carom import abi
 from carom.bpf.testrun import TestRunner
 from carom.model.state import Node, Real, Service, State
 runner = TestRunner()
-size = runner.limits.maglev_size
+size = runner.limits.maglev_table_size
 state = State(
     node=Node(maglev_size=size, lease_until_ns=time.monotonic_ns() + 600 * 10**9),
     reals={1: Real(1, ipaddress.ip_address(sys.argv[2]), mac=bytes.fromhex(sys.argv[3]))},

@@ -28,14 +28,16 @@ IFACE = "carom0"
 CONTROL = """
 import ipaddress, json, sys, time
 from carom import abi
-from carom.bpf.loader import Dataplane, Limits, interface_mac
-dp = Dataplane.load(Limits(max_services=4, max_reals=8, maglev_size=13,
-                           conn_table_size=64, persist_table_size=64, max_vips=4))
+from carom.bpf.loader import Dataplane, interface_mac
+from carom.config.limits import Limits
+dp = Dataplane.load(Limits(max_services=4, max_reals=8, maglev_table_size=13,
+                           conn_table_size=1024, persist_table_size=1024, max_vips=4))
 for v in sys.argv[1:]:
     dp["vip_addrs"].update(abi.vip_key(ipaddress.ip_address(v)), 0)
 def node(role, lease_s):
     lease = time.monotonic_ns() + int(lease_s * 1e9) if lease_s else 0
-    dp["node_cfg"].update(0, abi.NodeCfg(role=int(role), maglev_size=13, lease_until_ns=lease))
+    dp["node_cfg"].update(0, abi.NodeCfg(role=int(role), maglev_size=13))
+    dp["lease"].update(0, lease)
 node(abi.Role.BACKUP, 0)
 att = dp.attach("carom0", "generic")
 print(json.dumps({"mac": interface_mac("carom0").hex(":"), "mode": att.mode}), flush=True)

@@ -82,6 +82,7 @@ class TestRunner:
             dp["node_cfg"].update(0, abi.NodeCfg(role=int(abi.Role.BACKUP)))
         else:
             dp["node_cfg"].update(0, state.node.to_abi())
+        dp["lease"].update(0, state.node.lease_until_ns if state.node else 0)
         size = self.limits.maglev_table_size
         zeros = np.zeros(self.limits.max_services * size, dtype=np.uint32)
         for svc in state.services:

@@ -119,7 +119,8 @@ def render_status(st: LabStatus) -> str:
     vips = " ".join(str(v) for v in t.VIPS)
     lines = [
         f"lab: {'up' if st.up else 'DEGRADED'}    switch {t.SWITCH_NS}: "
-        f"{'present' if st.switch_present else 'MISSING'}    VIPs {vips} on {owners}",
+        f"{'present' if st.switch_present else 'MISSING'}    VIPs {vips} answered by "
+        f"{owners}",
         "",
         f"{'node':<14} {'role':<9} {'state':<8} {'services':<26} addresses",
     ]

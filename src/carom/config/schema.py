@@ -85,6 +85,13 @@ class Node(_Model):
         "(non-first fragments carry no ports, so they cannot follow their flow)",
         examples=["drop"],
     )
+    vips_on_lo: Bool = Field(
+        default=True,
+        description="put every VIP on lo (/32, /128) with real-server ARP settings at start, "
+        "as `carom realserver up` does, so this node's own stack accepts VIP traffic (it is "
+        "a real server too); false if you manage the addresses yourself",
+        examples=[True],
+    )
 
 
 class Timeouts(_Model):

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from carom import abi
@@ -22,8 +23,9 @@ from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
 from carom.config.load import ConfigError, load_config
 from carom.config.schema import Config
-from carom.daemon import control, explain
+from carom.daemon import control, explain, ownership
 from carom.daemon.reconcile import Reconciler, addresses, svc_ident
+from carom.net import realserver
 from carom.net.neighbours import Neighbour, NeighbourTable
 
 log = logging.getLogger("carom.daemon")
@@ -42,6 +44,16 @@ def socket_of(config: Config) -> str:
         if config.control_socket
         else control.default_socket(config.instance)
     )
+
+
+def vips_of(config: Config) -> list[abi.IPAddress]:
+    """Every VIP of the config, once each, in config order."""
+    return list(dict.fromkeys(svc.vip for svc in config.services))
+
+
+def vip_state_of(config: Config) -> str:
+    """Where the daemon records what it put on lo (undone by `stop --detach`)."""
+    return os.path.join(os.path.dirname(socket_of(config)), f"{config.instance}.vips.json")
 
 
 class ReloadError(Exception):
@@ -71,6 +83,7 @@ class Daemon:
         # one dedicated thread and every netlink call goes there.
         self.netlink = concurrent.futures.ThreadPoolExecutor(1, "carom-netlink")
         self.loops_seen = 0
+        self.owner: ownership.VipOwner | None = None
 
     async def _in_netlink(self, fn: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.netlink, fn)
@@ -91,10 +104,15 @@ class Daemon:
         self.nt = await self._in_netlink(NeighbourTable)
         await self._resolve(config, wait=INITIAL_RESOLVE_S)
         writes = self.rec.apply(self.rec.desired(config, self.neighbours))
+        await self._vips_on_lo(config, [])
         for ifname in config.interfaces:
             att = self.dp.attach(ifname, config.xdp_mode)
             log.info("attached", extra={"interface": ifname, "mode": att.mode})
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
+        links = await self._in_netlink(lambda: ownership.links_of(config.interfaces))
+        self.owner = ownership.VipOwner(
+            links, self._current_vips, self._write_lease, active=config.node.role == "active"
+        )
         self.last_reload = {"time": time.time(), "writes": writes, "ok": True}
         self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
         log.info(
@@ -106,6 +124,33 @@ class Daemon:
                 "services": len(config.services),
             },
         )
+
+    def _current_vips(self) -> list[abi.IPAddress]:
+        return vips_of(self.config) if self.config is not None else []
+
+    def _write_lease(self, deadline_ns: int) -> None:
+        """The data plane answers ARP/NDP for the VIPs only until this deadline."""
+        assert self.dp is not None
+        self.dp["lease"].update(0, deadline_ns)
+
+    async def _vips_on_lo(self, config: Config, old: list[abi.IPAddress]) -> None:
+        """This node is a real server too: its VIPs live on lo (field note 3)."""
+        if not config.node.vips_on_lo:
+            return
+        state = Path(vip_state_of(config))
+        vips, gone = vips_of(config), [v for v in old if v not in vips_of(config)]
+        try:
+            if vips:
+                res = await asyncio.to_thread(realserver.up, vips, state)
+                for step in res.steps:
+                    if step.action not in ("present", "unchanged"):
+                        log.info("real-server setup", extra={"step": step.message})
+                for f in res.findings:
+                    log.warning("real-server setup", extra={"finding": f.message, "fix": f.fix})
+            if gone:
+                await asyncio.to_thread(realserver.down, gone, state)
+        except (OSError, realserver.RealServerError) as exc:
+            log.error("cannot put the VIPs on lo", extra={"error": str(exc)})
 
     async def _resolve(self, config: Config, wait: float = 0.0) -> None:
         """Refresh self.neighbours; with `wait`, give ARP/NDP that long to answer."""
@@ -156,9 +201,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         try:
             async with asyncio.TaskGroup() as tg:
+                assert self.owner is not None
                 tasks = [
                     tg.create_task(self._serve(server), name="control-socket"),
                     tg.create_task(self._follow_neighbours(), name="neighbours"),
+                    tg.create_task(self.owner.run(), name="vip-ownership"),
                 ]
                 await self.stop_event.wait()
                 for t in tasks:
@@ -228,6 +275,11 @@ class Daemon:
                     log.error("detach failed", extra={"interface": ifname, "error": str(exc)})
             loader.unpin(pin_dir_of(self.config))
             log.info("data plane removed: XDP detached, maps unpinned")
+            if self.config.node.vips_on_lo:
+                try:
+                    realserver.down(None, Path(vip_state_of(self.config)))
+                except (OSError, realserver.RealServerError) as exc:
+                    log.warning("VIPs left on lo", extra={"error": str(exc)})
         else:
             log.info(
                 "daemon stopped; the data plane keeps forwarding (a new daemon adopts "
@@ -264,7 +316,14 @@ class Daemon:
                 log.exception("reload failed; previous state restored")
                 self.last_reload = {"time": time.time(), "ok": False, "error": str(exc)}
                 return {"ok": False, "error": f"apply failed, previous state restored: {exc}"}
+            old_vips = vips_of(self.config)
             self.config = new
+            if old_vips != vips_of(new):
+                await self._vips_on_lo(new, old_vips)
+            if self.owner is not None:
+                self.owner.set_active(new.node.role == "active")
+                if old_vips != vips_of(new):
+                    self.owner.refresh_vips()
             took = time.monotonic() - started
             log.info("reloaded", extra={"map_writes": writes, "seconds": round(took, 4)})
             self.last_reload = {"time": time.time(), "ok": True, "writes": writes, "seconds": took}
@@ -379,6 +438,7 @@ class Daemon:
             "connections": conns,
             "map_writes_total": self.rec.writes_total,
             "last_reload": self.last_reload,
+            "ownership": self.owner.status() if self.owner else None,
         }
 
 

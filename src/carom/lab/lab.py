@@ -52,7 +52,7 @@ class LabStatus:
 
     switch_present: bool  # the switch namespace exists
     nodes: tuple[NodeStatus, ...]
-    vip_owners: tuple[str, ...]  # nodes carrying a VIP on their segment interface
+    vip_owners: tuple[str, ...]  # nodes the router resolves a VIP to (ARP/NDP answers)
 
     @property
     def up(self) -> bool:
@@ -117,15 +117,16 @@ class Lab:
         if self.xdp:
             for d in t.DIRECTORS:
                 nodes.attach_xdp_pass(d.main)
-        nodes.add_director_vips(t.ACTIVE_DIRECTOR)
-        # Every node that is not the active director serves the VIPs as a real
-        # server, standby directors included (field note 3: directors are reals too).
-        for real in (*t.REALS, *(d for d in t.DIRECTORS if d != t.ACTIVE_DIRECTOR)):
-            nodes.realserver_up(real)
+        # Every node serves the VIPs as a real server, directors included (field
+        # note 3): VIPs on lo, ARP never answered for them by the kernel. Only a
+        # running carom daemon on a director answers ARP/NDP for the VIPs (its
+        # XDP responder), so without one nobody owns them.
+        for node in (*t.DIRECTORS, *t.REALS):
+            nodes.realserver_up(node)
         for node in t.SERVICE_NODES:
             services.start(node, self.state_dir)
         services.wait_ready([n.name for n in t.SERVICE_NODES], self.state_dir)
-        log.info("lab: up (%d nodes, VIPs on %s)", len(t.NODES), t.ACTIVE_DIRECTOR.name)
+        log.info("lab: up (%d nodes)", len(t.NODES))
 
     def _down(self) -> list[str]:
         warnings: list[str] = []
@@ -203,7 +204,9 @@ class Lab:
 
     def status(self) -> LabStatus:
         rows = []
-        owners = []
+        router_up = nodes.netns_exists(t.ROUTER.name)
+        macs = set(nodes.vip_neighbours(t.ROUTER.name).values()) if router_up else set()
+        owners = [n.name for n in t.NODES if n.main.mac in macs]
         for node in t.NODES:
             present = nodes.netns_exists(node.name)
             addrs = nodes.addresses(node.name) if present else {}
@@ -213,9 +216,6 @@ class Lab:
                 xdp = nodes.netns_exists(t.SWITCH_NS) and nodes.xdp_attached(
                     t.SWITCH_NS, node.main.port
                 )
-            main_addrs = {a.split("/")[0] for a in addrs.get(node.main.ifname, [])}
-            if any(str(v) in main_addrs for v in t.VIPS):
-                owners.append(node.name)
             rows.append(NodeStatus(node, present, addrs, svc, xdp))
         return LabStatus(
             switch_present=nodes.netns_exists(t.SWITCH_NS),

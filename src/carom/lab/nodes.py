@@ -183,23 +183,6 @@ def xdp_attached(ns: str, ifname: str) -> bool:
 # --- VIPs -----------------------------------------------------------------------
 
 
-def _vip_prefix(vip: t.IPv4 | t.IPv6) -> str:
-    return f"{vip}/{vip.max_prefixlen}"
-
-
-def add_director_vips(node: t.Node, vips: Sequence[t.IPv4 | t.IPv6] = t.VIPS) -> None:
-    """The active director owns the VIPs on its segment interface, /32 and /128,
-    so it (and only it) answers ARP/NDP for them."""
-    for vip in vips:
-        extra = ["nodad"] if vip.version == 6 else []
-        ip(node.name, "addr", "add", _vip_prefix(vip), "dev", node.main.ifname, *extra)
-
-
-def del_director_vips(node: t.Node, vips: Sequence[t.IPv4 | t.IPv6] = t.VIPS) -> None:
-    for vip in vips:
-        ip(node.name, "addr", "del", _vip_prefix(vip), "dev", node.main.ifname, check=False)
-
-
 def realserver_up(node: t.Node, vips: Sequence[t.IPv4 | t.IPv6] = t.VIPS) -> None:
     """Make a node a DSR real server for the VIPs, the way an operator would:
     `carom realserver up` inside the node (field note 1: VIPs on loopback with
@@ -246,3 +229,17 @@ def addresses(ns: str) -> dict[str, list[str]]:
 
 def _vip_strs() -> set[str]:
     return {str(v) for v in t.VIPS}
+
+
+def vip_neighbours(ns: str) -> dict[str, str]:
+    """VIP -> MAC as a node's neighbour table has it (resolved entries only):
+    who answered ARP/NDP for the VIPs, from that node's point of view."""
+    proc = ip(ns, "-j", "neigh", "show", check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {}
+    vips = _vip_strs()
+    return {
+        n["dst"]: n["lladdr"]
+        for n in json.loads(proc.stdout)
+        if n.get("dst") in vips and n.get("lladdr") and "FAILED" not in n.get("state", [])
+    }

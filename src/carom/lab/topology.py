@@ -164,7 +164,8 @@ REALS: tuple[Node, ...] = tuple(n for n in NODES if n.role is Role.REAL)
 CLIENTS: tuple[Node, ...] = tuple(n for n in NODES if n.role is Role.CLIENT)
 SERVICE_NODES: tuple[Node, ...] = tuple(n for n in NODES if n.runs_services)
 
-# The director that owns the VIPs after `lab up`.
+# The director the demo and the tests run carom on: it owns the VIPs (answers
+# ARP/NDP for them) only while its daemon runs.
 ACTIVE_DIRECTOR = DIR1
 
 # Every namespace the lab defines: what `lab down` deletes, and nothing else.

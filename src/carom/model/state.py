@@ -24,6 +24,7 @@ class Node:
     udp_idle_ns: int = 300 * 10**9  # idle UDP entries are rescheduled
     # CLOCK_MONOTONIC deadline renewed by the daemon: ARP/NDP for the VIPs is
     # answered only before it (0: never), so a wedged daemon stops claiming them.
+    # In the data plane it is the `lease` map, not a node_cfg field.
     lease_until_ns: int = 0
 
     def to_abi(self) -> abi.NodeCfg:
@@ -33,7 +34,6 @@ class Node:
             maglev_size=self.maglev_size,
             tcp_idle_ns=self.tcp_idle_ns,
             udp_idle_ns=self.udp_idle_ns,
-            lease_until_ns=self.lease_until_ns,
         )
 
 

@@ -1,0 +1,146 @@
+"""VIP ownership for real: the router of the lab resolves the VIPs through
+carom's XDP ARP/NDP responder, takes the director's announcements, and stops
+getting answers the moment the daemon is frozen or not active. Every node of the
+lab carries the VIPs on lo (arp_ignore), so only carom can answer for them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from carom.lab import Lab, nodes
+from carom.lab import topology as t
+from carom.lab.director import Director, lab_config
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+DIR1_MAC = t.DIR1.main.mac
+ROUTER_IF = t.ROUTER.main.ifname
+
+
+@pytest.fixture(scope="module")
+def director(lab: Lab) -> Iterator[Director]:
+    d = Director(lab, "carom-dir1")
+    d.remove()
+    d.start(lab_config())
+    try:
+        yield d
+    finally:
+        d.remove()
+
+
+def _forget(lab: Lab) -> None:
+    for vip in t.VIPS:
+        lab.exec("router", ["ip", "neigh", "flush", "to", str(vip)])
+
+
+def _ping(lab: Lab, vip: object) -> bool:
+    return lab.exec("router", ["ping", "-c1", "-W1", str(vip)]).returncode == 0
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until `cond` held, or None if it never did within `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if cond():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+def test_router_resolves_the_vips_to_the_active_director(lab: Lab, director: Director) -> None:
+    _forget(lab)
+    for vip in t.VIPS:
+        assert _ping(lab, vip), f"ping {vip} through the XDP ARP/NDP responder"
+        assert nodes.vip_neighbours(t.ROUTER.name).get(str(vip)) == DIR1_MAC
+    assert lab.status().vip_owners == (t.DIR1.name,)
+    own = director.status()["ownership"]
+    assert own["active"] and own["announcements"] >= 1
+
+
+def test_takeover_announcement_moves_the_router_without_traffic(
+    lab: Lab, director: Director
+) -> None:
+    """A stale entry pointing elsewhere (as after a failover) is corrected by the
+    gratuitous ARP / unsolicited NA burst when the daemon starts, before any
+    packet is sent to the VIP."""
+    director.stop()
+    for vip in t.VIPS:
+        lab.exec(
+            "router",
+            [
+                "ip",
+                "neigh",
+                "replace",
+                str(vip),
+                "lladdr",
+                t.REAL1.main.mac,
+                "nud",
+                "stale",
+                "dev",
+                ROUTER_IF,
+            ],
+            check=True,
+        )
+    director.start()
+    took = _wait(
+        lambda: all(nodes.vip_neighbours(t.ROUTER.name).get(str(v)) == DIR1_MAC for v in t.VIPS),
+        3.0,
+    )
+    assert took is not None, nodes.vip_neighbours(t.ROUTER.name)
+
+
+def test_a_foreign_claim_is_answered_by_reannouncing(lab: Lab, director: Director) -> None:
+    """Split-brain recovery: another host announces our VIP; the active director
+    notices and announces again, and the router ends up back on it."""
+    before = director.status()["ownership"]["foreign_claims"]
+    send_garp = (
+        "import socket, ipaddress; from carom.net.announce import garp_frame; "
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('carom0', 0)); "
+        f"s.send(garp_frame(bytes.fromhex('{t.REAL2.main.mac.replace(':', '')}'), "
+        f"ipaddress.IPv4Address('{t.VIP4}')))"
+    )
+    lab.exec("real2", [sys.executable, "-c", send_garp], check=True)
+    assert _wait(lambda: director.status()["ownership"]["foreign_claims"] > before, 2.0)
+    took = _wait(lambda: nodes.vip_neighbours(t.ROUTER.name).get(str(t.VIP4)) == DIR1_MAC, 3.0)
+    assert took is not None, nodes.vip_neighbours(t.ROUTER.name)
+    assert director.status()["ownership"]["last_foreign_claim"]["mac"] == t.REAL2.main.mac
+
+
+def test_a_frozen_daemon_stops_answering_within_its_lease(lab: Lab, director: Director) -> None:
+    """Field note 6: a wedged daemon must not keep its data plane answering for
+    the VIP. SIGSTOP: the lease runs out and ARP/NDP go unanswered; SIGCONT:
+    answered again."""
+    assert director.proc is not None
+    pid = director.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # the lease (1 s) must run out while the daemon is frozen
+        _forget(lab)
+        for vip in t.VIPS:
+            assert not _ping(lab, vip), f"{vip} answered while the daemon was frozen"
+            assert str(vip) not in nodes.vip_neighbours(t.ROUTER.name)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _forget(lab)
+    assert _wait(lambda: all(_ping(lab, v) for v in t.VIPS), 5.0) is not None
+
+
+def test_a_backup_never_answers_for_the_vips(lab: Lab, director: Director) -> None:
+    cfg = lab_config()
+    try:
+        reply = director.reload({**cfg, "node": {"role": "backup"}})
+        assert reply["ok"], reply
+        _forget(lab)
+        for vip in t.VIPS:
+            assert not _ping(lab, vip)
+        assert director.status()["ownership"]["active"] is False
+    finally:
+        assert director.reload(cfg)["ok"]
+    _forget(lab)
+    assert _wait(lambda: all(_ping(lab, v) for v in t.VIPS), 5.0) is not None
