@@ -99,6 +99,7 @@ def test_a_foreign_claim_is_answered_by_reannouncing(lab: Lab, director: Directo
     """Split-brain recovery: another host announces our VIP; the active director
     notices and announces again, and the router ends up back on it."""
     before = director.status()["ownership"]["foreign_claims"]
+    assert _ping(lab, t.VIP4)  # the router has an entry for the VIP (on our MAC)
     send_garp = (
         "import socket, ipaddress; from carom.net.announce import garp_frame; "
         "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('carom0', 0)); "
@@ -138,7 +139,9 @@ def test_a_backup_never_answers_for_the_vips(lab: Lab, director: Director) -> No
         assert reply["ok"], reply
         _forget(lab)
         for vip in t.VIPS:
-            assert not _ping(lab, vip)
+            answered = _ping(lab, vip)
+            st = director.status()
+            assert not answered, (st["counters"], st["ownership"], director.log()[-2000:])
         assert director.status()["ownership"]["active"] is False
     finally:
         assert director.reload(cfg)["ok"]

@@ -82,8 +82,8 @@ def _attach_filter(sock: socket.socket, program: bytes) -> None:
     buf = ctypes.create_string_buffer(program)
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
     fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    sock._carom_filter = buf  # type: ignore[attr-defined]  # keep alive with the socket
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+    del buf
 
 
 class ClaimWatcher:
@@ -183,6 +183,9 @@ class VipOwner:
         self._wake.set()
 
     def _announce(self, reason: str) -> None:
+        """Runs in an executor thread; cancelling the awaiting task does not stop
+        it, so it checks the role before every frame burst: a node that has just
+        left the active role must not announce (it would pull traffic back)."""
         vips = list(self.vips())
         if not vips:
             return
@@ -190,6 +193,8 @@ class VipOwner:
             for i in range(BURST if reason != "refresh" else 1):
                 if i:
                     time.sleep(BURST_GAP_S)
+                if not self.active:
+                    return
                 self.announcer.send(vips)  # type: ignore[arg-type]
         except OSError as exc:
             log.error("announcing the VIPs failed", extra={"error": str(exc), "reason": reason})
