@@ -134,6 +134,16 @@ class Transaction:
     undo: list[Callable[[], None]] = field(default_factory=list)
     writes: int = 0
     steps_done: list[str] = field(default_factory=list)
+    release: list[Callable[[], None]] = field(default_factory=list)  # run when it ends
+
+    def end(self) -> None:
+        """Release what the undo steps needed (e.g. replaced programs' fds)."""
+        for fn in self.release:
+            try:
+                fn()
+            except OSError as exc:
+                log.warning("releasing after an apply failed: %s", exc)
+        self.release.clear()
 
     def rollback(self) -> list[str]:
         """Undo every write, newest first; returns the undo steps that failed."""
@@ -145,6 +155,7 @@ class Transaction:
                 errors.append(str(exc))
                 log.error("undo step failed: %s", exc)
         self.undo.clear()
+        self.end()
         return errors
 
 
@@ -550,6 +561,8 @@ class Reconciler:
         self.tables = want.tables
         self.last = want
         self.writes_total += tx.writes
+        tx.undo.clear()
+        tx.end()
         for address in want.released:
             log.info("real id freed: no live connection points to it", extra={"real": address})
 
