@@ -379,7 +379,9 @@ class Reconciler:
         used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
+        per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
         built = 0
+        persist_flag = int(abi.SvcFlags.PERSIST)
         for svc in config.services:
             ident = svc_ident(svc)
             sid = svc_ids.get(ident)
@@ -388,29 +390,21 @@ class Reconciler:
             used_svc_ids.add(sid)
             img.services[ident] = abi.SvcInfo(
                 id=sid,
-                flags=int(abi.SvcFlags.PERSIST) if svc.persistence_timeout else 0,
+                flags=persist_flag if svc.persistence_timeout else 0,
                 persist_timeout_s=svc.persistence_timeout,
             )
             members = []
             view = []
             for r in svc.reals:
-                rid = real_ids[r.address]
-                rinfo = img.reals[rid]
-                usable = not rinfo.flags & abi.RealFlags.UNUSABLE
-                nb = neighbours.get(r.address)
-                if r.local:
-                    state, detail = "local", "served by this node's own stack"
-                elif not usable:
-                    state = "unresolved"
-                    detail = nb.detail if nb else "not resolved yet"
-                elif r.weight == 0:
-                    state, detail = "drained", "weight 0: no new connections"
-                else:
-                    state, detail = "up", nb.state if nb else ""
-                if usable and r.weight > 0:
-                    members.append((real_key(r.address), rid, r.weight))
-                shown = None if r.local or not usable else abi.mac_str(bytes(rinfo.mac))
-                view.append(RealView(str(r.address), rid, r.weight, r.local, shown, state, detail))
+                # many services share reals: work each (real, weight) out once
+                per = per_real.get((r.address, r.weight))
+                if per is None:
+                    per = per_real[(r.address, r.weight)] = self._real_view(
+                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
+                    )
+                if per[0] is not None:
+                    members.append(per[0])
+                view.append(per[1])
             key = tuple(sorted(members))
             table, new_build = self.table(key, fresh)
             built += new_build
@@ -423,6 +417,33 @@ class Reconciler:
             img.vips[vk] = img.vips.get(vk, 0) + 1
         draining = [str(a) for a, rid in real_ids.items() if a not in wanted and rid in img.reals]
         return Desired(img, views, fingerprints, names, draining, real_ids, in_use, built, released)
+
+    @staticmethod
+    def _real_view(
+        address: Address,
+        weight: int,
+        local: bool,
+        real_ids: dict[Address, int],
+        img: Image,
+        neighbours: dict[Address, Neighbour],
+    ) -> tuple[tuple[bytes, int, int] | None, RealView]:
+        """A real's Maglev member (None: no slots) and its status view."""
+        rid = real_ids[address]
+        rinfo = img.reals[rid]
+        usable = not int(rinfo.flags) & int(abi.RealFlags.UNUSABLE)
+        nb = neighbours.get(address)
+        if local:
+            state, detail = "local", "served by this node's own stack"
+        elif not usable:
+            state = "unresolved"
+            detail = nb.detail if nb else "not resolved yet"
+        elif weight == 0:
+            state, detail = "drained", "weight 0: no new connections"
+        else:
+            state, detail = "up", nb.state if nb else ""
+        member = (real_key(address), rid, weight) if usable and weight > 0 else None
+        shown = None if local or not usable else abi.mac_str(bytes(rinfo.mac))
+        return member, RealView(str(address), rid, weight, local, shown, state, detail)
 
     # --- applying -----------------------------------------------------------------------
     def apply(self, want: Desired) -> int:
