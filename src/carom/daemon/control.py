@@ -14,7 +14,9 @@ from typing import Any
 
 log = logging.getLogger("carom.control")
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# A handler returns a reply to encode, or one already encoded (a large reply is
+# encoded off the event loop, see daemon/app.py).
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | bytes]]
 DEFAULT_SOCKET_DIR = "/run/carom"
 
 
@@ -36,13 +38,17 @@ async def serve(path: str, handler: Handler) -> asyncio.Server:
             line = await reader.readline()
             if not line:
                 return
+            response: dict[str, Any] | bytes
             try:
                 request = json.loads(line)
                 response = await handler(request)
             except Exception as exc:  # a bad request must never take the daemon down
                 log.exception("control request failed")
                 response = {"ok": False, "error": str(exc)}
-            writer.write(json.dumps(response, default=str).encode() + b"\n")
+            if isinstance(response, bytes):
+                writer.write(response + b"\n")
+            else:
+                writer.write(json.dumps(response, default=str).encode() + b"\n")
             await writer.drain()
         finally:
             writer.close()
