@@ -36,6 +36,7 @@ from carom.daemon.reconcile import (
     ReconcileError,
     Reconciler,
     Transaction,
+    addresses,
 )
 from carom.daemon.status import LoopLag, build_status, expected_fingerprints
 
@@ -154,7 +155,7 @@ class Daemon:
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
         await self.follower.open()
-        await self.follower.resolve(config, wait=self.follower.initial_wait)
+        await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
         started = time.monotonic()
         writes, want = await self.apply(config, None)
         self.last_reload = {
@@ -319,7 +320,9 @@ class Daemon:
                 check_xdp_mode(self.dp, self.config, new)
             except (ConfigError, ReloadError, InterfaceError) as exc:
                 return self._refused(str(exc), origin)
-            await self.follower.resolve(new, wait=1.0)
+            # 32k reals take a while to walk: not on the event loop
+            addrs = await asyncio.to_thread(addresses, new)
+            await self.follower.resolve(addrs, wait=1.0)
             try:
                 writes, want = await self.apply(new, self.config)
             except ReconcileError as exc:
@@ -337,7 +340,7 @@ class Daemon:
                 }
                 return {"ok": False, "error": f"reload failed: {exc}", "rolled_back": exc.clean}
             self.config = new
-            self.follower.forget_unused(new)
+            self.follower.forget_unused(addrs)
             took = time.monotonic() - started
             log.info(
                 "reloaded",

@@ -12,8 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from carom import abi
-from carom.config.schema import Config
-from carom.daemon.reconcile import ApplyError, ReconcileError, addresses
+from carom.daemon.reconcile import ApplyError, ReconcileError
 from carom.net.neighbours import Neighbour, NeighbourEvents, NeighbourTable, updated
 
 if TYPE_CHECKING:
@@ -82,11 +81,11 @@ class NeighbourFollower:
         self.lookups += len(addrs)
         return [a for a, n in found.items() if self._set(a, n)]
 
-    async def resolve(self, config: Config, wait: float = 0.0) -> None:
-        """Look up the config's reals the follower does not know yet; with `wait`,
-        give ARP/NDP that long to answer."""
+    async def resolve(self, addrs: list[abi.IPAddress], wait: float = 0.0) -> None:
+        """Look up the reals (addresses(config)) the follower does not know yet;
+        with `wait`, give ARP/NDP that long to answer."""
         deadline = time.monotonic() + wait
-        todo = [a for a in addresses(config) if a not in self.table]
+        todo = [a for a in addrs if a not in self.table]
         while todo:
             await self.lookup(todo)
             todo = [a for a in todo if self.table[a].mac is None and self._pending(a)]
@@ -97,8 +96,8 @@ class NeighbourFollower:
     def _pending(self, a: abi.IPAddress) -> bool:
         return self.table[a].state in ("incomplete", "probing")
 
-    def forget_unused(self, config: Config) -> None:
-        keep = set(addresses(config))
+    def forget_unused(self, addrs: list[abi.IPAddress]) -> None:
+        keep = set(addrs)
         for a in [a for a in self.table if a not in keep]:
             del self.table[a]
 

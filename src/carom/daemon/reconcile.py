@@ -19,7 +19,6 @@ point to it."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -606,5 +605,5 @@ def addresses(config: Config) -> list[Address]:
     for svc in config.services:
         for r in svc.reals:
             if not r.local:
-                out[ipaddress.ip_address(str(r.address))] = None
+                out[r.address] = None
     return list(out)

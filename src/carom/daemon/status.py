@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import logging
+import sys
+import threading
 import time
+import traceback
 from typing import Any
 
 from carom import abi
@@ -17,6 +21,9 @@ from carom.daemon.reconcile import Reconciler, svc_ident
 
 LAG_INTERVAL_S = 0.01
 LAG_WINDOW_S = 60.0
+STALL_REPORT_S = 0.1  # a stall this long is logged with where the loop was stuck
+
+log = logging.getLogger("carom.daemon")
 
 
 class LoopLag:
@@ -27,11 +34,35 @@ class LoopLag:
     def __init__(self) -> None:
         self.max_ms = 0.0
         self.recent: collections.deque[tuple[float, float]] = collections.deque()
+        self.tick = time.monotonic()
+
+    def _watch(self, loop_thread: int, stop: threading.Event) -> None:
+        """Watchdog thread: when the loop has not ticked for STALL_REPORT_S, log
+        the loop thread's stack once, so a stall names its cause."""
+        reported = 0.0
+        while not stop.wait(STALL_REPORT_S / 2):
+            tick = self.tick
+            if time.monotonic() - tick > STALL_REPORT_S and reported != tick:
+                reported = tick
+                frame = sys._current_frames().get(loop_thread)
+                where = "".join(traceback.format_stack(frame, limit=8)) if frame else "?"
+                log.warning("event loop stalled", extra={"stack": where})
 
     async def probe(self) -> None:
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(threading.get_ident(), stop), daemon=True
+        ).start()
+        try:
+            await self._probe(loop)
+        finally:
+            stop.set()
+
+    async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             t0 = loop.time()
+            self.tick = time.monotonic()
             await asyncio.sleep(LAG_INTERVAL_S)
             now = loop.time()
             lag = max(0.0, (now - t0 - LAG_INTERVAL_S) * 1000)
