@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import ipaddress
 import logging
 import sys
@@ -35,6 +36,15 @@ class LoopLag:
         self.max_ms = 0.0
         self.recent: collections.deque[tuple[float, float]] = collections.deque()
         self.tick = time.monotonic()
+        self.gc_max_ms = 0.0  # longest garbage collection (it holds the GIL throughout)
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_max_ms = max(self.gc_max_ms, (time.perf_counter() - self._gc_start) * 1000)
 
     def _watch(self, loop_thread: int, stop: threading.Event) -> None:
         """Watchdog thread: when the loop has not ticked for STALL_REPORT_S, log
@@ -44,9 +54,12 @@ class LoopLag:
             tick = self.tick
             if time.monotonic() - tick > STALL_REPORT_S and reported != tick:
                 reported = tick
-                frame = sys._current_frames().get(loop_thread)
-                where = "".join(traceback.format_stack(frame, limit=8)) if frame else "?"
-                log.warning("event loop stalled", extra={"stack": where})
+                where = {
+                    str(ident): "".join(traceback.format_stack(frame, limit=6))
+                    for ident, frame in sys._current_frames().items()
+                    if ident not in (loop_thread, threading.get_ident())
+                }
+                log.warning("event loop stalled", extra={"threads": where})
 
     async def probe(self) -> None:
         loop = asyncio.get_running_loop()
@@ -74,7 +87,11 @@ class LoopLag:
 
     def summary(self) -> dict[str, float]:
         last = max((lag for _, lag in self.recent), default=0.0)
-        return {"max": round(self.max_ms, 2), "max_last_minute": round(last, 2)}
+        return {
+            "max": round(self.max_ms, 2),
+            "max_last_minute": round(last, 2),
+            "gc_max": round(self.gc_max_ms, 2),
+        }
 
 
 def expected_fingerprints(rec: Reconciler) -> dict[int, str]:
