@@ -234,13 +234,8 @@ class Reconciler:
         to: entries younger than the longest idle time (or persistence timeout)."""
         now = time.monotonic_ns()
         n = self.current.node  # the idle times the data plane runs with now
-        idle = max(
-            config.timeouts.tcp_idle * 10**9,
-            config.timeouts.udp_idle * 10**9,
-            int(n.tcp_idle_ns),
-            int(n.udp_idle_ns),
-        )
-        tcp_udp = idle + LAST_SEEN_SLACK_NS
+        tcp = max(config.timeouts.tcp_idle * 10**9, int(n.tcp_idle_ns)) + LAST_SEEN_SLACK_NS
+        udp = max(config.timeouts.udp_idle * 10**9, int(n.udp_idle_ns)) + LAST_SEEN_SLACK_NS
         persist = max(
             [s.persistence_timeout for s in config.services]
             + [int(i.persist_timeout_s) for i in self.current.services.values()]
@@ -248,8 +243,9 @@ class Reconciler:
         )
         persist_ns = persist * 10**9 + LAST_SEEN_SLACK_NS
         busy: set[int] = set()
-        for _, cv in self.dp["conn_table"].items():
-            if now - int(cv.last_seen_ns) <= tcp_udp:
+        for key, cv in self.dp["conn_table"].items():
+            idle = tcp if key.proto == 6 else udp if key.proto == 17 else max(tcp, udp)
+            if now - int(cv.last_seen_ns) <= idle:
                 busy.add(int(cv.real_id))
         if persist:
             for _, pv in self.dp["persist_table"].items():
