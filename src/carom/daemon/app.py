@@ -103,12 +103,12 @@ def _parse(path: str) -> Config | list[str]:
 
 
 def settle_heap() -> None:
-    """Collect the young generations, then move what is alive out of the cyclic
-    collector's reach (gc.freeze) and let it run again. A config of 4096 services
-    is ~10^5 objects; an automatic full collection over them holds the GIL for
-    hundreds of ms and would stall the event loop. Objects freed by reference
-    counting still go at once; only cycles among frozen objects stay."""
-    gc.collect(1)
+    """Move what is alive now out of the cyclic collector's reach (gc.freeze),
+    then let it run again. A config of 4096 services is ~10^5 objects; any
+    collection over them (even of the young generations, right after a reload)
+    holds the GIL for 100+ ms and stalls the event loop. Objects freed by
+    reference counting still go at once; only garbage cycles made during a
+    reload stay (a few small asyncio objects at most)."""
     gc.freeze()
     gc.enable()
 

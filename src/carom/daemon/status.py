@@ -57,7 +57,7 @@ class LoopLag:
                 where = {
                     str(ident): "".join(traceback.format_stack(frame, limit=6))
                     for ident, frame in sys._current_frames().items()
-                    if ident not in (loop_thread, threading.get_ident())
+                    if ident != threading.get_ident()
                 }
                 log.warning("event loop stalled", extra={"threads": where})
 
