@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -214,3 +216,29 @@ def test_failure_at_any_apply_step_rolls_back_and_keeps_serving(lab: Lab, dir1: 
         assert set(served) == {"carom-real1", "carom-real2", "carom-dir2"}, served
     finally:
         hold.close()
+
+
+def _log_until(d: Director, pattern: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in d.log().splitlines() if re.search(pattern, line)]
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no log line matching {pattern!r}:\n{d.log()[-3000:]}")
+
+
+def test_sighup_reload_logs_its_outcome(lab: Lab, dir1: Director) -> None:
+    dir1.start(lab_config())
+    assert dir1.proc is not None
+    dir1.write_config("interfaces: [carom0]\nservices:\n  - vip: 192.0.2.100\n    port: 99999\n")
+    dir1.proc.send_signal(signal.SIGHUP)
+    line = _log_until(dir1, r"reload refused.*origin=SIGHUP")
+    assert "services[0].port" in line
+    assert len(curl(lab, "client1", f"http://{t.VIP4}/", 3)) == 3
+    cfg = lab_config()
+    cfg["timeouts"] = {"tcp_idle": 600}
+    dir1.write_config(cfg)
+    dir1.proc.send_signal(signal.SIGHUP)
+    line = _log_until(dir1, r"msg=reloaded origin=SIGHUP")
+    assert "map_writes=1 " in line  # node_cfg only
