@@ -17,7 +17,8 @@ from carom import abi
 from carom.bpf.loader import Dataplane, Limits
 from carom.config.load import parse_config
 from carom.config.schema import Config
-from carom.daemon.reconcile import STEPS, ApplyError, ReconcileError, Reconciler, real_key
+from carom.daemon.image import STEPS, ApplyError, ReconcileError, real_key
+from carom.daemon.reconcile import Reconciler
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 

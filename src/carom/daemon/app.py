@@ -31,15 +31,15 @@ from carom.config.load import ConfigError, load_config
 from carom.config.schema import Config
 from carom.daemon import control, explain
 from carom.daemon.follow import NeighbourFollower
-from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
-from carom.daemon.reconcile import (
+from carom.daemon.image import (
     ApplyError,
     Desired,
     ReconcileError,
-    Reconciler,
     Transaction,
     addresses,
 )
+from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
+from carom.daemon.reconcile import Reconciler
 from carom.daemon.status import LoopLag, build_status, expected_fingerprints
 
 log = logging.getLogger("carom.daemon")

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from carom import abi
-from carom.daemon.reconcile import ApplyError, ReconcileError
+from carom.daemon.image import ApplyError, ReconcileError
 from carom.net.neighbours import Neighbour, NeighbourEvents, NeighbourTable, updated
 
 if TYPE_CHECKING:

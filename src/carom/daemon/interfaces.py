@@ -11,7 +11,7 @@ from collections.abc import Callable
 from carom.bpf import libbpf, loader
 from carom.bpf.loader import Dataplane
 from carom.config.schema import Config
-from carom.daemon.reconcile import Transaction
+from carom.daemon.image import Transaction
 
 log = logging.getLogger("carom.daemon")
 

@@ -18,7 +18,8 @@ from carom import abi
 from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
 from carom.config.schema import Config
-from carom.daemon.reconcile import Reconciler, svc_ident
+from carom.daemon.image import svc_ident
+from carom.daemon.reconcile import Reconciler
 
 LAG_INTERVAL_S = 0.01
 LAG_WINDOW_S = 60.0
