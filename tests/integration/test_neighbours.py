@@ -113,9 +113,9 @@ async def main():
         nonlocal known
         async for ev in events.events():
             if ev.address == a:
-                new = updated(known, ev)
-                if new.mac != known.mac:
-                    return new
+                known = updated(known, ev)  # ARP may answer first: wait for ours
+                if known.mac == bytes.fromhex("020000000099"):
+                    return known
     new = await asyncio.wait_for(first_change(), 5)
     print("event", new.state, new.mac.hex())
     await events.close()
