@@ -343,9 +343,11 @@ class Daemon:
             check_xdp_mode(self.dp, self.config, new)
         except (ConfigError, ReloadError, InterfaceError) as exc:
             return self._refused(str(exc), origin)
+        parsed = time.monotonic()
         # 32k reals take a while to walk: not on the event loop
         addrs = await asyncio.to_thread(addresses, new)
         await self.follower.resolve(addrs, wait=1.0)
+        resolved = time.monotonic()
         try:
             writes, want = await self.apply(new, self.config)
         except ReconcileError as exc:
@@ -365,7 +367,13 @@ class Daemon:
         self.config = new
         self.follower.forget_unused(addrs)
         settle_heap()
-        took = time.monotonic() - started
+        done = time.monotonic()
+        took = done - started
+        phases = {
+            "parse": round(parsed - started, 4),
+            "neighbours": round(resolved - parsed, 4),
+            "apply": round(done - resolved, 4),
+        }
         log.info(
             "reloaded",
             extra={
@@ -380,12 +388,14 @@ class Daemon:
             "ok": True,
             "writes": writes,
             "seconds": took,
+            "phases": phases,
             "tables_built": want.built,
         }
         return {
             "ok": True,
             "writes": writes,
             "seconds": took,
+            "phases": phases,
             "tables_built": want.built,
             "warnings": new.warnings(),
         }
