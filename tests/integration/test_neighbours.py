@@ -102,10 +102,12 @@ EVENTS = """
 import asyncio, ipaddress, subprocess, sys
 from carom.net.neighbours import NeighbourEvents, NeighbourTable, updated
 a = ipaddress.ip_address("192.0.2.11")
+# the synchronous table runs a loop of its own: outside ours (the daemon uses a thread)
+first = NeighbourTable().lookup_many([a])[a]
 async def main():
     events = NeighbourEvents()
     await events.open()
-    known = NeighbourTable().lookup_many([a])[a]
+    known = first
     print("start", known.state, known.mac.hex() if known.mac else "-", flush=True)
     subprocess.run(["ip", "neigh", "replace", "192.0.2.11", "lladdr", "02:00:00:00:00:99",
                     "dev", "carom0", "nud", "reachable"], check=True)
