@@ -100,3 +100,44 @@ def test_dynamic_resolved_static_kept_missing_failed(pair: tuple[str, str]) -> N
         ["ip", "-n", d, "neigh", "show", "192.0.2.12"], capture_output=True, text=True, check=True
     ).stdout
     assert "PERMANENT" in neigh, f"the static entry was disturbed: {neigh}"
+
+
+EVENTS = """
+import asyncio, ipaddress, subprocess, sys
+from carom.net.neighbours import NeighbourEvents, NeighbourTable, updated
+a = ipaddress.ip_address("192.0.2.11")
+# the synchronous table runs a loop of its own: outside ours (the daemon uses a thread)
+first = NeighbourTable().lookup_many([a])[a]
+async def main():
+    events = NeighbourEvents()
+    await events.open()
+    known = first
+    print("start", known.state, known.mac.hex() if known.mac else "-", flush=True)
+    subprocess.run(["ip", "neigh", "replace", "192.0.2.11", "lladdr", "02:00:00:00:00:99",
+                    "dev", "carom0", "nud", "reachable"], check=True)
+    async def first_change():
+        nonlocal known
+        async for ev in events.events():
+            if ev.address == a:
+                known = updated(known, ev)  # ARP may answer first: wait for ours
+                if known.mac == bytes.fromhex("020000000099"):
+                    return known
+    new = await asyncio.wait_for(first_change(), 5)
+    print("event", new.state, new.mac.hex())
+    await events.close()
+asyncio.run(main())
+"""
+
+
+def test_mac_change_arrives_as_an_event(pair: tuple[str, str]) -> None:
+    """No polling: a changed entry reaches the daemon's follower as a kernel event."""
+    d, _ = pair
+    out = subprocess.run(
+        ["ip", "netns", "exec", d, sys.executable, "-c", EVENTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+    assert lines["event"] == ["reachable", "020000000099"], out.stdout

@@ -19,7 +19,9 @@ from typing import Any
 
 log = logging.getLogger("carom.control")
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# A handler returns a reply to encode, or one already encoded (a large reply is
+# encoded off the event loop, see daemon/app.py).
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | bytes]]
 DEFAULT_SOCKET_DIR = "/run/carom"
 MAX_REQUEST_BYTES = 64 * 1024  # a request is a command and a few short arguments
 READ_TIMEOUT_S = 5.0  # a client that sends nothing must not hold a connection open
@@ -114,7 +116,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-async def _answer(reader: asyncio.StreamReader, handler: Handler) -> dict[str, Any]:
+async def _answer(reader: asyncio.StreamReader, handler: Handler) -> dict[str, Any] | bytes:
     try:
         line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
     except TimeoutError:
@@ -149,7 +151,10 @@ async def serve(path: str, handler: Handler) -> asyncio.Server:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             response = await _answer(reader, handler)
-            writer.write(json.dumps(response, default=str).encode() + b"\n")
+            if isinstance(response, bytes):
+                writer.write(response + b"\n")
+            else:
+                writer.write(json.dumps(response, default=str).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
         except (TimeoutError, ConnectionError):
             pass  # the client went away or stopped reading: nothing to answer

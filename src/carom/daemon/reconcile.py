@@ -6,81 +6,52 @@ config and the neighbour table, and applies the difference in an order that
 never shows the data plane a service whose table points at unknown reals. Every
 write is recorded in an undo log, so a failed apply restores the old state.
 
+It scales by doing only what changed: a Maglev table is a pure function of its
+(real, id, weight) set, so tables are cached by that set and shared by every
+service with the same set; a reload rebuilds only new sets, and writes only the
+rows (and slots) that differ. The work runs in a worker thread: desired() and
+write() touch nothing the event loop reads until commit() swaps the result in.
+
 Established flows are never touched: the connection table is not written, and
-reals that leave the config stay in `reals` (draining) so their flows go on."""
+reals that leave the config stay in `reals` (draining) with their id, which is
+not given to another address while a connection or persistence entry may still
+point to it."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from carom import abi
 from carom.bpf.loader import Dataplane
-from carom.config.schema import Config, Service
-from carom.model.state import Real
+from carom.config.schema import Config
+from carom.daemon.image import (
+    LAST_SEEN_SLACK_NS,
+    STEPS,
+    Address,
+    ApplyError,
+    Desired,
+    Image,
+    MemberSet,
+    RealView,
+    ReconcileError,
+    SvcIdent,
+    Table,
+    Transaction,
+    ident_of,
+    real_info,
+    real_key,
+    svc_ident,
+    svc_key,
+)
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
 log = logging.getLogger("carom.reconcile")
-
-Address = abi.IPAddress
-SvcIdent = tuple[Address, int, int]  # vip, proto, port (0 = all)
-
-
-def real_key(address: Address) -> bytes:
-    """Identity of a real in Maglev: family + 16 address bytes (order-free, stable)."""
-    return bytes([address.version]) + address.packed.ljust(16, b"\0")
-
-
-@dataclass
-class Image:
-    """What the maps hold (or should hold), as Python values."""
-
-    node: abi.NodeCfg = field(default_factory=abi.NodeCfg)
-    services: dict[SvcIdent, abi.SvcInfo] = field(default_factory=dict)
-    rows: dict[int, np.ndarray] = field(default_factory=dict)  # service id -> real ids
-    reals: dict[int, abi.RealInfo] = field(default_factory=dict)
-    vips: dict[tuple[Address, int], int] = field(default_factory=dict)  # (vip, family) -> count
-    real_macs: dict[bytes, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RealView:
-    """One real of one service, for status and explain."""
-
-    address: str
-    real_id: int
-    weight: int
-    local: bool
-    mac: str | None
-    state: str  # up | local | unresolved | drained
-    detail: str
-
-
-@dataclass
-class Desired:
-    image: Image
-    service_views: dict[SvcIdent, list[RealView]]
-    fingerprints: dict[SvcIdent, str]
-    names: dict[SvcIdent, str]
-    draining: list[str]  # reals kept only for their established flows
-
-
-def svc_ident(svc: Service) -> SvcIdent:
-    return (svc.vip, abi.PROTOCOLS[svc.protocol], svc.port_number)
-
-
-def svc_key(ident: SvcIdent) -> abi.SvcKey:
-    return abi.svc_key(*ident)
-
-
-def ident_of(key: abi.SvcKey) -> SvcIdent:
-    return (key.vip.to_ip(key.family), int(key.proto), abi.port_host(key.port))
 
 
 def _discard(_: object) -> None:
@@ -99,8 +70,15 @@ class Reconciler:
         self.size = dp.limits.maglev_table_size
         self.current = Image()
         self.real_ids: dict[Address, int] = {}
+        self.tables: dict[MemberSet, Table] = {}
         self.last: Desired | None = None
         self.writes_total = 0
+        # A fresh (not adopted) map is all zeros: rows need not be read back.
+        self._zero_row = np.zeros(self.size, dtype=np.uint32)
+        self._zero_row.flags.writeable = False
+        self.fresh = not dp.adopted
+        # Test hook: called after each apply step, may raise to inject a failure.
+        self.fault: Callable[[str], None] | None = None
 
     # --- reading back a running data plane --------------------------------------------
     def adopt(self) -> None:
@@ -110,34 +88,132 @@ class Reconciler:
         cfg = dp["node_cfg"].lookup(0)
         img.node = cfg if cfg is not None else abi.NodeCfg()
         for key, info in dp["services"].items():
-            ident = ident_of(key)
-            img.services[ident] = info
+            img.services[ident_of(key)] = info
         maglev_map = dp["maglev"]
+        seen: dict[bytes, np.ndarray] = {}
         for sid in sorted({int(i.id) for i in img.services.values()}):
-            img.rows[sid] = self._read_row(maglev_map, sid)
+            row = self._read_row(maglev_map, sid)
+            # identical rows share one array, as they do after a build
+            img.rows[sid] = seen.setdefault(row.tobytes(), row)
+        real_ids: dict[Address, int] = {}
         for rid, info in dp["reals"].items():
             if info.family:
                 img.reals[int(rid)] = info
-                self.real_ids[info.addr.to_ip(info.family)] = int(rid)
+                real_ids[info.addr.to_ip(info.family)] = int(rid)
         for key, count in dp["vip_addrs"].items():
             img.vips[(key.addr.to_ip(key.family), int(key.family))] = int(count)
         for key, rid in dp["real_macs"].items():
             img.real_macs[bytes(key.mac)] = int(rid)
         self.current = img
+        self.real_ids = real_ids
+        self.fresh = False
         log.info("adopted data plane: %d services, %d reals", len(img.services), len(img.reals))
 
     def _read_row(self, m: Any, sid: int) -> np.ndarray:
-        return np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
+        row = np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
+        row.flags.writeable = False
+        return row
 
-    # --- desired state ------------------------------------------------------------------
-    def _alloc(self, used: set[int], start: int, limit: int, what: str) -> int:
-        for i in range(start, limit):
+    # --- ids ----------------------------------------------------------------------------
+    def referenced_real_ids(self, config: Config) -> set[int]:
+        """Real ids that a connection or persistence entry may still send a packet
+        to: entries younger than the longest idle time (or persistence timeout)."""
+        now = time.monotonic_ns()
+        n = self.current.node  # the idle times the data plane runs with now
+        tcp = max(config.timeouts.tcp_idle * 10**9, int(n.tcp_idle_ns)) + LAST_SEEN_SLACK_NS
+        udp = max(config.timeouts.udp_idle * 10**9, int(n.udp_idle_ns)) + LAST_SEEN_SLACK_NS
+        persist = max(
+            [s.persistence_timeout for s in config.services]
+            + [int(i.persist_timeout_s) for i in self.current.services.values()]
+            + [0]
+        )
+        persist_ns = persist * 10**9 + LAST_SEEN_SLACK_NS
+        busy: set[int] = set()
+        for key, cv in self.dp["conn_table"].items():
+            idle = tcp if key.proto == 6 else udp if key.proto == 17 else max(tcp, udp)
+            if now - int(cv.last_seen_ns) <= idle:
+                busy.add(int(cv.real_id))
+        if persist:
+            for _, pv in self.dp["persist_table"].items():
+                if now - int(pv.last_seen_ns) <= persist_ns:
+                    busy.add(int(pv.real_id))
+        return busy
+
+    def _allocate_reals(
+        self, config: Config, wanted: set[Address]
+    ) -> tuple[dict[Address, int], list[str]]:
+        """Ids for the config's reals: kept per address across reloads and restarts.
+        A draining real keeps its id until no live entry can point to it; only
+        then may a new address take it, and only when no never-used id is left."""
+        max_reals = self.dp.limits.max_reals
+        real_ids = dict(self.real_ids)
+        new = [a for a in sorted(wanted, key=real_key) if a not in real_ids]
+        released: list[str] = []
+        if not new:
+            return real_ids, released
+        used = set(real_ids.values())
+        free = (max_reals - 1) - len(used)
+        if free < len(new):
+            draining = sorted(
+                ((rid, a) for a, rid in real_ids.items() if a not in wanted),
+                key=lambda x: x[0],
+            )
+            busy = self.referenced_real_ids(config) if draining else set()
+            held = []
+            for rid, a in draining:
+                if free >= len(new):
+                    break
+                if rid in busy:
+                    held.append(str(a))
+                    continue
+                del real_ids[a]
+                used.discard(rid)
+                released.append(str(a))
+                free += 1
+            if free < len(new):
+                why = (
+                    f"; draining reals whose connections are still live hold {len(held)} "
+                    f"of them ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}): "
+                    "they free up when their connections end (timeouts.tcp_idle/udp_idle)"
+                    if held
+                    else ""
+                )
+                raise ReconcileError(
+                    f"no free real id for {len(new)} new real(s) ({new[0]}, ...): "
+                    f"ids 1..{max_reals - 1} are all in use{why}; raise limits.max_reals"
+                )
+        next_id = 1
+        for address in new:
+            while next_id in used:
+                next_id += 1
+            real_ids[address] = next_id
+            used.add(next_id)
+        return real_ids, released
+
+    def _alloc_service(self, used: set[int], limit: int) -> int:
+        for i in range(limit):
             if i not in used:
                 return i
-        raise ValueError(f"no free {what} id (limit {limit}); raise limits in the config")
+        raise ReconcileError(
+            f"no free service id (limit {limit}); raise limits.max_services in the config"
+        )
+
+    # --- desired state ------------------------------------------------------------------
+    def table(self, members: MemberSet, fresh: dict[MemberSet, Table]) -> tuple[Table, bool]:
+        """The table of one member set: from the cache, or built (and cached in
+        `fresh`). Returns whether it was built."""
+        t = self.tables.get(members) or fresh.get(members)
+        if t is not None:
+            return t, False
+        row = maglev.build_ids({k: (rid, w) for k, rid, w in members}, self.size)
+        row.flags.writeable = False
+        t = Table(row, maglev.fingerprint(row))
+        fresh[members] = t
+        return t, True
 
     def desired(self, config: Config, neighbours: dict[Address, Neighbour]) -> Desired:
-        """The image the config asks for. Pure apart from id allocation bookkeeping."""
+        """The image the config asks for. Changes nothing: ids and tables it
+        allocates become the reconciler's own only through commit()."""
         img = Image()
         img.node = abi.NodeCfg(
             role=int(abi.Role.ACTIVE if config.node.role == "active" else abi.Role.BACKUP),
@@ -146,51 +222,34 @@ class Reconciler:
             tcp_idle_ns=config.timeouts.tcp_idle * 10**9,
             udp_idle_ns=config.timeouts.udp_idle * 10**9,
         )
-        max_reals = self.dp.limits.max_reals
         views: dict[SvcIdent, list[RealView]] = {}
         fingerprints: dict[SvcIdent, str] = {}
         names: dict[SvcIdent, str] = {}
 
-        # Real ids: stable per address across reloads and restarts.
         wanted: dict[Address, tuple[bool, Neighbour | None]] = {}
         for svc in config.services:
             for r in svc.reals:
                 wanted[r.address] = (r.local, neighbours.get(r.address))
-        used_real_ids = set(self.real_ids.values())
-        for address in sorted(wanted, key=real_key):
-            if address not in self.real_ids:
-                drained = [a for a in self.real_ids if a not in wanted]
-                if len(used_real_ids) >= max_reals - 1 and drained:
-                    victim = drained[0]
-                    log.warning("reusing the id of drained real %s for %s", victim, address)
-                    used_real_ids.discard(self.real_ids.pop(victim))
-                rid = self._alloc(used_real_ids, 1, max_reals, "real")
-                self.real_ids[address] = rid
-                used_real_ids.add(rid)
+        real_ids, released = self._allocate_reals(config, set(wanted))
 
-        for address, rid in self.real_ids.items():
+        for address, rid in real_ids.items():
             prev = self.current.reals.get(rid)
-            if address in wanted:
-                local, nb = wanted[address]
-                mac = b"" if local else (nb.mac if nb and nb.mac else b"")
-                if (
-                    not local
-                    and not mac
-                    and prev is not None
-                    and bytes(prev.mac) != bytes(6)
-                    and nb is not None
-                    and nb.state in ("incomplete", "probing")
-                ):
-                    mac = bytes(prev.mac)  # still resolving: keep the MAC we had
-                usable = local or bool(mac)
-            elif prev is not None:  # draining: left the config, flows continue
-                img.reals[rid] = prev
+            if address not in wanted:
+                if prev is not None:  # draining: left the config, flows continue
+                    img.reals[rid] = prev
                 continue
-            else:
-                continue
-            img.reals[rid] = Real(
-                rid, address, mac=mac or bytes(6), local=local, usable=usable
-            ).info()
+            local, nb = wanted[address]
+            mac = b"" if local else (nb.mac if nb and nb.mac else b"")
+            if (
+                not local
+                and not mac
+                and prev is not None
+                and bytes(prev.mac) != bytes(6)
+                and nb is not None
+                and nb.state in ("incomplete", "probing")
+            ):
+                mac = bytes(prev.mac)  # still resolving: keep the MAC we had
+            img.reals[rid] = real_info(address, mac, local, local or bool(mac))
             if mac and not local:
                 img.real_macs[mac] = rid
 
@@ -199,71 +258,109 @@ class Reconciler:
         svc_ids = {ident: int(info.id) for ident, info in self.current.services.items()}
         wanted_svcs = {svc_ident(s) for s in config.services}
         used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
+        fresh: dict[MemberSet, Table] = {}
+        in_use: dict[MemberSet, Table] = {}
+        per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
+        built = 0
+        persist_flag = int(abi.SvcFlags.PERSIST)
         for svc in config.services:
             ident = svc_ident(svc)
             sid = svc_ids.get(ident)
             if sid is None:
-                sid = self._alloc(used_svc_ids, 0, self.dp.limits.max_services, "service")
+                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services)
             used_svc_ids.add(sid)
             img.services[ident] = abi.SvcInfo(
                 id=sid,
-                flags=int(abi.SvcFlags.PERSIST) if svc.persistence_timeout else 0,
+                flags=persist_flag if svc.persistence_timeout else 0,
                 persist_timeout_s=svc.persistence_timeout,
             )
-            members: dict[bytes, tuple[int, int]] = {}
+            members = []
             view = []
             for r in svc.reals:
-                rid = self.real_ids[r.address]
-                rinfo = img.reals[rid]
-                usable = not rinfo.flags & abi.RealFlags.UNUSABLE
-                nb = neighbours.get(r.address)
-                if r.local:
-                    state, detail = "local", "served by this node's own stack"
-                elif not usable:
-                    state = "unresolved"
-                    detail = nb.detail if nb else "not resolved yet"
-                elif r.weight == 0:
-                    state, detail = "drained", "weight 0: no new connections"
-                else:
-                    state, detail = "up", nb.state if nb else ""
-                if usable and r.weight > 0:
-                    members[real_key(r.address)] = (rid, r.weight)
-                shown = None if r.local or not usable else abi.mac_str(bytes(rinfo.mac))
-                view.append(RealView(str(r.address), rid, r.weight, r.local, shown, state, detail))
-            row = maglev.build_ids(members, self.size)
-            img.rows[sid] = row
+                # many services share reals: work each (real, weight) out once
+                per = per_real.get((r.address, r.weight))
+                if per is None:
+                    per = per_real[(r.address, r.weight)] = self._real_view(
+                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
+                    )
+                if per[0] is not None:
+                    members.append(per[0])
+                view.append(per[1])
+            key = tuple(sorted(members))
+            table, new_build = self.table(key, fresh)
+            built += new_build
+            in_use[key] = table
+            img.rows[sid] = table.row
             views[ident] = view
-            fingerprints[ident] = maglev.fingerprint(row)
+            fingerprints[ident] = table.fingerprint
             names[ident] = svc.display_name
             vk = (svc.vip, int(abi.family_of(svc.vip)))
             img.vips[vk] = img.vips.get(vk, 0) + 1
-        draining = [
-            str(a) for a, rid in self.real_ids.items() if a not in wanted and rid in img.reals
-        ]
-        return Desired(img, views, fingerprints, names, draining)
+        draining = [str(a) for a, rid in real_ids.items() if a not in wanted and rid in img.reals]
+        return Desired(img, views, fingerprints, names, draining, real_ids, in_use, built, released)
+
+    @staticmethod
+    def _real_view(
+        address: Address,
+        weight: int,
+        local: bool,
+        real_ids: dict[Address, int],
+        img: Image,
+        neighbours: dict[Address, Neighbour],
+    ) -> tuple[tuple[bytes, int, int] | None, RealView]:
+        """A real's Maglev member (None: no slots) and its status view."""
+        rid = real_ids[address]
+        rinfo = img.reals[rid]
+        usable = not int(rinfo.flags) & int(abi.RealFlags.UNUSABLE)
+        nb = neighbours.get(address)
+        if local:
+            state, detail = "local", "served by this node's own stack"
+        elif not usable:
+            state = "unresolved"
+            detail = nb.detail if nb else "not resolved yet"
+        elif weight == 0:
+            state, detail = "drained", "weight 0: no new connections"
+        else:
+            state, detail = "up", nb.state if nb else ""
+        member = (real_key(address), rid, weight) if usable and weight > 0 else None
+        shown = None if local or not usable else abi.mac_str(bytes(rinfo.mac))
+        return member, RealView(str(address), rid, weight, local, shown, state, detail)
 
     # --- applying -----------------------------------------------------------------------
     def apply(self, want: Desired) -> int:
-        """Write the difference between the current image and `want`; returns the
-        number of map elements written. On failure, undoes what it wrote."""
-        undo: list[Callable[[], None]] = []
-        writes = 0
+        """write() and commit(): the number of map elements written. On failure
+        everything written is undone and ApplyError says how far it got."""
+        tx = self.write(want)
+        self.commit(want, tx)
+        return tx.writes
+
+    def write(self, want: Desired) -> Transaction:
+        """Write the difference between the current image and `want`. The
+        returned transaction can still be rolled back (a later step of a reload
+        failed) until commit(). Raises ApplyError after undoing its own writes."""
+        tx = Transaction()
         dp, cur, new = self.dp, self.current, want.image
+        step = STEPS[0]
 
         def put(map_name: str, key: Any, value: Any, old: Any | None) -> None:
-            nonlocal writes
             dp[map_name].update(key, value)
-            writes += 1
+            tx.writes += 1
             if old is None:
-                undo.append(lambda: _discard(dp[map_name].delete(key)))
+                tx.undo.append(lambda: _discard(dp[map_name].delete(key)))
             else:
-                undo.append(lambda: dp[map_name].update(key, old))
+                tx.undo.append(lambda: dp[map_name].update(key, old))
 
         def delete(map_name: str, key: Any, old: Any) -> None:
-            nonlocal writes
             dp[map_name].delete(key)
-            writes += 1
-            undo.append(lambda: dp[map_name].update(key, old))
+            tx.writes += 1
+            tx.undo.append(lambda: dp[map_name].update(key, old))
+
+        def done(name: str) -> None:
+            nonlocal step
+            tx.steps_done.append(name)
+            if self.fault is not None:
+                self.fault(name)
+            step = STEPS[min(len(tx.steps_done), len(STEPS) - 1)]
 
         try:
             # 1. reals before anything points at them
@@ -271,72 +368,102 @@ class Reconciler:
                 old = cur.reals.get(rid)
                 if old is None or bytes(old) != bytes(rinfo):
                     put("reals", rid, rinfo, old if old is not None else abi.RealInfo())
+            done("reals")
             for mac, rid in new.real_macs.items():
                 if cur.real_macs.get(mac) != rid:
                     put("real_macs", _mac_key(mac), rid, cur.real_macs.get(mac))
-            # 2. Maglev rows: only the slots that change
+            done("real_macs")
+            # 2. Maglev rows: only rows whose table changed, only the slots that differ
             for info in new.services.values():
                 sid = int(info.id)
-                old_row = cur.rows.get(sid)
-                if old_row is None:
-                    old_row = self._read_row(dp["maglev"], sid)
                 row = new.rows[sid]
-                changed = np.nonzero(old_row != row)[0]
-                if len(changed):
-                    idx = (changed + sid * self.size).astype(np.uint32)
-                    vals = row[changed].astype(np.uint32)
-                    dp["maglev"].update_batch_raw(idx.tobytes(), vals.tobytes(), len(idx))
-                    writes += len(idx)
-                    prev = old_row[changed].astype(np.uint32)
-
-                    def restore(idx: np.ndarray = idx, prev: np.ndarray = prev) -> None:
-                        dp["maglev"].update_batch_raw(idx.tobytes(), prev.tobytes(), len(idx))
-
-                    undo.append(restore)
+                old_row = cur.rows.get(sid)
+                if old_row is row:
+                    continue
+                if old_row is None:
+                    old_row = self._zero_row if self.fresh else self._read_row(dp["maglev"], sid)
+                tx.writes += self._write_slots(sid, old_row, row)
+                tx.undo.append(self._restore_row(sid, row, old_row))
+            done("maglev")
             # 3. services, then their VIP addresses
             for ident, info in new.services.items():
                 old_info = cur.services.get(ident)
                 if old_info is None or bytes(old_info) != bytes(info):
                     put("services", svc_key(ident), info, old_info)
-            for (vip, _fam), count in new.vips.items():
-                old_count = cur.vips.get((vip, _fam))
+            done("services")
+            for (vip, fam), count in new.vips.items():
+                old_count = cur.vips.get((vip, fam))
                 if old_count != count:
                     put("vip_addrs", abi.vip_key(vip), count, old_count)
+            done("vip_addrs")
             # 4. removals: VIP address first, so nothing half-removed is looked up
             for (vip, fam), count in cur.vips.items():
                 if (vip, fam) not in new.vips:
                     delete("vip_addrs", abi.vip_key(vip), count)
+            done("remove_vip_addrs")
             for ident, info in cur.services.items():
                 if ident not in new.services:
                     delete("services", svc_key(ident), info)
+            done("remove_services")
             for mac, rid in cur.real_macs.items():
                 if mac not in new.real_macs:
                     delete("real_macs", _mac_key(mac), rid)
+            done("remove_real_macs")
             for rid, rinfo in cur.reals.items():
                 if rid not in new.reals:
                     put("reals", rid, abi.RealInfo(), rinfo)
+            done("remove_reals")
             # 5. node settings last
             if bytes(cur.node) != bytes(new.node):
                 put("node_cfg", 0, new.node, cur.node)
-        except Exception:
-            log.error("apply failed after %d writes; restoring the previous state", writes)
-            for step in reversed(undo):
-                try:
-                    step()
-                except Exception as exc:  # keep undoing the rest
-                    log.error("undo step failed: %s", exc)
-            raise
+            done("node_cfg")
+        except Exception as exc:
+            writes = tx.writes
+            errors = tx.rollback()
+            clean = not errors
+            log.error("apply failed at %s after %d writes; rolled back", step, writes)
+            raise ApplyError(
+                f"map update failed at step {step} after {writes} map writes ({exc}); "
+                + (
+                    "all of them were undone: the previous state serves"
+                    if clean
+                    else f"{len(errors)} undo steps failed ({errors[0]}): the maps are "
+                    "partly updated"
+                ),
+                step,
+                writes,
+                clean,
+            ) from exc
+        return tx
+
+    def _restore_row(self, sid: int, row: np.ndarray, old_row: np.ndarray) -> Callable[[], None]:
+        def restore() -> None:
+            self._write_slots(sid, row, old_row)
+
+        return restore
+
+    def _write_slots(self, sid: int, old_row: np.ndarray, row: np.ndarray) -> int:
+        """Write the slots of row `sid` where `row` differs from `old_row`."""
+        changed = np.flatnonzero(old_row != row)
+        if not len(changed):
+            return 0
+        idx = (changed + sid * self.size).astype(np.uint32)
+        vals = np.ascontiguousarray(row[changed], dtype=np.uint32)
+        self.dp["maglev"].update_batch_raw(idx.tobytes(), vals.tobytes(), len(idx))
+        return len(idx)
+
+    def commit(self, want: Desired, tx: Transaction) -> None:
+        """Make `want` the reconciler's state: what the maps now hold."""
+        new = want.image
+        # rows of removed services stay in the map: remember what they hold
+        for sid, row in self.current.rows.items():
+            new.rows.setdefault(sid, row)
         self.current = new
+        self.real_ids = want.real_ids
+        self.tables = want.tables
         self.last = want
-        self.writes_total += writes
-        return writes
-
-
-def addresses(config: Config) -> list[Address]:
-    """Remote reals whose MACs the daemon must resolve."""
-    out: dict[Address, None] = {}
-    for svc in config.services:
-        for r in svc.reals:
-            if not r.local:
-                out[ipaddress.ip_address(str(r.address))] = None
-    return list(out)
+        self.writes_total += tx.writes
+        tx.undo.clear()
+        tx.end()
+        for address in want.released:
+            log.info("real id freed: no live connection points to it", extra={"real": address})

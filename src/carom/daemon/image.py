@@ -1,0 +1,170 @@
+"""The values the reconciler works with: the image of the maps, the desired
+state with its status views, and an apply's transaction (its undo log). Plain
+data and small pure helpers; the reconciler (reconcile.py) computes and writes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carom import abi
+from carom.config.schema import Config, Service
+
+log = logging.getLogger("carom.reconcile")
+
+Address = abi.IPAddress
+SvcIdent = tuple[Address, int, int]  # vip, proto, port (0 = all)
+# The input of one Maglev table: sorted (maglev key, real id, weight) of its members.
+MemberSet = tuple[tuple[bytes, int, int], ...]
+
+# Steps of an apply, in order; a fault hook can stop an apply after any of them.
+STEPS = (
+    "reals",
+    "real_macs",
+    "maglev",
+    "services",
+    "vip_addrs",
+    "remove_vip_addrs",
+    "remove_services",
+    "remove_real_macs",
+    "remove_reals",
+    "node_cfg",
+)
+# bpf_ktime_get_ns() is CLOCK_MONOTONIC; the data plane refreshes last_seen at
+# most once a second (bpf/sched.h), so an entry may look up to 1 s older.
+LAST_SEEN_SLACK_NS = 2 * 10**9
+
+
+class ReconcileError(ValueError):
+    """The config cannot be applied (nothing was written)."""
+
+
+def real_key(address: Address) -> bytes:
+    """Identity of a real in Maglev: family + 16 address bytes (order-free, stable)."""
+    return bytes([address.version]) + address.packed.ljust(16, b"\0")
+
+
+def real_info(address: Address, mac: bytes, local: bool, usable: bool) -> abi.RealInfo:
+    """The reals map value of one real (DSR)."""
+    flags = (abi.RealFlags.LOCAL if local else 0) | (0 if usable else abi.RealFlags.UNUSABLE)
+    info = abi.RealInfo(
+        addr=abi.Addr.of(address),
+        family=int(abi.family_of(address)),
+        method=int(abi.Method.DSR),
+        flags=int(flags),
+    )
+    info.mac[:] = list(mac or bytes(6))
+    return info
+
+
+@dataclass(frozen=True)
+class Table:
+    """One built Maglev row, shared by every service with the same member set."""
+
+    row: np.ndarray  # uint32 real ids, read-only
+    fingerprint: str
+
+
+@dataclass
+class Image:
+    """What the maps hold (or should hold), as Python values."""
+
+    node: abi.NodeCfg = field(default_factory=abi.NodeCfg)
+    services: dict[SvcIdent, abi.SvcInfo] = field(default_factory=dict)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)  # service id -> real ids
+    reals: dict[int, abi.RealInfo] = field(default_factory=dict)
+    vips: dict[tuple[Address, int], int] = field(default_factory=dict)  # (vip, family) -> count
+    real_macs: dict[bytes, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RealView:
+    """One real of one service, for status and explain."""
+
+    address: str
+    real_id: int
+    weight: int
+    local: bool
+    mac: str | None
+    state: str  # up | local | unresolved | drained
+    detail: str
+
+
+@dataclass
+class Desired:
+    image: Image
+    service_views: dict[SvcIdent, list[RealView]]
+    fingerprints: dict[SvcIdent, str]
+    names: dict[SvcIdent, str]
+    draining: list[str]  # reals kept only for their established flows
+    real_ids: dict[Address, int] = field(default_factory=dict)  # allocation after commit
+    tables: dict[MemberSet, Table] = field(default_factory=dict)  # every table in use
+    built: int = 0  # tables built for this image (the rest came from the cache)
+    released: list[str] = field(default_factory=list)  # draining reals whose id was freed
+
+
+@dataclass
+class Transaction:
+    """An apply in progress: its writes and how to undo each one."""
+
+    undo: list[Callable[[], None]] = field(default_factory=list)
+    writes: int = 0
+    steps_done: list[str] = field(default_factory=list)
+    release: list[Callable[[], None]] = field(default_factory=list)  # run when it ends
+
+    def end(self) -> None:
+        """Release what the undo steps needed (e.g. replaced programs' fds)."""
+        for fn in self.release:
+            try:
+                fn()
+            except OSError as exc:
+                log.warning("releasing after an apply failed: %s", exc)
+        self.release.clear()
+
+    def rollback(self) -> list[str]:
+        """Undo every write, newest first; returns the undo steps that failed."""
+        errors = []
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Exception as exc:  # keep undoing the rest
+                errors.append(str(exc))
+                log.error("undo step failed: %s", exc)
+        self.undo.clear()
+        self.end()
+        return errors
+
+
+class ApplyError(Exception):
+    """An apply failed and was rolled back; the message says how far it got."""
+
+    def __init__(self, message: str, step: str, writes: int, clean: bool) -> None:
+        super().__init__(message)
+        self.step = step  # the step that failed
+        self.writes = writes  # map writes made (and undone) before the failure
+        self.clean = clean  # every write was undone
+
+
+def svc_ident(svc: Service) -> SvcIdent:
+    return (svc.vip, abi.PROTOCOLS[svc.protocol], svc.port_number)
+
+
+def svc_key(ident: SvcIdent) -> abi.SvcKey:
+    return abi.svc_key(*ident)
+
+
+def ident_of(key: abi.SvcKey) -> SvcIdent:
+    return (key.vip.to_ip(key.family), int(key.proto), abi.port_host(key.port))
+
+
+def addresses(config: Config) -> list[Address]:
+    """Remote reals whose MACs the daemon must resolve."""
+    out: dict[Address, None] = {}
+    for svc in config.services:
+        for r in svc.reals:
+            if not r.local:
+                out[r.address] = None
+    return list(out)
