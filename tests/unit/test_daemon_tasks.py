@@ -20,7 +20,7 @@ def test_failed_counter_read_logs_and_retries(
 ) -> None:
     monkeypatch.setattr(app, "COUNTER_INTERVAL_S", 0.01)
     d = app.Daemon("unused.yaml")
-    dp = Dataplane.load(Limits(max_services=2, max_reals=4, maglev_size=13))
+    dp = Dataplane.load(Limits(max_services=2, max_reals=4, maglev_table_size=13))
     d.dp = dp
     stats = dp["stats"]
     good_fd = stats.fd

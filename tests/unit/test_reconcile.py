@@ -34,7 +34,7 @@ def dp() -> Iterator[Dataplane]:
         Limits(
             max_services=16,
             max_reals=6,
-            maglev_size=SIZE,
+            maglev_table_size=SIZE,
             conn_table_size=1024,
             persist_table_size=1024,
         )

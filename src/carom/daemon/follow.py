@@ -9,14 +9,12 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from carom import abi
-from carom.daemon.image import ApplyError, ReconcileError
+from carom.config.schema import Config
+from carom.daemon.image import ApplyError, Desired, ReconcileError
 from carom.net.neighbours import Neighbour, NeighbourEvents, NeighbourTable, updated
-
-if TYPE_CHECKING:
-    from carom.daemon.app import Daemon
 
 log = logging.getLogger("carom.daemon")
 
@@ -26,8 +24,18 @@ COALESCE_S = 0.02  # changes that arrive together are applied together
 GOOD = ("reachable",)
 
 
+class Applier(Protocol):
+    """What the follower needs of the daemon (daemon/app.py): its lock, its
+    current config, and its all-or-nothing apply."""
+
+    lock: asyncio.Lock
+    config: Config | None
+
+    async def apply(self, config: Config, old: Config | None) -> tuple[int, Desired]: ...
+
+
 class NeighbourFollower:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Applier) -> None:
         self.daemon = daemon
         self.table: dict[abi.IPAddress, Neighbour] = {}
         self.mac_history: dict[abi.IPAddress, list[str]] = {}
