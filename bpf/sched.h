@@ -5,6 +5,7 @@
 #ifndef CAROM_SCHED_H
 #define CAROM_SCHED_H
 
+#include "clock.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -41,11 +42,20 @@ static __always_inline void persist_key_of(const struct packet *p, const struct 
 }
 
 /* Returns 0 with *real_id and *real set, or the counter id of a drop. */
-static __always_inline int schedule(const struct packet *p, const struct svc_info *svc,
-				    const struct node_cfg *cfg, __u32 *real_id,
-				    struct real_info **real)
+/* A real server's MAC as a frame's source: VIP traffic coming back from a real. */
+static __always_inline int from_real(const __u8 *src_mac)
 {
-	__u64 now = bpf_ktime_get_ns();
+	struct mac_key mk = {};
+
+	__builtin_memcpy(mk.mac, src_mac, 6);
+	return bpf_map_lookup_elem(&real_macs, &mk) != 0;
+}
+
+static __always_inline int schedule(const struct packet *p, const struct svc_info *svc,
+				    const struct node_cfg *cfg, const __u8 *src_mac,
+				    __u32 *real_id, struct real_info **real)
+{
+	__u64 now = coarse_now();
 	int syn = p->l4_proto == IPPROTO_TCP &&
 		  (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u64 idle = p->l4_proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
@@ -81,6 +91,12 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 			count(CAROM_CNT_CONN_REAL_GONE);
 		}
 	}
+
+	/* A new flow (or one rescheduled). Frames of established flows that come
+	 * back are caught above; a new flow from a real's MAC is a loop (field
+	 * note 2). Only new flows pay this lookup. */
+	if (from_real(src_mac))
+		return CAROM_CNT_DROP_LOOP;
 
 	hkey = p->flow;
 	if (svc->flags & CAROM_SVC_PERSIST) {

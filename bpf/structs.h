@@ -33,6 +33,11 @@ struct vip_key {
 	__u8 pad[3];
 };
 
+struct vip_info {
+	__u32 services; /* number of services on this address */
+	__u32 flags;    /* enum carom_vip_flags */
+};
+
 /* reals: real id -> where to send. id 0 is never used ("no real"). */
 struct real_info {
 	struct carom_addr addr;
@@ -77,6 +82,12 @@ struct persist_val {
 	__u32 real_id;
 	__u32 reserved;
 	__u64 last_seen_ns;
+};
+
+/* clock[0], per CPU: the coarse clock of clock.h. */
+struct clock_cache {
+	__u64 jiffies; /* jiffies when `ns` was read */
+	__u64 ns;      /* bpf_ktime_get_ns() at that jiffy */
 };
 
 /* node_cfg[0]: instance-wide settings written by the daemon. */

@@ -11,6 +11,8 @@ import ctypes
 import enum
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterable
 from typing import ClassVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,6 +44,13 @@ class SvcFlags(enum.IntFlag):
     PERSIST = 1
 
 
+class VipFlags(enum.IntFlag):
+    """enum carom_vip_flags: vip_info.flags (protocols with an all-ports service)."""
+
+    ALL_PORTS_TCP = 1
+    ALL_PORTS_UDP = 2
+
+
 class RealFlags(enum.IntFlag):
     """enum carom_real_flags: real_info.flags."""
 
@@ -64,7 +73,8 @@ class ConnFlags(enum.IntFlag):
 
 
 class Counter(enum.IntEnum):
-    """enum carom_counter: indices of the per-CPU `stats` map."""
+    """enum carom_counter: indices of the per-CPU `stats` map. The program counts
+    each packet once, under its verdict's reason; RX is derived (with_rx)."""
 
     RX = 0
     PASS_NOT_IP = 1
@@ -117,11 +127,27 @@ def verdict_of(reason: Counter) -> Verdict:
     return Verdict.DROP
 
 
+VERDICT_REASONS = frozenset(
+    c for c in Counter if Counter.PASS_NOT_IP <= c <= Counter.DROP_UNSUPPORTED
+)
+
+
+def with_rx(counts: dict[Counter, int]) -> dict[Counter, int]:
+    """Counter totals as read from `stats`, with RX filled in: the program does not
+    count it (one increment per packet is cheaper), every packet has one reason."""
+    out: dict[Counter, int] = {c: n for c, n in counts.items() if c != Counter.RX}
+    rx = sum(n for c, n in out.items() if c in VERDICT_REASONS)
+    if rx:
+        out[Counter.RX] = rx
+    return out
+
+
 # Enums checked against BTF: C enum name -> (Python enum, prefix of C constants).
 ENUMS: dict[str, tuple[type[enum.IntEnum] | type[enum.IntFlag], str]] = {
     "carom_family": (Family, "CAROM_FAMILY_"),
     "carom_role": (Role, "CAROM_ROLE_"),
     "carom_cfg_flags": (CfgFlags, "CAROM_CFG_"),
+    "carom_vip_flags": (VipFlags, "CAROM_VIP_"),
     "carom_svc_flags": (SvcFlags, "CAROM_SVC_"),
     "carom_real_flags": (RealFlags, "CAROM_REAL_"),
     "carom_method": (Method, "CAROM_METHOD_"),
@@ -200,6 +226,16 @@ class SvcInfo(Struct):
 class VipKey(Struct):
     _c_name_ = "vip_key"
     _fields_ = [("addr", Addr), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class VipInfo(Struct):
+    _c_name_ = "vip_info"
+    _fields_ = [("services", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class ClockCache(Struct):
+    _c_name_ = "clock_cache"
+    _fields_ = [("jiffies", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
 
 
 class RealInfo(Struct):
@@ -281,6 +317,8 @@ STRUCTS: tuple[type[Struct], ...] = (
     SvcKey,
     SvcInfo,
     VipKey,
+    VipInfo,
+    ClockCache,
     RealInfo,
     MacKey,
     FlowKey,
@@ -296,7 +334,9 @@ U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
 MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = {
     "node_cfg": (U32, NodeCfg),
-    "vip_addrs": (VipKey, U32),
+    "vip_addrs": (VipKey, VipInfo),
+    "vip_filter": (U32, U64),
+    "clock": (U32, ClockCache),
     "services": (SvcKey, SvcInfo),
     "maglev": (U32, U32),
     "reals": (U32, RealInfo),
@@ -330,6 +370,31 @@ def svc_key(vip: IPAddress, proto: int, port: int) -> SvcKey:
 
 def vip_key(vip: IPAddress) -> VipKey:
     return VipKey(addr=Addr.of(vip), family=int(family_of(vip)))
+
+
+VIP_FILTER_BITS = 65536  # CAROM_VIP_FILTER_BITS
+
+
+def vip_filter_bit(address: IPAddress) -> int:
+    """bpf/vip_filter.h vip_filter_bit: the 16-bit fold of the address words."""
+    w = struct.unpack("<4I", bytes(Addr.of(address)))  # the C words, little-endian host
+    x = int(w[0] ^ w[1] ^ w[2] ^ w[3])
+    x ^= x >> 16
+    return x & (VIP_FILTER_BITS - 1)
+
+
+def vip_filter_words(vips: Iterable[IPAddress]) -> dict[int, int]:
+    """The non-zero words of the vip_filter map for this set of VIPs."""
+    words: dict[int, int] = {}
+    for vip in vips:
+        bit = vip_filter_bit(vip)
+        words[bit // 64] = words.get(bit // 64, 0) | (1 << (bit % 64))
+    return words
+
+
+def all_ports_flag(proto: int) -> VipFlags:
+    """The vip_info flag of an all-ports service of this protocol."""
+    return VipFlags.ALL_PORTS_TCP if proto == PROTOCOLS["tcp"] else VipFlags.ALL_PORTS_UDP
 
 
 def family_of(address: IPAddress) -> Family:

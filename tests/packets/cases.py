@@ -31,6 +31,12 @@ VIP_LOCAL = "192.0.2.103"
 VIP_EMPTY = "192.0.2.104"
 VIP6 = "2001:db8:2::100"
 IP = IP  # re-exported for the fuzz tests
+# Not a VIP, but its vip_filter bit is VIP's (xor the same bits into the first and
+# third bytes: the 16-bit fold of vip_filter.h cannot tell the two apart).
+FILTER_TWIN = "193.0.3.100"
+assert abi.vip_filter_bit(ipaddress.ip_address(FILTER_TWIN)) == abi.vip_filter_bit(
+    ipaddress.ip_address(VIP)
+)
 
 REALS = {
     1: ("192.0.2.11", "02:00:00:00:00:11"),
@@ -160,7 +166,7 @@ class PacketCase:
         return abi.verdict_of(self.reason)
 
 
-def _conn(frame: bytes, real_id: int, age_s: float = 0.01) -> Setup:
+def _conn(frame: bytes, real_id: int, age_s: float = 0.1) -> Setup:
     def setup(state: State, now: int) -> None:
         state.conns[flow_key(frame)] = abi.ConnVal(
             real_id=real_id, last_seen_ns=now - int(age_s * 1e9)
@@ -433,6 +439,29 @@ CASES: list[PacketCase] = [
         C.PASS_NOT_VIP,
     ),
     PacketCase("vip-port-without-service", tcp4(dport=22), C.PASS_NO_SERVICE),
+    PacketCase(
+        "udp-to-a-vip-with-only-a-tcp-all-ports-service",
+        bytes(eth() / IP(src=CLIENT, dst=VIP_ALL_PORTS) / UDP(sport=5353, dport=53) / b"q"),
+        C.PASS_NO_SERVICE,
+        note="vip_info.flags: no UDP all-ports service, so no (VIP, udp, 0) lookup",
+    ),
+    PacketCase(
+        "ipv6-extension-header-then-port-without-service",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrDestOpt()
+            / TCP(sport=40009, dport=22, flags="S")
+        ),
+        C.PASS_NO_SERVICE,
+        note="the general path: vip_addrs, extension headers, then the service lookup",
+    ),
+    PacketCase(
+        "non-vip-sharing-a-vip-filter-bit",
+        tcp4(dst=FILTER_TWIN),
+        C.PASS_NOT_VIP,
+        note="vip_filter says maybe; the service and vip_addrs lookups say no",
+    ),
     PacketCase(
         "vip-icmp-echo", bytes(eth() / IP(src=CLIENT, dst=VIP) / ICMP()), C.PASS_OTHER_PROTO
     ),

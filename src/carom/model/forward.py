@@ -193,7 +193,7 @@ def _persist_key(p: _Packet, svc: Service) -> bytes:
 
 
 def _schedule(  # sched.h schedule
-    state: State, p: _Packet, svc: Service, now: int, tally: Tally[Counter]
+    state: State, p: _Packet, svc: Service, src_mac: bytes, now: int, tally: Tally[Counter]
 ) -> tuple[int, Real]:
     assert state.node is not None
     node = state.node
@@ -221,6 +221,10 @@ def _schedule(  # sched.h schedule
                             pv.last_seen_ns = now
                 return conn.real_id, real
             tally[Counter.CONN_REAL_GONE] += 1
+
+    # a new (or rescheduled) flow from a real's MAC is a loop: sched.h from_real
+    if src_mac + b"\0\0" in state.real_macs():
+        raise _Verdict(Counter.DROP_LOOP)
 
     rid = 0
     real = None
@@ -281,8 +285,11 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
     else:
         raise _Verdict(Counter.PASS_NOT_IP)
 
-    vip = abi.VipKey.from_buffer_copy(p.dst + bytes([int(p.family)]) + bytes(3)).to_bytes()
-    if vip not in state.vip_keys():
+    # carom.bpf.c reaches the same verdicts through vip_filter and a first service
+    # lookup (service.h); those are shortcuts, the decision is this one.
+    vip_key = abi.VipKey.from_buffer_copy(p.dst + bytes([int(p.family)]) + bytes(3)).to_bytes()
+    vip = state.vip_infos().get(vip_key)
+    if vip is None:
         raise _Verdict(Counter.PASS_NOT_VIP)
     if state.node is None or state.node.role != abi.Role.ACTIVE:
         raise _Verdict(Counter.PASS_BACKUP)
@@ -294,19 +301,17 @@ def _decide(frame: bytes, state: State, now: int, result: Decision) -> None:  # 
         raise _Verdict(Counter.PASS_OTHER_PROTO)
     _parse_l4(frame, p)
 
-    services = state.service_map()
+    services = state.service_map()  # service.h find_service
     svc = services.get(p.dst + struct.pack("<HBB", p.dport, p.l4_proto, int(p.family)))
-    if svc is None:
+    if svc is None and vip.flags & abi.all_ports_flag(p.l4_proto):
         svc = services.get(p.dst + struct.pack("<HBB", 0, p.l4_proto, int(p.family)))
     if svc is None:
         raise _Verdict(Counter.PASS_NO_SERVICE)
 
     if frame[0] & 1:
         raise _Verdict(Counter.DROP_GROUP_MAC)
-    if frame[6:12] + b"\0\0" in state.real_macs():
-        raise _Verdict(Counter.DROP_LOOP)
 
-    rid, real = _schedule(state, p, svc, now, tally)
+    rid, real = _schedule(state, p, svc, frame[6:12], now, tally)
     result.real_id = rid
     n = len(frame)
     result.svc_traffic[svc.svc_id] = (1, n)

@@ -94,7 +94,18 @@ class State:
     director_macs: set[bytes] = field(default_factory=set)
 
     def vip_keys(self) -> set[bytes]:
-        return {abi.vip_key(s.vip).to_bytes() for s in self.services}
+        return set(self.vip_infos())
+
+    def vip_infos(self) -> dict[bytes, abi.VipInfo]:
+        """vip_addrs: per VIP, its number of services and which protocols have an
+        all-ports service there."""
+        out: dict[bytes, abi.VipInfo] = {}
+        for s in self.services:
+            info = out.setdefault(abi.vip_key(s.vip).to_bytes(), abi.VipInfo())
+            info.services += 1
+            if s.port == 0:
+                info.flags |= int(abi.all_ports_flag(s.proto))
+        return out
 
     def real_macs(self) -> dict[bytes, int]:
         """MAC of every remote real: VIP frames from one of them are a loop."""
