@@ -18,6 +18,8 @@
  * (see vip_filter.h); 65536 bits in 1024 words. */
 #define CAROM_VIP_FILTER_BITS 65536
 #define CAROM_VIP_FILTER_WORDS (CAROM_VIP_FILTER_BITS / 64)
+/* pending: slots per CPU (a power of two: the slot is flow_hash & (slots - 1)). */
+#define CAROM_PENDING_SLOTS 16384
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {
@@ -103,7 +105,8 @@ enum carom_counter {
 	CAROM_CNT_SYN_RESCHEDULE = 24,
 	CAROM_CNT_CONN_EXPIRED = 25,
 	CAROM_CNT_CONN_REAL_GONE = 26,
-	CAROM_CNT__MAX = 27,
+	CAROM_CNT_CONN_CONFIRMED = 27, /* a flow's second packet moved it from pending to conn_table */
+	CAROM_CNT__MAX = 28,
 };
 
 #endif

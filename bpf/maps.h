@@ -86,6 +86,16 @@ struct {
 	__type(value, struct conn_val);
 } conn_table SEC(".maps");
 
+/* Flows seen once (sched.h). A direct-mapped cache per CPU: writing a slot is a
+ * store, not an LRU insert, and a flood of one-packet flows (spoofed SYNs) only
+ * overwrites other one-packet flows, never an established flow in conn_table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAROM_PENDING_SLOTS);
+	__type(key, __u32);
+	__type(value, struct pending_conn);
+} pending SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CAROM_MAX_PERSIST);

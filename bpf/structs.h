@@ -66,8 +66,20 @@ struct flow_key {
 
 struct conn_val {
 	__u32 real_id;
-	__u32 flags;        /* enum carom_conn_flags */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet, coarse (see sched.h) */
+	__u16 flags;        /* enum carom_conn_flags */
+	__u8 ttl;           /* TTL / hop limit of the flow's first packet; 0 = unknown */
+	__u8 reserved;
+	__u64 last_seen_ns; /* coarse_now() of the last packet, refreshed once a second */
+};
+
+/* pending[flow_hash % CAROM_PENDING_SLOTS], per CPU: a flow seen once. Its second
+ * packet moves it to conn_table (sched.h: SYN-flood resistance, loop guard). */
+struct pending_conn {
+	struct flow_key key;
+	__u32 real_id;      /* 0 = empty slot */
+	__u8 ttl;           /* TTL / hop limit of the flow's first packet */
+	__u8 pad[3];
+	__u64 seen_ns;      /* coarse_now() when written */
 };
 
 /* persist_table: (service, client address) -> real, for CAROM_SVC_PERSIST. */

@@ -103,9 +103,10 @@ class Counter(enum.IntEnum):
     SYN_RESCHEDULE = 24
     CONN_EXPIRED = 25
     CONN_REAL_GONE = 26
+    CONN_CONFIRMED = 27
 
 
-COUNTER_MAX = 27  # CAROM_CNT__MAX
+COUNTER_MAX = 28  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -271,8 +272,21 @@ class ConnVal(Struct):
     _c_name_ = "conn_val"
     _fields_ = [
         ("real_id", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),
+        ("ttl", ctypes.c_uint8),  # of the flow's first packet; 0 = unknown (no loop check)
+        ("reserved", ctypes.c_uint8),
         ("last_seen_ns", ctypes.c_uint64),
+    ]
+
+
+class PendingConn(Struct):
+    _c_name_ = "pending_conn"
+    _fields_ = [
+        ("key", FlowKey),
+        ("real_id", ctypes.c_uint32),  # 0 = empty slot
+        ("ttl", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("seen_ns", ctypes.c_uint64),
     ]
 
 
@@ -323,6 +337,7 @@ STRUCTS: tuple[type[Struct], ...] = (
     MacKey,
     FlowKey,
     ConnVal,
+    PendingConn,
     PersistKey,
     PersistVal,
     NodeCfg,
@@ -343,6 +358,7 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "real_macs": (MacKey, U32),
     "director_macs": (MacKey, U32),
     "conn_table": (FlowKey, ConnVal),
+    "pending": (U32, PendingConn),
     "persist_table": (PersistKey, PersistVal),
     "stats": (U32, U64),
     "svc_stats": (U32, TrafficCounter),
@@ -373,6 +389,7 @@ def vip_key(vip: IPAddress) -> VipKey:
 
 
 VIP_FILTER_BITS = 65536  # CAROM_VIP_FILTER_BITS
+PENDING_SLOTS = 16384  # CAROM_PENDING_SLOTS: per CPU, a power of two
 
 
 def vip_filter_bit(address: IPAddress) -> int:

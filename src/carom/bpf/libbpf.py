@@ -397,10 +397,11 @@ def map_lookup_batch(
         err = ctypes.get_errno() if rc < 0 else 0
         if rc < 0 and err != errno.ENOENT and rc != -errno.ENOENT:
             _check(rc, "map batch lookup")
+        kraw, vraw = keys.raw, values.raw  # `.raw` copies the whole buffer: once per chunk
         for i in range(n.value):
             yield (
-                keys.raw[i * key_size : (i + 1) * key_size],
-                values.raw[i * value_size : (i + 1) * value_size],
+                kraw[i * key_size : (i + 1) * key_size],
+                vraw[i * value_size : (i + 1) * value_size],
             )
         if rc < 0:  # ENOENT: that was the last chunk
             return

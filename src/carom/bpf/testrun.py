@@ -6,6 +6,7 @@ model reports, so the two implementations can be compared field by field."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -28,8 +29,11 @@ class Outcome:
     counters: Tally[abi.Counter] = field(default_factory=Tally)
     svc_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
     real_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
-    conns: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # real, flags, seen
+    # conn_table: flow key -> (real, flags, ttl, seen)
+    conns: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)
     persist: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # real, seen
+    # pending cache slots in use: slot -> (flow key, real, ttl, seen)
+    pending: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
 
 
 # The data plane's clock is coarse (bpf/clock.h): up to one tick (1/HZ s, at most
@@ -58,6 +62,11 @@ class TestRunner:
             max_vips=16,
         )
         self.dp = Dataplane.load(self.limits)
+        # The pending cache is per CPU and BPF_PROG_TEST_RUN runs on the caller's
+        # CPU: stay on one, as a flow's packets do under RSS, so a flow's second
+        # run meets the pending entry its first run wrote.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        self._pending_written: dict[int, abi.PendingConn] = {}
 
     def close(self) -> None:
         self.dp.close()
@@ -106,7 +115,37 @@ class TestRunner:
             dp["conn_table"].update(abi.FlowKey.from_bytes(k), v)
         for k, pv in state.persist.items():
             dp["persist_table"].update(abi.PersistKey.from_bytes(k), pv)
+        self.write_pending(state.pending)
         self.zero_counters()
+
+    def write_pending(self, slots: dict[int, abi.PendingConn]) -> None:
+        """Every CPU's pending cache := `slots` (clearing what the last write left)."""
+        empty = abi.PendingConn()
+        stale = set(self._pending_written) | set(self.pending_slots())
+        entries = [(i, empty) for i in stale - set(slots)] + list(slots.items())
+        if entries:
+            self.dp["pending"].update_batch(entries)
+        self._pending_written = dict(slots)
+
+    def pending_slots(self) -> dict[int, abi.PendingConn]:
+        """Slots in use. The program ran on one CPU: where the CPUs' copies differ,
+        the one that differs from what was written is that CPU's."""
+        m = self.dp["pending"]
+        out = {}
+        # raw dump: decoding 16k slots per CPU as structs would dominate a test run
+        for kraw, vraw in libbpf.map_lookup_batch(
+            m.fd, m.key_size, m.slot_size * m.ncpus, m.max_entries
+        ):
+            if not any(vraw):
+                continue
+            idx = int.from_bytes(kraw, "little")
+            before = bytes(self._pending_written.get(idx, abi.PendingConn()))
+            cpus = [vraw[i : i + len(before)] for i in range(0, len(vraw), m.slot_size)]
+            changed = [v for v in cpus if v != before]
+            v = abi.PendingConn.from_buffer_copy(changed[0] if changed else cpus[0])
+            if v.real_id:
+                out[idx] = v
+        return out
 
     def _write_array(self, name: str, values: np.ndarray) -> None:
         keys = np.arange(len(values), dtype=np.uint32)
@@ -153,7 +192,19 @@ class TestRunner:
                 if tc.packets:
                     target[idx] = (tc.packets, tc.bytes)
         for k, v in self.dp["conn_table"].items():
-            result.conns[k.to_bytes()] = (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+            result.conns[k.to_bytes()] = (
+                v.real_id,
+                v.flags,
+                v.ttl,
+                seen_marker(v.last_seen_ns, start),
+            )
+        for idx, pc in self.pending_slots().items():
+            result.pending[idx] = (
+                bytes(pc.key),
+                pc.real_id,
+                pc.ttl,
+                seen_marker(pc.seen_ns, start),
+            )
         for k, v in self.dp["persist_table"].items():
             result.persist[k.to_bytes()] = (v.real_id, seen_marker(v.last_seen_ns, start))
         return result
@@ -172,8 +223,13 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
         svc_traffic=d.svc_traffic,
         real_traffic=d.real_traffic,
         conns={
-            k: (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+            k: (v.real_id, v.flags, v.ttl, seen_marker(v.last_seen_ns, start))
             for k, v in state.conns.items()
+        },
+        pending={
+            i: (bytes(v.key), v.real_id, v.ttl, seen_marker(v.seen_ns, start))
+            for i, v in state.pending.items()
+            if v.real_id
         },
         persist={
             k: (v.real_id, seen_marker(v.last_seen_ns, start)) for k, v in state.persist.items()

@@ -26,7 +26,6 @@ MAX_IPV6_EXT_HDRS = 4
 IPV6_EXT_OFF_LIMIT = 14 + 40 + 512
 NSEC_PER_SEC = 10**9
 LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
-U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 TCP_SYN, TCP_ACK = 0x02, 0x10
 
@@ -58,6 +57,7 @@ class _Packet:
     l4_off: int
     l4_end: int
     fragment: bool = False
+    ttl: int = 0  # IPv4 TTL / IPv6 hop limit
     sport: int = 0  # network order as a little-endian u16 (the key's raw bytes)
     dport: int = 0
     tcp_flags: int = 0
@@ -105,6 +105,7 @@ def _parse_ipv4(frame: bytes) -> _Packet:  # parse.h parse_ipv4
         l4_off=ETH_HLEN + hlen,
         l4_end=ETH_HLEN + tot,
         fragment=(_u16(frame, ETH_HLEN + 6) & 0x3FFF) != 0,
+        ttl=frame[ETH_HLEN + 8],
     )
 
 
@@ -124,6 +125,7 @@ def _parse_ipv6(frame: bytes) -> _Packet:  # parse.h parse_ipv6
         l4_proto=frame[ETH_HLEN + 6],
         l4_off=ETH_HLEN + 40,
         l4_end=ETH_HLEN + 40 + plen,
+        ttl=frame[ETH_HLEN + 7],
     )
 
 
@@ -192,6 +194,57 @@ def _persist_key(p: _Packet, svc: Service) -> bytes:
     return p.src + struct.pack("<IBxxx", svc.svc_id, int(p.family))
 
 
+def _age(now: int, then: int) -> int:  # sched.h age_of: a newer reading is age 0
+    return now - then if now > then else 0
+
+
+def _looped(p: _Packet, first_ttl: int) -> bool:  # sched.h looped
+    return first_ttl != 0 and p.ttl < first_ttl
+
+
+def _choose(  # sched.h choose
+    state: State, p: _Packet, svc: Service, fhash: int, now: int, tally: Tally[Counter]
+) -> tuple[int, Real]:
+    assert state.node is not None
+    if svc.persist_timeout_s > 0:
+        pv = state.persist.get(_persist_key(p, svc))
+        if pv is not None and _age(now, pv.last_seen_ns) <= svc.persist_timeout_s * NSEC_PER_SEC:
+            real = _usable(state, pv.real_id)
+            if real is not None:
+                pv.last_seen_ns = now
+                tally[Counter.PERSIST_HIT] += 1
+                return pv.real_id, real
+        fhash = flow_hash(p.flow_key(sport=0, dport=0))
+    size = state.node.maglev_size
+    if not size:
+        raise _Verdict(Counter.DROP_NO_REAL)
+    idx = (svc.svc_id * size + fhash % size) & U32
+    row, slot = divmod(idx, size)
+    table = next((s.table for s in state.services if s.svc_id == row), None)
+    rid = int(table[slot]) if table is not None and slot < len(table) else 0
+    real = _usable(state, rid)
+    if real is None:
+        raise _Verdict(Counter.DROP_NO_REAL)
+    tally[Counter.NEW_FLOW] += 1
+    return rid, real
+
+
+def _confirm(  # sched.h confirm
+    state: State, p: _Packet, svc: Service, pend: abi.PendingConn, now: int, tally: Tally[Counter]
+) -> None:
+    state.conns[p.flow_key()] = abi.ConnVal(
+        real_id=pend.real_id, flags=0, ttl=pend.ttl, last_seen_ns=now
+    )
+    if svc.persist_timeout_s > 0:
+        pk = _persist_key(p, svc)
+        pv = state.persist.get(pk)
+        if pv is not None and pv.real_id == pend.real_id:
+            pv.last_seen_ns = now
+        else:
+            state.persist[pk] = abi.PersistVal(real_id=pend.real_id, last_seen_ns=now)
+    tally[Counter.CONN_CONFIRMED] += 1
+
+
 def _schedule(  # sched.h schedule
     state: State, p: _Packet, svc: Service, src_mac: bytes, now: int, tally: Tally[Counter]
 ) -> tuple[int, Real]:
@@ -200,62 +253,57 @@ def _schedule(  # sched.h schedule
     syn = p.l4_proto == IPPROTO_TCP and (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
     idle = node.tcp_idle_ns if p.l4_proto == IPPROTO_TCP else node.udp_idle_ns
     fkey = p.flow_key()
-    persistent = svc.persist_timeout_s > 0
-    pk = _persist_key(p, svc)
+    from_real = src_mac + b"\0\0" in state.real_macs()  # sched.h from_real
 
     conn = state.conns.get(fkey)
     if conn is not None:
+        if _looped(p, conn.ttl):
+            raise _Verdict(Counter.DROP_LOOP)
         if syn:
             tally[Counter.SYN_RESCHEDULE] += 1
-        elif idle and (now - conn.last_seen_ns) & U64 > idle:
+        elif idle and _age(now, conn.last_seen_ns) > idle:
             tally[Counter.CONN_EXPIRED] += 1
         else:
             real = _usable(state, conn.real_id)
             if real is not None:
                 tally[Counter.CONN_HIT] += 1
-                if (now - conn.last_seen_ns) & U64 > LAST_SEEN_GRANULARITY_NS:
+                if _age(now, conn.last_seen_ns) > LAST_SEEN_GRANULARITY_NS:
                     conn.last_seen_ns = now
-                    if persistent:
-                        pv = state.persist.get(pk)
+                    if svc.persist_timeout_s > 0:
+                        pv = state.persist.get(_persist_key(p, svc))
                         if pv is not None and pv.real_id == conn.real_id:
                             pv.last_seen_ns = now
                 return conn.real_id, real
             tally[Counter.CONN_REAL_GONE] += 1
+        # rescheduled in place
+        if from_real:
+            raise _Verdict(Counter.DROP_LOOP)
+        rid, real = _choose(state, p, svc, flow_hash(fkey), now, tally)
+        conn.real_id, conn.ttl, conn.last_seen_ns = rid, p.ttl, now
+        return rid, real
 
-    # a new (or rescheduled) flow from a real's MAC is a loop: sched.h from_real
-    if src_mac + b"\0\0" in state.real_macs():
+    fhash = flow_hash(fkey)
+    pslot = fhash & (abi.PENDING_SLOTS - 1)
+    pend = state.pending.get(pslot)
+    if (
+        pend is not None
+        and pend.real_id
+        and bytes(pend.key) == fkey
+        and (not idle or _age(now, pend.seen_ns) <= idle)
+    ):
+        if _looped(p, pend.ttl):
+            raise _Verdict(Counter.DROP_LOOP)
+        real = _usable(state, pend.real_id)
+        if not syn and real is not None:
+            _confirm(state, p, svc, pend, now, tally)
+            return pend.real_id, real
+
+    if from_real:
         raise _Verdict(Counter.DROP_LOOP)
-
-    rid = 0
-    real = None
-    hkey = fkey
-    if persistent:
-        pv = state.persist.get(pk)
-        if pv is not None and (now - pv.last_seen_ns) & U64 <= svc.persist_timeout_s * NSEC_PER_SEC:
-            real = _usable(state, pv.real_id)
-            if real is not None:
-                rid = pv.real_id
-                pv.last_seen_ns = now
-                tally[Counter.PERSIST_HIT] += 1
-        hkey = p.flow_key(sport=0, dport=0)
-
-    if not rid:
-        size = node.maglev_size
-        if not size:
-            raise _Verdict(Counter.DROP_NO_REAL)
-        idx = (svc.svc_id * size + flow_hash(hkey) % size) & U32
-        row, slot = divmod(idx, size)
-        table = next((s.table for s in state.services if s.svc_id == row), None)
-        rid = int(table[slot]) if table is not None and slot < len(table) else 0
-        real = _usable(state, rid)
-        if real is None:
-            raise _Verdict(Counter.DROP_NO_REAL)
-        tally[Counter.NEW_FLOW] += 1
-        if persistent:
-            state.persist[pk] = abi.PersistVal(real_id=rid, last_seen_ns=now)
-
-    assert real is not None
-    state.conns[fkey] = abi.ConnVal(real_id=rid, flags=0, last_seen_ns=now)
+    rid, real = _choose(state, p, svc, fhash, now, tally)
+    state.pending[pslot] = abi.PendingConn(
+        key=abi.FlowKey.from_buffer_copy(fkey), real_id=rid, ttl=p.ttl, seen_ns=now
+    )
     return rid, real
 
 

@@ -91,6 +91,8 @@ class State:
     # conn_table and persist_table, keyed by the packed abi key bytes
     conns: dict[bytes, abi.ConnVal] = field(default_factory=dict)
     persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
+    # pending: slot -> flow seen once (one CPU's cache: the model is one CPU)
+    pending: dict[int, abi.PendingConn] = field(default_factory=dict)
     director_macs: set[bytes] = field(default_factory=set)
 
     def vip_keys(self) -> set[bytes]:
