@@ -26,13 +26,13 @@ import numpy as np
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+from tests.harness.testrun import TestRunner
 
 from benchmarks.common import Budget, Row, alternate
 from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf
 from carom.bpf.loader import Limits, object_path
-from carom.bpf.testrun import TestRunner
 from carom.model.state import Node, Real, Service, State
 from carom.sched.maglev import build_ids
 

@@ -15,8 +15,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from carom import abi
-from carom.bpf.testrun import TestRunner, model_outcome
 from carom.model.state import State
+from tests.harness.testrun import TestRunner, model_outcome
 from tests.packets.cases import (
     CASES,
     CLIENT,

@@ -11,7 +11,6 @@ import pytest
 
 from carom.lab import Lab
 
-
 # Integration tests create fixed-name namespaces (the lab is one per machine), so
 # two test runs on one machine (two checkouts, CI next to a developer) must not
 # overlap: each run holds this lock while any integration test runs.

@@ -10,8 +10,8 @@ import pytest
 
 from carom.abi import Counter as C
 from carom.bpf import libbpf
-from carom.bpf.testrun import Outcome, TestRunner, model_outcome
 from carom.model.state import State
+from tests.harness.testrun import Outcome, TestRunner, model_outcome
 from tests.packets.cases import (
     CASES,
     PacketCase,

@@ -13,8 +13,8 @@ from scapy.layers.l2 import Ether
 
 from carom import abi
 from carom.abi import Counter as C
-from carom.bpf.testrun import TestRunner
 from carom.model.forward import decide
+from tests.harness.testrun import TestRunner
 from tests.packets.cases import DIRECTOR_MAC, ROUTER_MAC, VIP, base_state, flow_key, table_of
 
 ESTABLISHED = 200

@@ -36,15 +36,19 @@ class Outcome:
     pending: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
 
 
-# The data plane's clock is coarse (bpf/clock.h): up to one tick (1/HZ s, at most
-# 10 ms) behind CLOCK_MONOTONIC. Entries the cases seed are older than this.
-CLOCK_SLACK_NS = 20_000_000
+def _stamps(state: State) -> dict[object, int]:
+    """Every timestamp `state` holds, by table and key, before a run."""
+    out: dict[object, int] = {}
+    out.update({("conn", k): v.last_seen_ns for k, v in state.conns.items()})
+    out.update({("persist", k): v.last_seen_ns for k, v in state.persist.items()})
+    out.update({("pending", i): v.seen_ns for i, v in state.pending.items()})
+    return out
 
 
-def seen_marker(last_seen_ns: int, run_start_ns: int) -> int:
-    """Timestamps written during the run become -1, older ones stay as they were:
-    the kernel's coarse clock and the model's 'now' differ by up to a tick."""
-    return -1 if last_seen_ns >= run_start_ns - CLOCK_SLACK_NS else last_seen_ns
+def seen_marker(stamp: int, before: int | None) -> int:
+    """A timestamp the run wrote becomes -1, one it left alone stays as it was: the
+    kernel's coarse clock and the model's 'now' never agree to the nanosecond."""
+    return stamp if before is not None and stamp == before else -1
 
 
 class TestRunner:
@@ -180,7 +184,7 @@ class TestRunner:
     def outcome(self, state: State, frame: bytes) -> Outcome:
         """Write `state`, run `frame` once, and report everything that changed."""
         self.write_state(state)
-        start = time.monotonic_ns()
+        before = _stamps(state)
         verdict, out, _ = self.run(frame)
         result = Outcome(verdict=verdict, frame=out, counters=self.counters())
         for name, target in (
@@ -196,17 +200,21 @@ class TestRunner:
                 v.real_id,
                 v.flags,
                 v.ttl,
-                seen_marker(v.last_seen_ns, start),
+                seen_marker(v.last_seen_ns, before.get(("conn", k.to_bytes()))),
             )
         for idx, pc in self.pending_slots().items():
             result.pending[idx] = (
                 bytes(pc.key),
                 pc.real_id,
                 pc.ttl,
-                seen_marker(pc.seen_ns, start),
+                seen_marker(pc.seen_ns, before.get(("pending", idx))),
             )
         for k, v in self.dp["persist_table"].items():
-            result.persist[k.to_bytes()] = (v.real_id, seen_marker(v.last_seen_ns, start))
+            kb = k.to_bytes()
+            result.persist[kb] = (
+                v.real_id,
+                seen_marker(v.last_seen_ns, before.get(("persist", kb))),
+            )
         return result
 
 
@@ -214,8 +222,8 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
     """The reference model's Outcome for the same inputs (mutates `state`)."""
     from carom.model.forward import decide
 
-    start = time.monotonic_ns()
-    d = decide(frame, state, start)
+    before = _stamps(state)
+    d = decide(frame, state, time.monotonic_ns())
     return Outcome(
         verdict=d.verdict,
         frame=d.frame,
@@ -223,15 +231,16 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
         svc_traffic=d.svc_traffic,
         real_traffic=d.real_traffic,
         conns={
-            k: (v.real_id, v.flags, v.ttl, seen_marker(v.last_seen_ns, start))
+            k: (v.real_id, v.flags, v.ttl, seen_marker(v.last_seen_ns, before.get(("conn", k))))
             for k, v in state.conns.items()
         },
         pending={
-            i: (bytes(v.key), v.real_id, v.ttl, seen_marker(v.seen_ns, start))
+            i: (bytes(v.key), v.real_id, v.ttl, seen_marker(v.seen_ns, before.get(("pending", i))))
             for i, v in state.pending.items()
             if v.real_id
         },
         persist={
-            k: (v.real_id, seen_marker(v.last_seen_ns, start)) for k, v in state.persist.items()
+            k: (v.real_id, seen_marker(v.last_seen_ns, before.get(("persist", k))))
+            for k, v in state.persist.items()
         },
     )
