@@ -296,7 +296,7 @@ def test_forwarding_loop_through_a_real_is_dropped_and_reported(
 
 
 def test_forwarding_loop_through_the_router_is_dropped_after_one_round(
-    lab: Lab, director: Director
+    lab: Lab, director: Director, tmp_path: Path
 ) -> None:
     """Field note 2, the routed variant: real3 loses its VIP, forwards IP, and its
     route to the VIP points at the router, so every packet the director sends it
@@ -315,7 +315,11 @@ def test_forwarding_loop_through_the_router_is_dropped_after_one_round(
         lab.exec("router", ["sysctl", "-qw", f"{key}=0"], check=True)
     try:
         before = director.status()
-        curl(lab, "client1", f"http://{t.VIP4}/", 9)  # about a third land on real3, time out
+        at_router = Capture(lab, "router", tmp_path / "router.pcap")
+        try:
+            curl(lab, "client1", f"http://{t.VIP4}/", 9)  # a third land on real3, time out
+        finally:
+            router_pkts = at_router.stop()
         time.sleep(2.5)  # the daemon checks the counter every 2 s
         after = director.status()
         looped = after["counters"]["drop_loop"] - before["counters"]["drop_loop"]
@@ -334,6 +338,16 @@ def test_forwarding_loop_through_the_router_is_dropped_after_one_round(
         # every packet sent to real3 came back and ended as one loop drop after at
         # most two transmissions (the old behaviour: ~32 transmissions, no drop)
         assert forwarded <= 2 * looped, (forwarded, looped)
+        # what the router sent towards the VIP: clients' packets leave it with TTL
+        # 63, a copy looped once through real3 and the router with 61, a second
+        # round 59; nothing went round more often (before: down to TTL 1)
+        ttls = [
+            p[IP].ttl
+            for p in router_pkts
+            if IP in p and p[IP].dst == str(t.VIP4) and p[Ether].src == t.ROUTER.main.mac
+        ]
+        assert any(ttl <= 61 for ttl in ttls), f"no packet looped through the router: {ttls}"
+        assert min(ttls) >= 59, f"a packet went round more than twice: {sorted(ttls)}"
         assert "came back from a real server" in director.log()
     finally:
         for key in redirects:
