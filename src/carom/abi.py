@@ -128,9 +128,20 @@ def verdict_of(reason: Counter) -> Verdict:
     return Verdict.DROP
 
 
-VERDICT_REASONS = frozenset(
-    c for c in Counter if Counter.PASS_NOT_IP <= c <= Counter.DROP_UNSUPPORTED
+# Scheduling detail: counted on top of a packet's reason. Every other counter but
+# RX is a verdict reason (listed by exclusion, so a new reason is one by default).
+DETAIL_COUNTERS = frozenset(
+    {
+        Counter.CONN_HIT,
+        Counter.PERSIST_HIT,
+        Counter.NEW_FLOW,
+        Counter.SYN_RESCHEDULE,
+        Counter.CONN_EXPIRED,
+        Counter.CONN_REAL_GONE,
+        Counter.CONN_CONFIRMED,
+    }
 )
+VERDICT_REASONS = frozenset(Counter) - DETAIL_COUNTERS - {Counter.RX}
 
 
 def with_rx(counts: dict[Counter, int]) -> dict[Counter, int]:
