@@ -381,10 +381,8 @@ class CaromDaemon:
         for c in abi.Counter:
             raw = libbpf.map_lookup(self.stats_fd, int(c).to_bytes(4, "little"), 8 * ncpus)
             if raw is not None:
-                out[c.name.lower()] = sum(
-                    int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(ncpus)
-                )
-        return out
+                out[c] = sum(int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(ncpus))
+        return {c.name.lower(): n for c, n in abi.with_rx(out).items()}  # rx: derived
 
     def stop(self) -> None:
         """Stop with --detach (XDP off, pins removed); by PID if the socket fails."""

@@ -12,6 +12,8 @@
 #include "maps.h"
 #include "stats.h"
 #include "parse.h"
+#include "vip_filter.h"
+#include "service.h"
 #include "sched.h"
 #include "forward_dsr.h"
 #include "ifmac.h"
@@ -23,6 +25,7 @@ struct carom_abi_enums {
 	enum carom_family family;
 	enum carom_role role;
 	enum carom_cfg_flags cfg_flags;
+	enum carom_vip_flags vip_flags;
 	enum carom_svc_flags svc_flags;
 	enum carom_real_flags real_flags;
 	enum carom_method method;
@@ -30,22 +33,6 @@ struct carom_abi_enums {
 	enum carom_counter counter;
 };
 struct carom_abi_enums carom_abi_enums_anchor SEC(".carom_abi");
-
-static __always_inline int lookup_service(struct packet *p, struct svc_info **svc)
-{
-	struct svc_key key = {};
-
-	key.vip = p->flow.dst;
-	key.proto = p->flow.proto;
-	key.family = p->flow.family;
-	key.port = p->flow.dport;
-	*svc = bpf_map_lookup_elem(&services, &key);
-	if (*svc)
-		return 0;
-	key.port = 0; /* an all-ports service on this VIP */
-	*svc = bpf_map_lookup_elem(&services, &key);
-	return *svc ? 0 : CAROM_CNT_PASS_NO_SERVICE;
-}
 
 SEC("xdp")
 int carom_xdp(struct xdp_md *ctx)
@@ -55,16 +42,15 @@ int carom_xdp(struct xdp_md *ctx)
 	__u64 bytes = ctx->data_end - ctx->data;
 	struct packet p = {};
 	struct vip_key vk = {};
+	struct vip_info *vip = 0;
 	struct node_cfg *cfg;
 	struct svc_info *svc;
 	struct real_info *real;
 	struct ethhdr *eth = data;
-	struct mac_key mk = {};
 	__u32 zero = 0, real_id = 0;
 	__u16 eth_proto = 0;
-	int rc;
+	int rc, tried;
 
-	count(CAROM_CNT_RX);
 	rc = parse_eth(data, end, &p, &eth_proto);
 	if (rc)
 		return finish(rc);
@@ -82,10 +68,16 @@ int carom_xdp(struct xdp_md *ctx)
 	if (rc)
 		return finish(rc);
 
-	vk.addr = p.flow.dst;
-	vk.family = p.flow.family;
-	if (!bpf_map_lookup_elem(&vip_addrs, &vk))
+	if (!maybe_vip(&p.flow.dst))
 		return finish(CAROM_CNT_PASS_NOT_VIP);
+	svc = peek_service(data, end, &p, &tried);
+	if (!svc) {
+		vk.addr = p.flow.dst;
+		vk.family = p.flow.family;
+		vip = bpf_map_lookup_elem(&vip_addrs, &vk);
+		if (!vip)
+			return finish(CAROM_CNT_PASS_NOT_VIP);
+	}
 
 	cfg = bpf_map_lookup_elem(&node_cfg, &zero);
 	if (!cfg || cfg->role != CAROM_ROLE_ACTIVE)
@@ -106,10 +98,13 @@ int carom_xdp(struct xdp_md *ctx)
 	rc = parse_l4(data, end, &p);
 	if (rc)
 		return finish(rc);
-
-	rc = lookup_service(&p, &svc);
-	if (rc)
-		return finish(rc);
+	if (!svc) {
+		if (!vip)
+			return finish(CAROM_CNT_PASS_NOT_VIP); /* unreachable; for the verifier */
+		rc = find_service(&p, vip, tried, &svc);
+		if (rc)
+			return finish(rc);
+	}
 
 	/* Checks on the Ethernet header, now that the frame is ours to forward. */
 	if (eth->h_dest[0] & 1)
@@ -117,11 +112,8 @@ int carom_xdp(struct xdp_md *ctx)
 	rc = addressed_to_us(ctx, eth);
 	if (rc)
 		return finish(rc);
-	__builtin_memcpy(mk.mac, eth->h_source, ETH_ALEN);
-	if (bpf_map_lookup_elem(&real_macs, &mk))
-		return finish(CAROM_CNT_DROP_LOOP);
 
-	rc = schedule(&p, svc, cfg, &real_id, &real);
+	rc = schedule(&p, svc, cfg, eth->h_source, &real_id, &real);
 	if (rc)
 		return finish(rc);
 

@@ -15,6 +15,12 @@
 #define CAROM_MAX_DIRECTORS 64
 #define CAROM_MAX_IPV6_EXT_HDRS 4
 #define CAROM_MAX_IFINDEX 65536 /* if_macs is an array indexed by ifindex */
+/* vip_filter: one bit per bucket of a 16-bit fold of the destination address
+ * (see vip_filter.h); 65536 bits in 1024 words. */
+#define CAROM_VIP_FILTER_BITS 65536
+#define CAROM_VIP_FILTER_WORDS (CAROM_VIP_FILTER_BITS / 64)
+/* pending: slots per CPU (a power of two: the slot is flow_hash & (slots - 1)). */
+#define CAROM_PENDING_SLOTS 16384
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {
@@ -38,6 +44,13 @@ enum carom_svc_flags {
 	CAROM_SVC_PERSIST = 1, /* client-IP persistence (IPVS -p) */
 };
 
+/* vip_info.flags: which protocols have an all-ports service on the VIP, so the
+ * (VIP, proto, 0) lookup is made only where it can succeed. */
+enum carom_vip_flags {
+	CAROM_VIP_ALL_PORTS_TCP = 1,
+	CAROM_VIP_ALL_PORTS_UDP = 2,
+};
+
 /* real_info.flags */
 enum carom_real_flags {
 	CAROM_REAL_LOCAL = 1,    /* this node itself: deliver to the local stack */
@@ -56,10 +69,12 @@ enum carom_conn_flags {
 	CAROM_CONN_SYNCED = 1, /* entry learned from a peer director (reserved) */
 };
 
-/* Index into the per-CPU `stats` map. Every packet increments CAROM_CNT_RX and
- * exactly one verdict-reason counter; scheduling counters are extra detail. */
+/* Index into the per-CPU `stats` map. Every packet increments exactly one
+ * verdict-reason counter (it is counted once); CAROM_CNT_RX is not incremented
+ * by the program: user space derives it as the sum of the reasons (abi.py).
+ * Scheduling counters are extra detail. */
 enum carom_counter {
-	CAROM_CNT_RX = 0,
+	CAROM_CNT_RX = 0, /* derived by user space: sum of the verdict reasons */
 	/* pass: not our business */
 	CAROM_CNT_PASS_NOT_IP = 1,
 	CAROM_CNT_PASS_NOT_VIP = 2,
@@ -101,7 +116,8 @@ enum carom_counter {
 	CAROM_CNT_TX_ARP_REPLY = 32,
 	CAROM_CNT_TX_ND_ADVERT = 33,
 	CAROM_CNT_TX_ICMP_ERROR = 34,        /* ICMP error forwarded (DSR) to the quoted flow's real */
-	CAROM_CNT__MAX = 35,
+	CAROM_CNT_CONN_CONFIRMED = 35, /* a flow's second packet moved it from pending to conn_table */
+	CAROM_CNT__MAX = 36,
 };
 
 #endif

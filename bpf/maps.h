@@ -31,8 +31,25 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CAROM_MAX_VIPS);
 	__type(key, struct vip_key);
-	__type(value, __u32); /* number of services on this address */
+	__type(value, struct vip_info);
 } vip_addrs SEC(".maps");
+
+/* A bit per bucket of destination addresses (vip_filter.h): clear means "no VIP
+ * here", so non-VIP traffic is passed after one array read, without hashing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CAROM_VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} vip_filter SEC(".maps");
+
+/* The coarse clock (clock.h): one cached reading per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_cache);
+} clock SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -56,7 +73,7 @@ struct {
 	__type(value, struct real_info);
 } reals SEC(".maps");
 
-/* MAC of every remote real server: VIP traffic arriving from one is a loop. */
+/* MAC of every remote real server: a new flow arriving from one is a loop. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CAROM_MAX_REALS);
@@ -89,6 +106,16 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct conn_val);
 } conn_table SEC(".maps");
+
+/* Flows seen once (sched.h). A direct-mapped cache per CPU: writing a slot is a
+ * store, not an LRU insert, and a flood of one-packet flows (spoofed SYNs) only
+ * overwrites other one-packet flows, never an established flow in conn_table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CAROM_PENDING_SLOTS);
+	__type(key, __u32);
+	__type(value, struct pending_conn);
+} pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

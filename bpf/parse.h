@@ -48,6 +48,7 @@ struct packet {
 	__u8 l4_proto;
 	__u8 fragment;        /* any fragment: no trustworthy ports */
 	__u8 tcp_flags;
+	__u8 ttl;             /* IPv4 TTL or IPv6 hop limit (loop guard, sched.h) */
 };
 
 static __always_inline int parse_eth(void *data, void *end, struct packet *p, __u16 *eth_proto)
@@ -85,6 +86,7 @@ static __always_inline int parse_ipv4(void *data, void *end, struct packet *p)
 	p->flow.src.w[0] = ip->saddr;
 	p->flow.dst.w[0] = ip->daddr;
 	p->l4_proto = ip->protocol;
+	p->ttl = ip->ttl;
 	p->l4_off = sizeof(struct ethhdr) + hlen;
 	p->l4_end = sizeof(struct ethhdr) + tot;
 	p->fragment = (bpf_ntohs(ip->frag_off) & (IP_MF | IP_OFFSET)) != 0;
@@ -108,6 +110,7 @@ static __always_inline int parse_ipv6(void *data, void *end, struct packet *p)
 	__builtin_memcpy(&p->flow.src, &ip6->saddr, 16);
 	__builtin_memcpy(&p->flow.dst, &ip6->daddr, 16);
 	p->l4_proto = ip6->nexthdr;
+	p->ttl = ip6->hop_limit;
 	p->l4_off = sizeof(struct ethhdr) + sizeof(*ip6);
 	p->l4_end = p->l4_off + plen;
 	return 0;

@@ -1,10 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Choosing the real server: connection table, then client persistence, then
- * the service's Maglev row. The order makes an established flow immune to
- * changes of the server set; only a new flow consults Maglev. */
+/* Choosing the real server: connection table, then the pending cache of flows
+ * seen once, then client persistence, then the service's Maglev row. The order
+ * makes an established flow immune to changes of the server set; only a new
+ * flow consults Maglev.
+ *
+ * A new flow is not inserted into the LRU conn_table: its choice goes into a
+ * slot of the per-CPU `pending` cache, and the flow enters conn_table with its
+ * second packet (conn_confirmed). A flood of spoofed SYNs, each one packet of a
+ * flow that never continues, thus only overwrites pending slots and cannot
+ * evict established flows; the LRU insert (the costliest step of a new flow) is
+ * paid once per real flow, by its second packet.
+ *
+ * Loop guard (field note 2): both tables keep the TTL / hop limit of the flow's
+ * first packet. A packet of the flow that arrives with a lower one has been
+ * routed back to us after we forwarded it (a real that lost its VIP sends it
+ * back, directly or through its router): it is dropped and counted as a loop
+ * instead of being forwarded again. A new flow from a real's MAC is a loop too. */
 #ifndef CAROM_SCHED_H
 #define CAROM_SCHED_H
 
+#include "clock.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -17,6 +32,14 @@
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
+
+/* Time since `then`. The clock is per CPU and coarse (clock.h): an entry written
+ * on another CPU may carry a reading a tick newer than ours, which must count as
+ * age 0, not wrap around to "idle for centuries". */
+static __always_inline __u64 age_of(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
 
 static __always_inline struct real_info *usable_real(__u32 real_id)
 {
@@ -40,34 +63,123 @@ static __always_inline void persist_key_of(const struct packet *p, const struct 
 	pk->family = p->flow.family;
 }
 
+/* A real server's MAC as a frame's source: VIP traffic coming back from a real. */
+static __always_inline int from_real(const __u8 *src_mac)
+{
+	struct mac_key mk = {};
+
+	__builtin_memcpy(mk.mac, src_mac, 6);
+	return bpf_map_lookup_elem(&real_macs, &mk) != 0;
+}
+
+/* A packet of a known flow with a lower TTL than the flow's first packet. */
+static __always_inline int looped(const struct packet *p, __u8 first_ttl)
+{
+	return first_ttl && p->ttl < first_ttl;
+}
+
+static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/* Persistence or Maglev for a flow without a usable entry. Returns 0 with *rid
+ * and *real set, or the counter id of a drop. */
+static __always_inline int choose(const struct packet *p, const struct svc_info *svc,
+				  const struct node_cfg *cfg, __u32 fhash, __u64 now,
+				  __u32 *rid, struct real_info **real)
+{
+	struct persist_key pk;
+	struct persist_val *pv;
+	struct flow_key hkey;
+	__u32 idx, *slot;
+
+	if (svc->flags & CAROM_SVC_PERSIST) {
+		persist_key_of(p, svc, &pk);
+		pv = bpf_map_lookup_elem(&persist_table, &pk);
+		if (pv && age_of(now, pv->last_seen_ns) <= (__u64)svc->persist_timeout_s * NSEC_PER_SEC) {
+			*real = usable_real(pv->real_id);
+			if (*real) {
+				*rid = pv->real_id;
+				pv->last_seen_ns = now;
+				count(CAROM_CNT_PERSIST_HIT);
+				return 0;
+			}
+		}
+		/* Persistent services hash on the client address alone (and the VIP),
+		 * so every director agrees on a client's real even without state. */
+		hkey = p->flow;
+		hkey.sport = 0;
+		hkey.dport = 0;
+		fhash = flow_hash(&hkey);
+	}
+	if (!cfg->maglev_size)
+		return CAROM_CNT_DROP_NO_REAL;
+	idx = svc->id * cfg->maglev_size + fhash % cfg->maglev_size;
+	slot = bpf_map_lookup_elem(&maglev, &idx);
+	if (!slot)
+		return CAROM_CNT_DROP_NO_REAL;
+	*rid = *slot;
+	*real = usable_real(*rid);
+	if (!*real)
+		return CAROM_CNT_DROP_NO_REAL;
+	count(CAROM_CNT_NEW_FLOW);
+	return 0;
+}
+
+/* The flow's second packet: into conn_table, and its client into persist_table. */
+static __always_inline void confirm(const struct packet *p, const struct svc_info *svc,
+				   const struct pending_conn *pend, __u64 now)
+{
+	struct conn_val cv = { .real_id = pend->real_id, .ttl = pend->ttl, .last_seen_ns = now };
+
+	bpf_map_update_elem(&conn_table, &p->flow, &cv, BPF_ANY);
+	if (svc->flags & CAROM_SVC_PERSIST) {
+		struct persist_key pk;
+		struct persist_val *pv, nv = { .real_id = pend->real_id, .last_seen_ns = now };
+
+		persist_key_of(p, svc, &pk);
+		pv = bpf_map_lookup_elem(&persist_table, &pk);
+		if (pv && pv->real_id == pend->real_id)
+			pv->last_seen_ns = now;
+		else
+			bpf_map_update_elem(&persist_table, &pk, &nv, BPF_ANY);
+	}
+	count(CAROM_CNT_CONN_CONFIRMED);
+}
+
 /* Returns 0 with *real_id and *real set, or the counter id of a drop. */
 static __always_inline int schedule(const struct packet *p, const struct svc_info *svc,
-				    const struct node_cfg *cfg, __u32 *real_id,
-				    struct real_info **real)
+				    const struct node_cfg *cfg, const __u8 *src_mac,
+				    __u32 *real_id, struct real_info **real)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = coarse_now();
 	int syn = p->l4_proto == IPPROTO_TCP &&
 		  (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u64 idle = p->l4_proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
+	struct pending_conn *pend;
 	struct persist_key pk;
 	struct persist_val *pv;
 	struct conn_val *conn;
-	struct flow_key hkey;
-	__u32 idx, rid = 0;
-	__u32 *slot;
+	__u32 fhash, pslot, rid = 0;
+	int rc;
 
 	conn = bpf_map_lookup_elem(&conn_table, &p->flow);
 	if (conn) {
+		if (looped(p, conn->ttl))
+			return CAROM_CNT_DROP_LOOP;
 		if (syn) {
 			count(CAROM_CNT_SYN_RESCHEDULE);
-		} else if (idle && now - conn->last_seen_ns > idle) {
+		} else if (idle && age_of(now, conn->last_seen_ns) > idle) {
 			count(CAROM_CNT_CONN_EXPIRED);
 		} else {
 			*real = usable_real(conn->real_id);
 			if (*real) {
 				*real_id = conn->real_id;
 				count(CAROM_CNT_CONN_HIT);
-				if (now - conn->last_seen_ns > LAST_SEEN_GRANULARITY_NS) {
+				if (age_of(now, conn->last_seen_ns) > LAST_SEEN_GRANULARITY_NS) {
 					conn->last_seen_ns = now;
 					if (svc->flags & CAROM_SVC_PERSIST) {
 						persist_key_of(p, svc, &pk);
@@ -80,50 +192,48 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 			}
 			count(CAROM_CNT_CONN_REAL_GONE);
 		}
+		/* Rescheduled in place: the entry keeps its LRU slot. */
+		if (from_real(src_mac))
+			return CAROM_CNT_DROP_LOOP;
+		rc = choose(p, svc, cfg, flow_hash(&p->flow), now, &rid, real);
+		if (rc)
+			return rc;
+		conn->real_id = rid;
+		conn->ttl = p->ttl;
+		conn->last_seen_ns = now;
+		*real_id = rid;
+		return 0;
 	}
 
-	hkey = p->flow;
-	if (svc->flags & CAROM_SVC_PERSIST) {
-		persist_key_of(p, svc, &pk);
-		pv = bpf_map_lookup_elem(&persist_table, &pk);
-		if (pv && now - pv->last_seen_ns <= (__u64)svc->persist_timeout_s * NSEC_PER_SEC) {
-			*real = usable_real(pv->real_id);
-			if (*real) {
-				rid = pv->real_id;
-				pv->last_seen_ns = now;
-				count(CAROM_CNT_PERSIST_HIT);
-			}
+	fhash = flow_hash(&p->flow);
+	pslot = fhash & (CAROM_PENDING_SLOTS - 1);
+	pend = bpf_map_lookup_elem(&pending, &pslot);
+	if (!pend)
+		return CAROM_CNT_DROP_NO_REAL; /* unreachable: the slot is in range */
+	if (pend->real_id && same_flow(&pend->key, &p->flow) &&
+	    (!idle || age_of(now, pend->seen_ns) <= idle)) {
+		if (looped(p, pend->ttl))
+			return CAROM_CNT_DROP_LOOP;
+		*real = usable_real(pend->real_id);
+		if (!syn && *real) {
+			*real_id = pend->real_id;
+			confirm(p, svc, pend, now);
+			return 0;
 		}
-		/* Persistent services hash on the client address alone (and the VIP),
-		 * so every director agrees on a client's real even without state. */
-		hkey.sport = 0;
-		hkey.dport = 0;
+		/* A SYN again (a retransmission), or its real is gone: a new flow. */
 	}
 
-	if (!rid) {
-		if (!cfg->maglev_size)
-			return CAROM_CNT_DROP_NO_REAL;
-		idx = svc->id * cfg->maglev_size + flow_hash(&hkey) % cfg->maglev_size;
-		slot = bpf_map_lookup_elem(&maglev, &idx);
-		if (!slot)
-			return CAROM_CNT_DROP_NO_REAL;
-		rid = *slot;
-		*real = usable_real(rid);
-		if (!*real)
-			return CAROM_CNT_DROP_NO_REAL;
-		count(CAROM_CNT_NEW_FLOW);
-		if (svc->flags & CAROM_SVC_PERSIST) {
-			struct persist_val nv = { .real_id = rid, .last_seen_ns = now };
-
-			bpf_map_update_elem(&persist_table, &pk, &nv, BPF_ANY);
-		}
-	}
-
-	{
-		struct conn_val cv = { .real_id = rid, .last_seen_ns = now };
-
-		bpf_map_update_elem(&conn_table, &p->flow, &cv, BPF_ANY);
-	}
+	/* A new flow. One from a real's MAC is a loop (field note 2); only new
+	 * flows pay this lookup, known flows are guarded by their TTL. */
+	if (from_real(src_mac))
+		return CAROM_CNT_DROP_LOOP;
+	rc = choose(p, svc, cfg, fhash, now, &rid, real);
+	if (rc)
+		return rc;
+	pend->key = p->flow;
+	pend->real_id = rid;
+	pend->ttl = p->ttl;
+	pend->seen_ns = now;
 	*real_id = rid;
 	return 0;
 }

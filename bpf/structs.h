@@ -33,6 +33,11 @@ struct vip_key {
 	__u8 pad[3];
 };
 
+struct vip_info {
+	__u32 services; /* number of services on this address */
+	__u32 flags;    /* enum carom_vip_flags */
+};
+
 /* reals: real id -> where to send. id 0 is never used ("no real"). */
 struct real_info {
 	struct carom_addr addr;
@@ -61,8 +66,20 @@ struct flow_key {
 
 struct conn_val {
 	__u32 real_id;
-	__u32 flags;        /* enum carom_conn_flags */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet, coarse (see sched.h) */
+	__u16 flags;        /* enum carom_conn_flags */
+	__u8 ttl;           /* TTL / hop limit of the flow's first packet; 0 = unknown */
+	__u8 reserved;
+	__u64 last_seen_ns; /* coarse_now() of the last packet, refreshed once a second */
+};
+
+/* pending[flow_hash % CAROM_PENDING_SLOTS], per CPU: a flow seen once. Its second
+ * packet moves it to conn_table (sched.h: SYN-flood resistance, loop guard). */
+struct pending_conn {
+	struct flow_key key;
+	__u32 real_id;      /* 0 = empty slot */
+	__u8 ttl;           /* TTL / hop limit of the flow's first packet */
+	__u8 pad[3];
+	__u64 seen_ns;      /* coarse_now() when written */
 };
 
 /* persist_table: (service, client address) -> real, for CAROM_SVC_PERSIST. */
@@ -77,6 +94,12 @@ struct persist_val {
 	__u32 real_id;
 	__u32 reserved;
 	__u64 last_seen_ns;
+};
+
+/* clock[0], per CPU: the coarse clock of clock.h. */
+struct clock_cache {
+	__u64 jiffies; /* jiffies when `ns` was read */
+	__u64 ns;      /* bpf_ktime_get_ns() at that jiffy */
 };
 
 /* node_cfg[0]: instance-wide settings written by the daemon. */

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def bpf_runner() -> Iterator[object]:
     if not IS_ROOT:
         pytest.skip("needs root to load BPF programs")
-    from carom.bpf.testrun import TestRunner
+    from tests.harness.testrun import TestRunner
 
     runner = TestRunner()
     try:

@@ -11,6 +11,8 @@ import ctypes
 import enum
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterable
 from typing import ClassVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,6 +44,13 @@ class SvcFlags(enum.IntFlag):
     PERSIST = 1
 
 
+class VipFlags(enum.IntFlag):
+    """enum carom_vip_flags: vip_info.flags (protocols with an all-ports service)."""
+
+    ALL_PORTS_TCP = 1
+    ALL_PORTS_UDP = 2
+
+
 class RealFlags(enum.IntFlag):
     """enum carom_real_flags: real_info.flags."""
 
@@ -64,7 +73,8 @@ class ConnFlags(enum.IntFlag):
 
 
 class Counter(enum.IntEnum):
-    """enum carom_counter: indices of the per-CPU `stats` map."""
+    """enum carom_counter: indices of the per-CPU `stats` map. The program counts
+    each packet once, under its verdict's reason; RX is derived (with_rx)."""
 
     RX = 0
     PASS_NOT_IP = 1
@@ -101,9 +111,10 @@ class Counter(enum.IntEnum):
     TX_ARP_REPLY = 32
     TX_ND_ADVERT = 33
     TX_ICMP_ERROR = 34
+    CONN_CONFIRMED = 35
 
 
-COUNTER_MAX = 35  # CAROM_CNT__MAX
+COUNTER_MAX = 36  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -127,11 +138,38 @@ def verdict_of(reason: Counter) -> Verdict:
     return Verdict.DROP
 
 
+# Scheduling detail: counted on top of a packet's reason. Every other counter but
+# RX is a verdict reason (listed by exclusion, so a new reason is one by default).
+DETAIL_COUNTERS = frozenset(
+    {
+        Counter.CONN_HIT,
+        Counter.PERSIST_HIT,
+        Counter.NEW_FLOW,
+        Counter.SYN_RESCHEDULE,
+        Counter.CONN_EXPIRED,
+        Counter.CONN_REAL_GONE,
+        Counter.CONN_CONFIRMED,
+    }
+)
+VERDICT_REASONS = frozenset(Counter) - DETAIL_COUNTERS - {Counter.RX}
+
+
+def with_rx(counts: dict[Counter, int]) -> dict[Counter, int]:
+    """Counter totals as read from `stats`, with RX filled in: the program does not
+    count it (one increment per packet is cheaper), every packet has one reason."""
+    out: dict[Counter, int] = {c: n for c, n in counts.items() if c != Counter.RX}
+    rx = sum(n for c, n in out.items() if c in VERDICT_REASONS)
+    if rx:
+        out[Counter.RX] = rx
+    return out
+
+
 # Enums checked against BTF: C enum name -> (Python enum, prefix of C constants).
 ENUMS: dict[str, tuple[type[enum.IntEnum] | type[enum.IntFlag], str]] = {
     "carom_family": (Family, "CAROM_FAMILY_"),
     "carom_role": (Role, "CAROM_ROLE_"),
     "carom_cfg_flags": (CfgFlags, "CAROM_CFG_"),
+    "carom_vip_flags": (VipFlags, "CAROM_VIP_"),
     "carom_svc_flags": (SvcFlags, "CAROM_SVC_"),
     "carom_real_flags": (RealFlags, "CAROM_REAL_"),
     "carom_method": (Method, "CAROM_METHOD_"),
@@ -212,6 +250,16 @@ class VipKey(Struct):
     _fields_ = [("addr", Addr), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
 
+class VipInfo(Struct):
+    _c_name_ = "vip_info"
+    _fields_ = [("services", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class ClockCache(Struct):
+    _c_name_ = "clock_cache"
+    _fields_ = [("jiffies", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
+
+
 class RealInfo(Struct):
     _c_name_ = "real_info"
     _fields_ = [
@@ -245,8 +293,21 @@ class ConnVal(Struct):
     _c_name_ = "conn_val"
     _fields_ = [
         ("real_id", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),
+        ("ttl", ctypes.c_uint8),  # of the flow's first packet; 0 = unknown (no loop check)
+        ("reserved", ctypes.c_uint8),
         ("last_seen_ns", ctypes.c_uint64),
+    ]
+
+
+class PendingConn(Struct):
+    _c_name_ = "pending_conn"
+    _fields_ = [
+        ("key", FlowKey),
+        ("real_id", ctypes.c_uint32),  # 0 = empty slot
+        ("ttl", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("seen_ns", ctypes.c_uint64),
     ]
 
 
@@ -306,10 +367,13 @@ STRUCTS: tuple[type[Struct], ...] = (
     SvcKey,
     SvcInfo,
     VipKey,
+    VipInfo,
+    ClockCache,
     RealInfo,
     MacKey,
     FlowKey,
     ConnVal,
+    PendingConn,
     PersistKey,
     PersistVal,
     NodeCfg,
@@ -323,7 +387,9 @@ U64 = ctypes.c_uint64
 MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = {
     "node_cfg": (U32, NodeCfg),
     "lease": (U32, U64),
-    "vip_addrs": (VipKey, U32),
+    "vip_addrs": (VipKey, VipInfo),
+    "vip_filter": (U32, U64),
+    "clock": (U32, ClockCache),
     "services": (SvcKey, SvcInfo),
     "maglev": (U32, U32),
     "reals": (U32, RealInfo),
@@ -331,6 +397,7 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "director_macs": (MacKey, U32),
     "if_macs": (U32, IfMac),
     "conn_table": (FlowKey, ConnVal),
+    "pending": (U32, PendingConn),
     "persist_table": (PersistKey, PersistVal),
     "stats": (U32, U64),
     "svc_stats": (U32, TrafficCounter),
@@ -358,6 +425,32 @@ def svc_key(vip: IPAddress, proto: int, port: int) -> SvcKey:
 
 def vip_key(vip: IPAddress) -> VipKey:
     return VipKey(addr=Addr.of(vip), family=int(family_of(vip)))
+
+
+VIP_FILTER_BITS = 65536  # CAROM_VIP_FILTER_BITS
+PENDING_SLOTS = 16384  # CAROM_PENDING_SLOTS: per CPU, a power of two
+
+
+def vip_filter_bit(address: IPAddress) -> int:
+    """bpf/vip_filter.h vip_filter_bit: the 16-bit fold of the address words."""
+    w = struct.unpack("<4I", bytes(Addr.of(address)))  # the C words, little-endian host
+    x = int(w[0] ^ w[1] ^ w[2] ^ w[3])
+    x ^= x >> 16
+    return x & (VIP_FILTER_BITS - 1)
+
+
+def vip_filter_words(vips: Iterable[IPAddress]) -> dict[int, int]:
+    """The non-zero words of the vip_filter map for this set of VIPs."""
+    words: dict[int, int] = {}
+    for vip in vips:
+        bit = vip_filter_bit(vip)
+        words[bit // 64] = words.get(bit // 64, 0) | (1 << (bit % 64))
+    return words
+
+
+def all_ports_flag(proto: int) -> VipFlags:
+    """The vip_info flag of an all-ports service of this protocol."""
+    return VipFlags.ALL_PORTS_TCP if proto == PROTOCOLS["tcp"] else VipFlags.ALL_PORTS_UDP
 
 
 def family_of(address: IPAddress) -> Family:

@@ -8,15 +8,15 @@ import copy
 import ipaddress
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from carom import abi
-from carom.bpf.testrun import TestRunner, model_outcome
 from carom.model.state import State
+from tests.harness.testrun import TestRunner, model_outcome
 from tests.packets.cases import (
     CASES,
     CLIENT,
@@ -29,6 +29,7 @@ from tests.packets.cases import (
     VIP_PERSIST,
     base_state,
     flow_key,
+    pending_slot,
 )
 
 pytestmark = pytest.mark.root
@@ -52,6 +53,7 @@ def assert_same(runner: TestRunner, state: State, frame: bytes) -> None:
     assert got.real_traffic == want.real_traffic
     assert got.conns == want.conns
     assert got.persist == want.persist
+    assert got.pending == want.pending
 
 
 @given(data=st.binary(min_size=14, max_size=160))
@@ -109,6 +111,10 @@ def test_mutated_cases(bpf_runner: TestRunner, case, flips, cut, extend) -> None
     ),
     unusable=st.sets(st.sampled_from(list(REALS))),
     role=st.sampled_from(list(abi.Role)),
+    table=st.sampled_from(["conn", "pending"]),
+    ttl=st.sampled_from([64, 63, 62, 1, 255]),
+    entry_ttl=st.sampled_from([0, 64]),
+    from_real=st.booleans(),
 )
 @FUZZ
 def test_structured_flows(  # type: ignore[no-untyped-def]
@@ -126,22 +132,37 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
     persist_age_s,
     unusable,
     role,
+    table,
+    ttl,
+    entry_ttl,
+    from_real,
 ) -> None:
     if v6:
-        l3 = IPv6(src=str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), dst=VIP6)
+        l3 = IPv6(src=str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), dst=VIP6, hlim=ttl)
     else:
-        l3 = IP(src=str(ipaddress.IPv4Address(client)), dst=vip)
+        l3 = IP(src=str(ipaddress.IPv4Address(client)), dst=vip, ttl=ttl)
     l4 = UDP(sport=sport, dport=dport) if udp else TCP(sport=sport, dport=dport, flags=flags)
-    frame = bytes(Ether(src=ROUTER_MAC, dst=DIRECTOR_MAC) / l3 / l4 / payload)
+    src_mac = REALS[3][1] if from_real else ROUTER_MAC
+    frame = bytes(Ether(src=src_mac, dst=DIRECTOR_MAC) / l3 / l4 / payload)
     state = base_state()
     assert state.node is not None
     state.node.role = role
     import time
 
+    # The data plane's clock is up to a tick behind (bpf/clock.h): ages within
+    # a few ms of the 1 s refresh granularity may fall either way.
+    assume(abs(age_s - 1.0) > 0.02 and abs(persist_age_s - 1.0) > 0.02)
     now = time.monotonic_ns()
-    if seeded_real is not None:
+    if seeded_real is not None and table == "conn":
         state.conns[flow_key(frame)] = abi.ConnVal(
-            real_id=seeded_real, last_seen_ns=now - int(age_s * 1e9)
+            real_id=seeded_real, ttl=entry_ttl, last_seen_ns=now - int(age_s * 1e9)
+        )
+    elif seeded_real is not None:
+        state.pending[pending_slot(frame)] = abi.PendingConn(
+            key=abi.FlowKey.from_buffer_copy(flow_key(frame)),
+            real_id=seeded_real,
+            ttl=entry_ttl,
+            seen_ns=now - int(age_s * 1e9),
         )
     if not v6 and vip == VIP_PERSIST and seeded_real is not None:
         from tests.packets.cases import persist_key

@@ -335,6 +335,70 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def test_forwarding_loop_through_the_router_is_dropped_after_one_round(
+    lab: Lab, director: Director, tmp_path: Path
+) -> None:
+    """Field note 2, the routed variant: real3 loses its VIP, forwards IP, and its
+    route to the VIP points at the router, so every packet the director sends it
+    comes back through the router (TTL 2 lower, from the router's MAC, where no
+    MAC check can see it). Without the TTL guard each SYN went round ~32 times;
+    now each is forwarded at most twice (once per CPU its copies land on) and then
+    dropped as a loop, counted and reported."""
+    vip = f"{t.VIP4}/32"
+    router = str(t.gateway4(t.SERVER_SEGMENT))
+    lab.exec("real3", ["ip", "addr", "del", vip, "dev", "lo"], check=True)
+    lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    lab.exec("real3", ["ip", "route", "add", str(t.VIP4), "via", router], check=True)
+    # no ICMP redirect from the router: it would shorten the loop to the direct one
+    redirects = ["net.ipv4.conf.all.send_redirects", "net.ipv4.conf.carom0.send_redirects"]
+    for key in redirects:
+        lab.exec("router", ["sysctl", "-qw", f"{key}=0"], check=True)
+    try:
+        before = director.status()
+        at_router = Capture(lab, "router", tmp_path / "router.pcap")
+        try:
+            # a third land on real3 and time out; 15 make "none did" a 0.2% event
+            served = curl(lab, "client1", f"http://{t.VIP4}/", 15)
+        finally:
+            router_pkts = at_router.stop()
+        time.sleep(2.5)  # the daemon checks the counter every 2 s
+        after = director.status()
+        looped = after["counters"]["drop_loop"] - before["counters"]["drop_loop"]
+
+        def to_real3(status: dict[str, Any]) -> int:
+            real3 = str(t.REAL3.main.addr4)
+            return sum(
+                r["packets"]
+                for s in status["services"]
+                for r in s["reals"]
+                if r["address"] == real3
+            )
+
+        forwarded = to_real3(after) - to_real3(before)
+        ttls = [
+            p[IP].ttl
+            for p in router_pkts
+            if IP in p and p[IP].dst == str(t.VIP4) and p[Ether].src == t.ROUTER.main.mac
+        ]
+        seen = f"served {served}, forwarded to real3 {forwarded}, TTLs at the router {ttls}"
+        assert looped > 0, f"the routed loop was not caught: {seen}"
+        # every packet sent to real3 came back and ended as one loop drop after at
+        # most two transmissions (the old behaviour: ~32 transmissions, no drop)
+        assert forwarded <= 2 * looped, seen
+        # what the router sent towards the VIP: clients' packets leave it with TTL
+        # 63, a copy looped once through real3 and the router with 61, a second
+        # round 59; nothing went round more often (before: down to TTL 1)
+        assert any(ttl <= 61 for ttl in ttls), f"no packet looped through the router: {ttls}"
+        assert min(ttls) >= 59, f"a packet went round more than twice: {sorted(ttls)}"
+        assert "came back from a real server" in director.log()
+    finally:
+        for key in redirects:
+            lab.exec("router", ["sysctl", "-qw", f"{key}=1"])
+        lab.exec("real3", ["ip", "route", "del", str(t.VIP4), "via", router])
+        lab.exec("real3", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        lab.exec("real3", ["ip", "addr", "add", vip, "dev", "lo"])
+
+
 def _arp_repliers(lab: Lab, target: str) -> set[str]:
     """MACs answering an ARP request for `target` sent by the router."""
     script = (

@@ -36,7 +36,7 @@ DIRECTOR_CONTROL = """
 import ipaddress, json, sys, time
 import numpy as np
 from carom import abi
-from carom.bpf.testrun import TestRunner
+from tests.harness.testrun import TestRunner
 from carom.model.state import Node, Real, Service, State
 runner = TestRunner()
 size = runner.limits.maglev_table_size

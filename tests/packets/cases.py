@@ -32,6 +32,12 @@ VIP_LOCAL = "192.0.2.103"
 VIP_EMPTY = "192.0.2.104"
 VIP6 = "2001:db8:2::100"
 IP = IP  # re-exported for the fuzz tests
+# Not a VIP, but its vip_filter bit is VIP's (xor the same bits into the first and
+# third bytes: the 16-bit fold of vip_filter.h cannot tell the two apart).
+FILTER_TWIN = "193.0.3.100"
+assert abi.vip_filter_bit(ipaddress.ip_address(FILTER_TWIN)) == abi.vip_filter_bit(
+    ipaddress.ip_address(VIP)
+)
 
 REALS = {
     1: ("192.0.2.11", "02:00:00:00:00:11"),
@@ -154,6 +160,7 @@ class PacketCase:
     svc_id: int | None = None  # service the frame belongs to (for maglev and traffic counters)
     extra: dict[C, int] = field(default_factory=dict)  # scheduling counters expected
     conn_created: bool | None = None  # expect a conn entry for the flow afterwards
+    pending_created: bool | None = None  # expect the flow in its pending slot afterwards
     refreshed: bool | None = None  # expect the entry's last_seen set to the run's time
     kernel: bool = True  # False: the kernel refuses the frame before XDP (documented)
     out: bytes | None = None  # expected frame of an answer (ARP/NDP), built independently
@@ -164,10 +171,35 @@ class PacketCase:
         return abi.verdict_of(self.reason)
 
 
-def _conn(frame: bytes, real_id: int, age_s: float = 0.01) -> Setup:
+def ttl_of(frame: bytes) -> int:
+    """IPv4 TTL or IPv6 hop limit of an Ethernet frame (scapy decodes)."""
+    pkt = Ether(frame)
+    return int(pkt[IP].ttl) if IP in pkt else int(pkt[IPv6].hlim)
+
+
+def _conn(frame: bytes, real_id: int, age_s: float = 0.1, ttl: int = 64) -> Setup:
     def setup(state: State, now: int) -> None:
         state.conns[flow_key(frame)] = abi.ConnVal(
-            real_id=real_id, last_seen_ns=now - int(age_s * 1e9)
+            real_id=real_id, ttl=ttl, last_seen_ns=now - int(age_s * 1e9)
+        )
+
+    return setup
+
+
+def pending_slot(frame: bytes) -> int:
+    """The flow's pending slot: reference murmur3 of its key, masked."""
+    return mmh3.hash(flow_key(frame), 0x63A70B1D, signed=False) & (abi.PENDING_SLOTS - 1)
+
+
+def _pending(frame: bytes, real_id: int, age_s: float = 0.1, ttl: int = 64) -> Setup:
+    """The flow's first packet went to real_id (it sits in the pending cache)."""
+
+    def setup(state: State, now: int) -> None:
+        state.pending[pending_slot(frame)] = abi.PendingConn(
+            key=abi.FlowKey.from_buffer_copy(flow_key(frame)),
+            real_id=real_id,
+            ttl=ttl,
+            seen_ns=now - int(age_s * 1e9),
         )
 
     return setup
@@ -250,6 +282,18 @@ PADDED = SYN + bytes(60 - len(SYN))  # Ethernet minimum frame: padding after the
 # A SYN whose tuple has a stale entry to real 3; the table no longer holds real 3.
 ACK_NEW_SET = tcp4(flags="PA", sport=40002, payload=b"more")
 SYN_REUSE = tcp4(sport=40003)
+LOOPED_VIA_ROUTER = bytes(
+    eth() / IP(src=CLIENT, dst=VIP, ttl=62) / TCP(sport=40010, dport=80, flags="PA") / b"x"
+)
+LOOPED_DIRECT = bytes(
+    Ether(src=REALS[3][1], dst=DIRECTOR_MAC)
+    / IP(src=CLIENT, dst=VIP, ttl=63)
+    / TCP(sport=40011, dport=80, flags="A")
+)
+LOOPED_SYN = bytes(eth() / IP(src=CLIENT, dst=VIP, ttl=62) / TCP(sport=40012, dport=80, flags="S"))
+LOOPED_V6 = bytes(
+    eth(type=0x86DD) / IPv6(src=CLIENT6, dst=VIP6, hlim=62) / TCP(sport=40013, dport=80, flags="A")
+)
 PERSIST_SYN = tcp4(dst=VIP_PERSIST, dport=443, sport=40004)
 ALL_PORTS = tcp4(dst=VIP_ALL_PORTS, dport=8443, sport=40005)
 LOCAL = tcp4(dst=VIP_LOCAL, sport=40006)
@@ -275,7 +319,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=0,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "tcp-established-conn-hit",
@@ -294,7 +338,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=1,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "ipv6-tcp-new-flow",
@@ -303,7 +347,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=2,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "ipv6-hop-by-hop-then-tcp",
@@ -312,7 +356,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=2,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "ipv6-atomic-fragment-is-whole",
@@ -321,7 +365,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=2,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "ipv4-with-options",
@@ -330,7 +374,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=0,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "ethernet-padding-kept",
@@ -339,7 +383,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=0,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "second-packet-after-server-set-change",
@@ -389,7 +433,7 @@ CASES: list[PacketCase] = [
         real="maglev-client",
         svc_id=4,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "persistence-hit",
@@ -399,7 +443,7 @@ CASES: list[PacketCase] = [
         real=2,
         svc_id=4,
         extra={C.PERSIST_HIT: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "persistence-expired",
@@ -409,7 +453,7 @@ CASES: list[PacketCase] = [
         real="maglev-client",
         svc_id=4,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "all-ports-service",
@@ -418,7 +462,7 @@ CASES: list[PacketCase] = [
         real="maglev",
         svc_id=3,
         extra={C.NEW_FLOW: 1},
-        conn_created=True,
+        pending_created=True,
     ),
     PacketCase(
         "local-real-goes-to-stack",
@@ -427,7 +471,104 @@ CASES: list[PacketCase] = [
         real=6,
         svc_id=5,
         extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    # --- a flow's first packets: pending cache, then conn_table ---
+    PacketCase(
+        "second-packet-confirms-the-flow",
+        ACK_NEW_SET,
+        C.TX_DSR,
+        setup=_seq(_pending(ACK_NEW_SET, 3), _drop_real_from_table(3)),
+        real=3,
+        svc_id=0,
+        extra={C.CONN_CONFIRMED: 1},
         conn_created=True,
+        note="the first packet's choice is kept although Maglev no longer has real 3",
+    ),
+    PacketCase(
+        "syn-retransmission-of-a-pending-flow-is-scheduled-again",
+        SYN_REUSE,
+        C.TX_DSR,
+        setup=_seq(_pending(SYN_REUSE, 3), _drop_real_from_table(3)),
+        real="maglev",
+        svc_id=0,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    PacketCase(
+        "stale-pending-entry-is-ignored",
+        ACK_NEW_SET,
+        C.TX_DSR,
+        setup=_seq(_pending(ACK_NEW_SET, 3, age_s=3600), _drop_real_from_table(3)),
+        real="maglev",
+        svc_id=0,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    PacketCase(
+        "pending-entry-with-unusable-real-is-scheduled-again",
+        ACK_NEW_SET,
+        C.TX_DSR,
+        setup=_seq(_pending(ACK_NEW_SET, 3), _real_unusable(3), _drop_real_from_table(3)),
+        real="maglev",
+        svc_id=0,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    # --- loops (field note 2): a known flow's packet back with a lower TTL ---
+    PacketCase(
+        "loop-through-a-router-known-flow",
+        LOOPED_VIA_ROUTER,
+        C.DROP_LOOP,
+        setup=_conn(LOOPED_VIA_ROUTER, 3, ttl=64),
+        note="a real without its VIP routed it to its gateway, which sent it back (TTL 64-2)",
+    ),
+    PacketCase(
+        "loop-straight-from-a-real-known-flow",
+        LOOPED_DIRECT,
+        C.DROP_LOOP,
+        setup=_conn(LOOPED_DIRECT, 3, ttl=64),
+        note="the real forwarded it back on the link (TTL 64-1); no MAC lookup needed",
+    ),
+    PacketCase(
+        "looped-first-packet-through-a-router",
+        LOOPED_SYN,
+        C.DROP_LOOP,
+        setup=_pending(LOOPED_SYN, 3, ttl=64),
+        note="the SYN was forwarded once; its copy is caught by the pending entry's TTL",
+    ),
+    PacketCase(
+        "looped-syn-of-an-established-tuple-is-not-rescheduled",
+        LOOPED_SYN,
+        C.DROP_LOOP,
+        setup=_conn(LOOPED_SYN, 3, ttl=64),
+    ),
+    PacketCase(
+        "higher-ttl-is-not-a-loop",
+        ACK,
+        C.TX_DSR,
+        setup=_conn(ACK, 3, ttl=60),
+        real=3,
+        svc_id=0,
+        extra={C.CONN_HIT: 1},
+        conn_created=True,
+    ),
+    PacketCase(
+        "entry-without-a-ttl-is-never-a-loop",
+        LOOPED_VIA_ROUTER,
+        C.TX_DSR,
+        setup=_conn(LOOPED_VIA_ROUTER, 3, ttl=0),
+        real=3,
+        svc_id=0,
+        extra={C.CONN_HIT: 1},
+        conn_created=True,
+        note="ttl 0: entries written before the TTL was kept, or synced ones",
+    ),
+    PacketCase(
+        "ipv6-loop-lower-hop-limit",
+        LOOPED_V6,
+        C.DROP_LOOP,
+        setup=_conn(LOOPED_V6, 4, ttl=64),
     ),
     # --- not ours ---
     PacketCase("non-vip-tcp", tcp4(dst="192.0.2.50"), C.PASS_NOT_VIP),
@@ -437,6 +578,29 @@ CASES: list[PacketCase] = [
         C.PASS_NOT_VIP,
     ),
     PacketCase("vip-port-without-service", tcp4(dport=22), C.PASS_NO_SERVICE),
+    PacketCase(
+        "udp-to-a-vip-with-only-a-tcp-all-ports-service",
+        bytes(eth() / IP(src=CLIENT, dst=VIP_ALL_PORTS) / UDP(sport=5353, dport=53) / b"q"),
+        C.PASS_NO_SERVICE,
+        note="vip_info.flags: no UDP all-ports service, so no (VIP, udp, 0) lookup",
+    ),
+    PacketCase(
+        "ipv6-extension-header-then-port-without-service",
+        bytes(
+            eth(type=0x86DD)
+            / IPv6(src=CLIENT6, dst=VIP6)
+            / IPv6ExtHdrDestOpt()
+            / TCP(sport=40009, dport=22, flags="S")
+        ),
+        C.PASS_NO_SERVICE,
+        note="the general path: vip_addrs, extension headers, then the service lookup",
+    ),
+    PacketCase(
+        "non-vip-sharing-a-vip-filter-bit",
+        tcp4(dst=FILTER_TWIN),
+        C.PASS_NOT_VIP,
+        note="vip_filter says maybe; the service and vip_addrs lookups say no",
+    ),
     PacketCase(
         "vip-icmp-echo", bytes(eth() / IP(src=CLIENT, dst=VIP) / ICMP()), C.PASS_OTHER_PROTO
     ),

@@ -12,8 +12,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from carom.abi import Counter as C
-from carom.bpf.testrun import TestRunner
 from carom.daemon import explain
+from tests.harness.testrun import TestRunner
 from tests.packets.cases import CASES, ROUTER_MAC, PacketCase, expected_real, prepared
 
 VERDICTS = {
@@ -59,6 +59,8 @@ def check(case: PacketCase, e: explain.Explanation) -> None:
         assert e.real == str(state.reals[want].address)
     if C.CONN_HIT in case.extra:
         assert e.path == "connection"
+    elif C.CONN_CONFIRMED in case.extra:
+        assert e.path == "pending"
     elif C.PERSIST_HIT in case.extra:
         assert e.path == "persistence"
     elif case.reason in (C.TX_DSR, C.PASS_LOCAL_REAL):

@@ -11,9 +11,17 @@ import pytest
 from carom import abi
 from carom.abi import Counter as C
 from carom.bpf import libbpf
-from carom.bpf.testrun import Outcome, TestRunner, model_outcome
 from carom.model.state import State
-from tests.packets.cases import CASES, PacketCase, expected_frame, expected_real, flow_key, prepared
+from tests.harness.testrun import Outcome, TestRunner, model_outcome
+from tests.packets.cases import (
+    CASES,
+    PacketCase,
+    expected_frame,
+    expected_real,
+    flow_key,
+    prepared,
+    ttl_of,
+)
 
 Impl = Callable[[State, bytes], Outcome]
 
@@ -31,6 +39,7 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
     name, run = impl
     state, _ = prepared(case)
     seeded_conns = {k: v.real_id for k, v in state.conns.items()}
+    seeded_pending = {i: (bytes(v.key), v.real_id) for i, v in state.pending.items()}
     want_real = expected_real(case, state)
     want_frame = expected_frame(case, state)
     if name == "bpf" and not case.kernel:
@@ -52,7 +61,15 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
     else:
         assert out.real_traffic == {} and out.svc_traffic == {}
     if case.conn_created:
-        real_id, _, seen = out.conns[flow_key(case.frame)]
+        key = flow_key(case.frame)
+        real_id, _, ttl, seen = out.conns[key]
+        # the entry keeps the TTL of the flow's first packet
+        if C.CONN_HIT in case.extra:
+            assert ttl == state.conns[key].ttl
+        elif C.CONN_CONFIRMED in case.extra:
+            assert ttl == next(v.ttl for v in state.pending.values() if bytes(v.key) == key)
+        else:
+            assert ttl == ttl_of(case.frame)
         assert real_id == want_real
         if C.CONN_HIT not in case.extra or case.refreshed:
             assert seen == -1, "the entry carries the time of the run"
@@ -60,6 +77,12 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
             assert seen != -1, "a recent entry is not rewritten (1 s granularity)"
     else:
         assert {k: v[0] for k, v in out.conns.items()} == seeded_conns, "conn table unchanged"
+    if case.pending_created:
+        key = flow_key(case.frame)
+        entry = next(v for v in out.pending.values() if v[0] == key)
+        assert entry[1:] == (want_real, ttl_of(case.frame), -1), "pending entry of this run"
+    else:
+        assert {i: v[:2] for i, v in out.pending.items()} == seeded_pending, "pending unchanged"
 
 
 def test_table_covers_every_verdict_reason() -> None:

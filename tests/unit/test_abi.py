@@ -37,3 +37,23 @@ def test_verdict_reasons() -> None:
     assert abi.verdict_of(abi.Counter.PASS_LOCAL_REAL) == abi.Verdict.PASS
     assert abi.verdict_of(abi.Counter.TX_DSR) == abi.Verdict.TX
     assert abi.verdict_of(abi.Counter.DROP_SHORT_ETH) == abi.Verdict.DROP
+
+
+def test_vip_filter_bit_golden() -> None:
+    """bpf/vip_filter.h: xor of the four little-endian address words, folded to
+    16 bits. Values worked out by hand from the address bytes."""
+    import ipaddress
+
+    ip = ipaddress.ip_address
+    # 192.0.2.100: word 0x640200c0 -> 0x6402 ^ 0x00c0
+    assert abi.vip_filter_bit(ip("192.0.2.100")) == 0x64C2
+    # 2001:db8::1: words 0xb80d0120, 0, 0, 0x01000000 -> 0xb90d0120 -> 0xb90d ^ 0x0120
+    assert abi.vip_filter_bit(ip("2001:db8::1")) == 0xB82D
+    words = abi.vip_filter_words([ip("192.0.2.100"), ip("2001:db8::1")])
+    assert words == {0x64C2 // 64: 1 << (0x64C2 % 64), 0xB82D // 64: 1 << (0xB82D % 64)}
+
+
+def test_rx_is_the_sum_of_the_reasons() -> None:
+    C = abi.Counter
+    got = abi.with_rx({C.TX_DSR: 5, C.PASS_NOT_VIP: 2, C.CONN_HIT: 4, C.RX: 0})
+    assert got == {C.TX_DSR: 5, C.PASS_NOT_VIP: 2, C.CONN_HIT: 4, C.RX: 7}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 from pathlib import Path
 
 from carom.cluster import wire
@@ -44,6 +45,23 @@ def test_decide() -> None:
     assert decide(inputs(State.RESIGNING, resign_expired=True))[0] is State.BACKUP  # type: ignore[index]
 
 
+def _free_port() -> int:
+    """A UDP port free on both loopback addresses (two test runs may share the host)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind(("127.0.0.2", port))
+                except OSError:
+                    continue
+                return port
+
+
+PORTS: dict[Path, int] = {}
+
+
 def cluster(tmp_path: Path, node: str, preempt: bool = False, prio2: int = 100) -> Cluster:
     key = tmp_path / "k"
     if not key.exists():
@@ -53,7 +71,7 @@ def cluster(tmp_path: Path, node: str, preempt: bool = False, prio2: int = 100) 
         {
             "node": node,
             "key_file": str(key),
-            "port": 17946,
+            "port": PORTS.setdefault(tmp_path, _free_port()),
             "heartbeat_ms": 50,
             "dead_after": 5,
             "preempt": preempt,

@@ -309,15 +309,17 @@ class Daemon:
                     log.warning("config: %s", w, extra={"origin": "SIGHUP"})
 
     def _report_loops(self) -> None:
-        """Field note 2: VIP frames coming back from a real server are a loop.
-        The data plane drops them; the operator must hear about it."""
+        """Field note 2: VIP frames coming back to the director are a loop. The
+        data plane drops them (a known flow's packet back with a lower TTL, or a
+        new flow from a real's MAC); the operator must hear about it."""
         assert self.dp is not None
         total = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
         if total > self.loops_seen:
             log.warning(
-                "VIP frames came back from a real server's MAC and were dropped: a real "
-                "server is sending VIP traffic back to the director (is its VIP missing "
-                "from lo, or its default route pointing at the director?)",
+                "VIP frames came back from a real server (straight from its MAC, or "
+                "through a router with a lower TTL) and were dropped: a real server is "
+                "sending VIP traffic back (is its VIP missing from lo, or its default "
+                "route pointing at the director?); rarely, a client's path grew longer",
                 extra={"new_drops": total - self.loops_seen, "drop_loop_total": total},
             )
         self.loops_seen = total

@@ -127,7 +127,7 @@ class Explanation:
     verdict: str  # forward | local | pass | drop
     real: str | None  # address of the chosen real
     real_id: int
-    path: str  # connection | persistence | maglev | none
+    path: str  # connection | pending | persistence | maglev | none
     steps: list[str] = field(default_factory=list)
     slot: int | None = None
     fingerprint: str | None = None
@@ -196,6 +196,13 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
     conn = dp["conn_table"].lookup(flow.key())
     if conn is not None:
         state.conns[flow.key().to_bytes()] = conn
+    # A flow seen once lives in its slot of the per-CPU `pending` cache: which
+    # CPU is unknown here, so take this flow's newest entry from any of them.
+    fkey = flow.key().to_bytes()
+    slot = flow_hash(fkey) & (abi.PENDING_SLOTS - 1)
+    mine = [v for v in dp["pending"].lookup(slot) or [] if v.real_id and bytes(v.key) == fkey]
+    if mine:
+        state.pending[slot] = max(mine, key=lambda v: int(v.seen_ns))
     return state
 
 
@@ -278,6 +285,18 @@ def explain_state(
             steps.append(
                 f"existing connection entry (last packet {age:.1f}s ago) -> {desc(conn.real_id)}"
             )
+
+    if tally[Counter.CONN_CONFIRMED]:
+        steps.append(
+            f"the flow was seen once before (its first packet, in the pending cache of the "
+            f"CPU it arrived on) -> {desc(d.real_id)}; this packet confirms it into the "
+            "connection table"
+        )
+        e = Explanation(
+            _VERDICTS.get(d.reason, "drop"), _addr(state, d.real_id), d.real_id, "pending", steps
+        )
+        e.new_connection = _new_connection(state, flow, now)
+        return e
 
     if tally[Counter.CONN_HIT]:
         e = Explanation(

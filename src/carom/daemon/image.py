@@ -31,6 +31,7 @@ STEPS = (
     "remove_services",
     "remove_real_macs",
     "remove_reals",
+    "vip_filter",
     "node_cfg",
 )
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; the data plane refreshes last_seen at
@@ -76,7 +77,8 @@ class Image:
     services: dict[SvcIdent, abi.SvcInfo] = field(default_factory=dict)
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # service id -> real ids
     reals: dict[int, abi.RealInfo] = field(default_factory=dict)
-    vips: dict[tuple[Address, int], int] = field(default_factory=dict)  # (vip, family) -> count
+    vips: dict[tuple[Address, int], abi.VipInfo] = field(default_factory=dict)  # (vip, family)
+    vip_filter: dict[int, int] = field(default_factory=dict)  # non-zero vip_filter words
     real_macs: dict[bytes, int] = field(default_factory=dict)
 
 

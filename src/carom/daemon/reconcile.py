@@ -100,8 +100,9 @@ class Reconciler:
             if info.family:
                 img.reals[int(rid)] = info
                 real_ids[info.addr.to_ip(info.family)] = int(rid)
-        for key, count in dp["vip_addrs"].items():
-            img.vips[(key.addr.to_ip(key.family), int(key.family))] = int(count)
+        for key, vinfo in dp["vip_addrs"].items():
+            img.vips[(key.addr.to_ip(key.family), int(key.family))] = vinfo
+        img.vip_filter = {int(i): int(w) for i, w in dp["vip_filter"].items() if w}
         for key, rid in dp["real_macs"].items():
             img.real_macs[bytes(key.mac)] = int(rid)
         self.current = img
@@ -294,8 +295,11 @@ class Reconciler:
             views[ident] = view
             fingerprints[ident] = table.fingerprint
             names[ident] = svc.display_name
-            vk = (svc.vip, int(abi.family_of(svc.vip)))
-            img.vips[vk] = img.vips.get(vk, 0) + 1
+            vinfo = img.vips.setdefault((svc.vip, int(abi.family_of(svc.vip))), abi.VipInfo())
+            vinfo.services += 1
+            if svc.port_number == 0:
+                vinfo.flags |= int(abi.all_ports_flag(abi.PROTOCOLS[svc.protocol]))
+        img.vip_filter = abi.vip_filter_words(vip for vip, _ in img.vips)
         draining = [str(a) for a, rid in real_ids.items() if a not in wanted and rid in img.reals]
         return Desired(img, views, fingerprints, names, draining, real_ids, in_use, built, released)
 
@@ -391,15 +395,15 @@ class Reconciler:
                 if old_info is None or bytes(old_info) != bytes(info):
                     put("services", svc_key(ident), info, old_info)
             done("services")
-            for (vip, fam), count in new.vips.items():
-                old_count = cur.vips.get((vip, fam))
-                if old_count != count:
-                    put("vip_addrs", abi.vip_key(vip), count, old_count)
+            for (vip, fam), vinfo in new.vips.items():
+                old_vinfo = cur.vips.get((vip, fam))
+                if old_vinfo is None or bytes(old_vinfo) != bytes(vinfo):
+                    put("vip_addrs", abi.vip_key(vip), vinfo, old_vinfo)
             done("vip_addrs")
             # 4. removals: VIP address first, so nothing half-removed is looked up
-            for (vip, fam), count in cur.vips.items():
+            for (vip, fam), vinfo in cur.vips.items():
                 if (vip, fam) not in new.vips:
-                    delete("vip_addrs", abi.vip_key(vip), count)
+                    delete("vip_addrs", abi.vip_key(vip), vinfo)
             done("remove_vip_addrs")
             for ident, info in cur.services.items():
                 if ident not in new.services:
@@ -413,6 +417,13 @@ class Reconciler:
                 if rid not in new.reals:
                     put("reals", rid, abi.RealInfo(), rinfo)
             done("remove_reals")
+            # the VIP prefilter: bits of new VIPs set, bits of removed ones cleared
+            for word in sorted(set(new.vip_filter) | set(cur.vip_filter)):
+                if new.vip_filter.get(word, 0) != cur.vip_filter.get(word, 0):
+                    put(
+                        "vip_filter", word, new.vip_filter.get(word, 0), cur.vip_filter.get(word, 0)
+                    )
+            done("vip_filter")
             # 5. node settings last
             if bytes(cur.node) != bytes(new.node):
                 put("node_cfg", 0, new.node, cur.node)

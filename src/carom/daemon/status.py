@@ -108,9 +108,10 @@ def build_status(cfg: Config, dp: Dataplane, rec: Reconciler) -> dict[str, Any]:
     current = rec.current
     svc_stats = {i: sum_percpu(v) for i, v in dp["svc_stats"].items()}
     real_stats = {i: sum_percpu(v) for i, v in dp["real_stats"].items()}
-    counters = {
-        abi.Counter(i).name.lower(): sum(v) for i, v in dp["stats"].items() if i < abi.COUNTER_MAX
-    }
+    totals = abi.with_rx(
+        {abi.Counter(i): sum(v) for i, v in dp["stats"].items() if i < abi.COUNTER_MAX}
+    )
+    counters = {c.name.lower(): totals.get(c, 0) for c in abi.Counter}
     services = []
     for svc in cfg.services:
         ident = svc_ident(svc)

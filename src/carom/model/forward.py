@@ -27,7 +27,6 @@ MAX_IPV6_EXT_HDRS = 4
 IPV6_EXT_OFF_LIMIT = 14 + 40 + 512
 NSEC_PER_SEC = 10**9
 LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
-U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 TCP_SYN, TCP_ACK = 0x02, 0x10
 ETH_P_ARP = 0x0806
@@ -62,6 +61,7 @@ class _Packet:
     l4_off: int
     l4_end: int
     fragment: bool = False
+    ttl: int = 0  # IPv4 TTL / IPv6 hop limit
     sport: int = 0  # network order as a little-endian u16 (the key's raw bytes)
     dport: int = 0
     tcp_flags: int = 0
@@ -109,6 +109,7 @@ def _parse_ipv4(frame: bytes) -> _Packet:  # parse.h parse_ipv4
         l4_off=ETH_HLEN + hlen,
         l4_end=ETH_HLEN + tot,
         fragment=(_u16(frame, ETH_HLEN + 6) & 0x3FFF) != 0,
+        ttl=frame[ETH_HLEN + 8],
     )
 
 
@@ -128,6 +129,7 @@ def _parse_ipv6(frame: bytes) -> _Packet:  # parse.h parse_ipv6
         l4_proto=frame[ETH_HLEN + 6],
         l4_off=ETH_HLEN + 40,
         l4_end=ETH_HLEN + 40 + plen,
+        ttl=frame[ETH_HLEN + 7],
     )
 
 
@@ -200,66 +202,116 @@ def _persist_key(p: _Packet, svc: Service) -> bytes:
     return p.src + struct.pack("<IBxxx", svc.svc_id, int(p.family))
 
 
+def _age(now: int, then: int) -> int:  # sched.h age_of: a newer reading is age 0
+    return now - then if now > then else 0
+
+
+def _looped(p: _Packet, first_ttl: int) -> bool:  # sched.h looped
+    return first_ttl != 0 and p.ttl < first_ttl
+
+
+def _choose(  # sched.h choose
+    state: State, p: _Packet, svc: Service, fhash: int, now: int, tally: Tally[Counter]
+) -> tuple[int, Real]:
+    assert state.node is not None
+    if svc.persist_timeout_s > 0:
+        pv = state.persist.get(_persist_key(p, svc))
+        if pv is not None and _age(now, pv.last_seen_ns) <= svc.persist_timeout_s * NSEC_PER_SEC:
+            real = _usable(state, pv.real_id)
+            if real is not None:
+                pv.last_seen_ns = now
+                tally[Counter.PERSIST_HIT] += 1
+                return pv.real_id, real
+        fhash = flow_hash(p.flow_key(sport=0, dport=0))
+    size = state.node.maglev_size
+    if not size:
+        raise _Verdict(Counter.DROP_NO_REAL)
+    idx = (svc.svc_id * size + fhash % size) & U32
+    row, slot = divmod(idx, size)
+    table = next((s.table for s in state.services if s.svc_id == row), None)
+    rid = int(table[slot]) if table is not None and slot < len(table) else 0
+    real = _usable(state, rid)
+    if real is None:
+        raise _Verdict(Counter.DROP_NO_REAL)
+    tally[Counter.NEW_FLOW] += 1
+    return rid, real
+
+
+def _confirm(  # sched.h confirm
+    state: State, p: _Packet, svc: Service, pend: abi.PendingConn, now: int, tally: Tally[Counter]
+) -> None:
+    state.conns[p.flow_key()] = abi.ConnVal(
+        real_id=pend.real_id, flags=0, ttl=pend.ttl, last_seen_ns=now
+    )
+    if svc.persist_timeout_s > 0:
+        pk = _persist_key(p, svc)
+        pv = state.persist.get(pk)
+        if pv is not None and pv.real_id == pend.real_id:
+            pv.last_seen_ns = now
+        else:
+            state.persist[pk] = abi.PersistVal(real_id=pend.real_id, last_seen_ns=now)
+    tally[Counter.CONN_CONFIRMED] += 1
+
+
 def _schedule(  # sched.h schedule
-    state: State, p: _Packet, svc: Service, now: int, tally: Tally[Counter]
+    state: State, p: _Packet, svc: Service, src_mac: bytes, now: int, tally: Tally[Counter]
 ) -> tuple[int, Real]:
     assert state.node is not None
     node = state.node
     syn = p.l4_proto == IPPROTO_TCP and (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
     idle = node.tcp_idle_ns if p.l4_proto == IPPROTO_TCP else node.udp_idle_ns
     fkey = p.flow_key()
-    persistent = svc.persist_timeout_s > 0
-    pk = _persist_key(p, svc)
+    from_real = src_mac + b"\0\0" in state.real_macs()  # sched.h from_real
 
     conn = state.conns.get(fkey)
     if conn is not None:
+        if _looped(p, conn.ttl):
+            raise _Verdict(Counter.DROP_LOOP)
         if syn:
             tally[Counter.SYN_RESCHEDULE] += 1
-        elif idle and (now - conn.last_seen_ns) & U64 > idle:
+        elif idle and _age(now, conn.last_seen_ns) > idle:
             tally[Counter.CONN_EXPIRED] += 1
         else:
             real = _usable(state, conn.real_id)
             if real is not None:
                 tally[Counter.CONN_HIT] += 1
-                if (now - conn.last_seen_ns) & U64 > LAST_SEEN_GRANULARITY_NS:
+                if _age(now, conn.last_seen_ns) > LAST_SEEN_GRANULARITY_NS:
                     conn.last_seen_ns = now
-                    if persistent:
-                        pv = state.persist.get(pk)
+                    if svc.persist_timeout_s > 0:
+                        pv = state.persist.get(_persist_key(p, svc))
                         if pv is not None and pv.real_id == conn.real_id:
                             pv.last_seen_ns = now
                 return conn.real_id, real
             tally[Counter.CONN_REAL_GONE] += 1
+        # rescheduled in place
+        if from_real:
+            raise _Verdict(Counter.DROP_LOOP)
+        rid, real = _choose(state, p, svc, flow_hash(fkey), now, tally)
+        conn.real_id, conn.ttl, conn.last_seen_ns = rid, p.ttl, now
+        return rid, real
 
-    rid = 0
-    real = None
-    hkey = fkey
-    if persistent:
-        pv = state.persist.get(pk)
-        if pv is not None and (now - pv.last_seen_ns) & U64 <= svc.persist_timeout_s * NSEC_PER_SEC:
-            real = _usable(state, pv.real_id)
-            if real is not None:
-                rid = pv.real_id
-                pv.last_seen_ns = now
-                tally[Counter.PERSIST_HIT] += 1
-        hkey = p.flow_key(sport=0, dport=0)
+    fhash = flow_hash(fkey)
+    pslot = fhash & (abi.PENDING_SLOTS - 1)
+    pend = state.pending.get(pslot)
+    if (
+        pend is not None
+        and pend.real_id
+        and bytes(pend.key) == fkey
+        and (not idle or _age(now, pend.seen_ns) <= idle)
+    ):
+        if _looped(p, pend.ttl):
+            raise _Verdict(Counter.DROP_LOOP)
+        real = _usable(state, pend.real_id)
+        if not syn and real is not None:
+            _confirm(state, p, svc, pend, now, tally)
+            return pend.real_id, real
 
-    if not rid:
-        size = node.maglev_size
-        if not size:
-            raise _Verdict(Counter.DROP_NO_REAL)
-        idx = (svc.svc_id * size + flow_hash(hkey) % size) & U32
-        row, slot = divmod(idx, size)
-        table = next((s.table for s in state.services if s.svc_id == row), None)
-        rid = int(table[slot]) if table is not None and slot < len(table) else 0
-        real = _usable(state, rid)
-        if real is None:
-            raise _Verdict(Counter.DROP_NO_REAL)
-        tally[Counter.NEW_FLOW] += 1
-        if persistent:
-            state.persist[pk] = abi.PersistVal(real_id=rid, last_seen_ns=now)
-
-    assert real is not None
-    state.conns[fkey] = abi.ConnVal(real_id=rid, flags=0, last_seen_ns=now)
+    if from_real:
+        raise _Verdict(Counter.DROP_LOOP)
+    rid, real = _choose(state, p, svc, fhash, now, tally)
+    state.pending[pslot] = abi.PendingConn(
+        key=abi.FlowKey.from_buffer_copy(fkey), real_id=rid, ttl=p.ttl, seen_ns=now
+    )
     return rid, real
 
 
@@ -277,7 +329,8 @@ def _answer(result: tuple[Counter, bytes]) -> _Verdict:
 
 
 def _frame_checks(frame: bytes, state: State, ifindex: int) -> None:
-    """Ethernet checks before forwarding a VIP frame (carom.bpf.c, ifmac.h)."""
+    """Ethernet checks before forwarding a VIP frame (carom.bpf.c, ifmac.h). The
+    loop check by source MAC is the scheduler's, for new flows (sched.h)."""
     if frame[0] & 1:
         raise _Verdict(Counter.DROP_GROUP_MAC)
     own = state.if_macs.get(ifindex)  # ifmac.h addressed_to_us
@@ -285,8 +338,6 @@ def _frame_checks(frame: bytes, state: State, ifindex: int) -> None:
         raise _Verdict(Counter.PASS_NO_IF_MAC)
     if frame[0:6] != own:
         raise _Verdict(Counter.PASS_NOT_OUR_MAC)
-    if frame[6:12] + b"\0\0" in state.real_macs():
-        raise _Verdict(Counter.DROP_LOOP)
 
 
 def _icmp_error_forward(  # icmp.h icmp_error_forward
@@ -299,6 +350,8 @@ def _icmp_error_forward(  # icmp.h icmp_error_forward
     if svc is None:
         raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
     _frame_checks(frame, state, ifindex)
+    if frame[6:12] + b"\0\0" in state.real_macs():  # icmp.h: from a real is a loop
+        raise _Verdict(Counter.DROP_LOOP)
     found = icmp.quoted_real(state, fkey, svc)
     if found is None:
         raise _Verdict(Counter.PASS_ICMP_UNMATCHED)
@@ -352,8 +405,11 @@ def _decide(  # carom.bpf.c
     else:
         raise _Verdict(Counter.PASS_NOT_IP)
 
-    vip = abi.VipKey.from_buffer_copy(p.dst + bytes([int(p.family)]) + bytes(3)).to_bytes()
-    if vip not in state.vip_keys():
+    # carom.bpf.c reaches the same verdicts through vip_filter and a first service
+    # lookup (service.h); those are shortcuts, the decision is this one.
+    vip_key = abi.VipKey.from_buffer_copy(p.dst + bytes([int(p.family)]) + bytes(3)).to_bytes()
+    vip = state.vip_infos().get(vip_key)
+    if vip is None:
         raise _Verdict(Counter.PASS_NOT_VIP)
     if state.node is None or state.node.role != abi.Role.ACTIVE:
         raise _Verdict(Counter.PASS_BACKUP)
@@ -367,16 +423,16 @@ def _decide(  # carom.bpf.c
         raise _Verdict(Counter.PASS_OTHER_PROTO)
     _parse_l4(frame, p)
 
-    services = state.service_map()
+    services = state.service_map()  # service.h find_service
     svc = services.get(p.dst + struct.pack("<HBB", p.dport, p.l4_proto, int(p.family)))
-    if svc is None:
+    if svc is None and vip.flags & abi.all_ports_flag(p.l4_proto):
         svc = services.get(p.dst + struct.pack("<HBB", 0, p.l4_proto, int(p.family)))
     if svc is None:
         raise _Verdict(Counter.PASS_NO_SERVICE)
 
     _frame_checks(frame, state, ifindex)
 
-    rid, real = _schedule(state, p, svc, now, tally)
+    rid, real = _schedule(state, p, svc, frame[6:12], now, tally)
     result.real_id = rid
     n = len(frame)
     result.svc_traffic[svc.svc_id] = (1, n)

@@ -95,12 +95,25 @@ class State:
     # conn_table and persist_table, keyed by the packed abi key bytes
     conns: dict[bytes, abi.ConnVal] = field(default_factory=dict)
     persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
+    # pending: slot -> flow seen once (one CPU's cache: the model is one CPU)
+    pending: dict[int, abi.PendingConn] = field(default_factory=dict)
     director_macs: set[bytes] = field(default_factory=set)
     # if_macs: ifindex -> the interface's own MAC (6 bytes)
     if_macs: dict[int, bytes] = field(default_factory=dict)
 
     def vip_keys(self) -> set[bytes]:
-        return {abi.vip_key(s.vip).to_bytes() for s in self.services}
+        return set(self.vip_infos())
+
+    def vip_infos(self) -> dict[bytes, abi.VipInfo]:
+        """vip_addrs: per VIP, its number of services and which protocols have an
+        all-ports service there."""
+        out: dict[bytes, abi.VipInfo] = {}
+        for s in self.services:
+            info = out.setdefault(abi.vip_key(s.vip).to_bytes(), abi.VipInfo())
+            info.services += 1
+            if s.port == 0:
+                info.flags |= int(abi.all_ports_flag(s.proto))
+        return out
 
     def real_macs(self) -> dict[bytes, int]:
         """MAC of every remote real: VIP frames from one of them are a loop."""

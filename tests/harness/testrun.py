@@ -6,6 +6,7 @@ model reports, so the two implementations can be compared field by field."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -29,14 +30,26 @@ class Outcome:
     counters: Tally[abi.Counter] = field(default_factory=Tally)
     svc_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
     real_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
-    conns: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # real, flags, seen
+    # conn_table: flow key -> (real, flags, ttl, seen)
+    conns: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)
     persist: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # real, seen
+    # pending cache slots in use: slot -> (flow key, real, ttl, seen)
+    pending: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
 
 
-def seen_marker(last_seen_ns: int, run_start_ns: int) -> int:
-    """Timestamps written during the run become -1, older ones stay as they were:
-    the kernel's clock and the model's 'now' differ by microseconds."""
-    return -1 if last_seen_ns >= run_start_ns else last_seen_ns
+def _stamps(state: State) -> dict[object, int]:
+    """Every timestamp `state` holds, by table and key, before a run."""
+    out: dict[object, int] = {}
+    out.update({("conn", k): v.last_seen_ns for k, v in state.conns.items()})
+    out.update({("persist", k): v.last_seen_ns for k, v in state.persist.items()})
+    out.update({("pending", i): v.seen_ns for i, v in state.pending.items()})
+    return out
+
+
+def seen_marker(stamp: int, before: int | None) -> int:
+    """A timestamp the run wrote becomes -1, one it left alone stays as it was: the
+    kernel's coarse clock and the model's 'now' never agree to the nanosecond."""
+    return stamp if before is not None and stamp == before else -1
 
 
 class TestRunner:
@@ -54,13 +67,18 @@ class TestRunner:
             max_vips=16,
         )
         self.dp = Dataplane.load(self.limits)
+        # The pending cache is per CPU and BPF_PROG_TEST_RUN runs on the caller's
+        # CPU: stay on one, as a flow's packets do under RSS, so a flow's second
+        # run meets the pending entry its first run wrote.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        self._pending_written: dict[int, abi.PendingConn] = {}
         self._if_slots: set[int] = set()  # if_macs slots written by write_state
 
     @classmethod
     def on(cls, dp: Dataplane, limits: Limits) -> TestRunner:
         """A runner over an already loaded data plane (e.g. one just migrated)."""
         r = cls.__new__(cls)
-        r.limits, r.dp, r._if_slots = limits, dp, set()
+        r.limits, r.dp, r._if_slots, r._pending_written = limits, dp, set(), {}
         return r
 
     def close(self) -> None:
@@ -97,8 +115,12 @@ class TestRunner:
         )
         for svc in state.services:
             dp["services"].update(svc.key(), svc.info())
-        for vk in state.vip_keys():
-            dp["vip_addrs"].update(abi.VipKey.from_bytes(vk), 1)
+        for vk, vinfo in state.vip_infos().items():
+            dp["vip_addrs"].update(abi.VipKey.from_bytes(vk), vinfo)
+        filter_words = abi.vip_filter_words(s.vip for s in state.services)
+        dp["vip_filter"].update_batch(
+            (i, filter_words.get(i, 0)) for i in range(abi.VIP_FILTER_BITS // 64)
+        )
         for mk, rid in state.real_macs().items():
             dp["real_macs"].update(abi.MacKey.from_bytes(mk), rid)
         for mac in state.director_macs:
@@ -112,7 +134,37 @@ class TestRunner:
             dp["conn_table"].update(abi.FlowKey.from_bytes(k), v)
         for k, pv in state.persist.items():
             dp["persist_table"].update(abi.PersistKey.from_bytes(k), pv)
+        self.write_pending(state.pending)
         self.zero_counters()
+
+    def write_pending(self, slots: dict[int, abi.PendingConn]) -> None:
+        """Every CPU's pending cache := `slots` (clearing what the last write left)."""
+        empty = abi.PendingConn()
+        stale = set(self._pending_written) | set(self.pending_slots())
+        entries = [(i, empty) for i in stale - set(slots)] + list(slots.items())
+        if entries:
+            self.dp["pending"].update_batch(entries)
+        self._pending_written = dict(slots)
+
+    def pending_slots(self) -> dict[int, abi.PendingConn]:
+        """Slots in use. The program ran on one CPU: where the CPUs' copies differ,
+        the one that differs from what was written is that CPU's."""
+        m = self.dp["pending"]
+        out = {}
+        # raw dump: decoding 16k slots per CPU as structs would dominate a test run
+        for kraw, vraw in libbpf.map_lookup_batch(
+            m.fd, m.key_size, m.slot_size * m.ncpus, m.max_entries
+        ):
+            if not any(vraw):
+                continue
+            idx = int.from_bytes(kraw, "little")
+            before = bytes(self._pending_written.get(idx, abi.PendingConn()))
+            cpus = [vraw[i : i + len(before)] for i in range(0, len(vraw), m.slot_size)]
+            changed = [v for v in cpus if v != before]
+            v = abi.PendingConn.from_buffer_copy(changed[0] if changed else cpus[0])
+            if v.real_id:
+                out[idx] = v
+        return out
 
     def _write_array(self, name: str, values: np.ndarray) -> None:
         keys = np.arange(len(values), dtype=np.uint32)
@@ -136,17 +188,18 @@ class TestRunner:
         return abi.Verdict(retval), out, duration
 
     def counters(self) -> Tally[abi.Counter]:
-        tally: Tally[abi.Counter] = Tally()
+        """Counter totals as user space sees them (rx derived, abi.with_rx)."""
+        raw = {}
         for idx, vals in self.dp["stats"].items():
             total = sum(vals)
             if total:
-                tally[abi.Counter(idx)] = total
-        return tally
+                raw[abi.Counter(idx)] = total
+        return Tally(abi.with_rx(raw))
 
     def outcome(self, state: State, frame: bytes) -> Outcome:
         """Write `state`, run `frame` once, and report everything that changed."""
         self.write_state(state)
-        start = time.monotonic_ns()
+        before = _stamps(state)
         verdict, out, _ = self.run(frame)
         result = Outcome(verdict=verdict, frame=out, counters=self.counters())
         for name, target in (
@@ -158,9 +211,25 @@ class TestRunner:
                 if tc.packets:
                     target[idx] = (tc.packets, tc.bytes)
         for k, v in self.dp["conn_table"].items():
-            result.conns[k.to_bytes()] = (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+            result.conns[k.to_bytes()] = (
+                v.real_id,
+                v.flags,
+                v.ttl,
+                seen_marker(v.last_seen_ns, before.get(("conn", k.to_bytes()))),
+            )
+        for idx, pc in self.pending_slots().items():
+            result.pending[idx] = (
+                bytes(pc.key),
+                pc.real_id,
+                pc.ttl,
+                seen_marker(pc.seen_ns, before.get(("pending", idx))),
+            )
         for k, v in self.dp["persist_table"].items():
-            result.persist[k.to_bytes()] = (v.real_id, seen_marker(v.last_seen_ns, start))
+            kb = k.to_bytes()
+            result.persist[kb] = (
+                v.real_id,
+                seen_marker(v.last_seen_ns, before.get(("persist", kb))),
+            )
         return result
 
 
@@ -168,8 +237,8 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
     """The reference model's Outcome for the same inputs (mutates `state`)."""
     from carom.model.forward import decide
 
-    start = time.monotonic_ns()
-    d = decide(frame, state, start)
+    before = _stamps(state)
+    d = decide(frame, state, time.monotonic_ns())
     return Outcome(
         verdict=d.verdict,
         frame=d.frame,
@@ -177,10 +246,16 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
         svc_traffic=d.svc_traffic,
         real_traffic=d.real_traffic,
         conns={
-            k: (v.real_id, v.flags, seen_marker(v.last_seen_ns, start))
+            k: (v.real_id, v.flags, v.ttl, seen_marker(v.last_seen_ns, before.get(("conn", k))))
             for k, v in state.conns.items()
         },
+        pending={
+            i: (bytes(v.key), v.real_id, v.ttl, seen_marker(v.seen_ns, before.get(("pending", i))))
+            for i, v in state.pending.items()
+            if v.real_id
+        },
         persist={
-            k: (v.real_id, seen_marker(v.last_seen_ns, start)) for k, v in state.persist.items()
+            k: (v.real_id, seen_marker(v.last_seen_ns, before.get(("persist", k))))
+            for k, v in state.persist.items()
         },
     )

@@ -1,0 +1,1 @@
+"""Test-only harnesses (not part of the installed carom package)."""
