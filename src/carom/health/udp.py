@@ -1,0 +1,45 @@
+"""UDP check: one datagram out, one reply back that contains the expected bytes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from carom.health.spec import UDP_REPLY_CAP, CheckResult, Target, UdpCheck
+
+
+class _Reply(asyncio.DatagramProtocol):
+    """Resolves `reply` with the first datagram, or with the error the kernel
+    reported (ICMP port unreachable arrives as ECONNREFUSED on a connected socket)."""
+
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data[:UDP_REPLY_CAP])
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc or ConnectionError("socket closed"))
+
+
+async def probe(check: UdpCheck, target: Target) -> CheckResult:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _Reply, remote_addr=(str(target.address), target.port)
+    )
+    try:
+        transport.sendto(check.send)
+        data = await protocol.reply
+    finally:
+        transport.abort()
+    if check.expect and check.expect not in data:
+        return CheckResult(
+            ok=False,
+            reason=f"reply of {len(data)} bytes lacks {check.expect[:32]!r} (starts {data[:32]!r})",
+        )
+    return CheckResult(ok=True, reason=f"reply of {len(data)} bytes")
