@@ -79,8 +79,10 @@ def test_http_status_body_and_host_header() -> None:
             assert not down.ok and down.reason == "HTTP 503, expected 2xx or 3xx"
             wanted = await acheck(HttpCheck(timing=T, path="/down", expect_status=(503,)), port)
             assert wanted.ok
-            redirect = await acheck(HttpCheck(timing=T, path="/redirect", expect_status=(200,)), port)
-            assert not redirect.ok and "HTTP 302, expected [200]" == redirect.reason
+            redirect = await acheck(
+                HttpCheck(timing=T, path="/redirect", expect_status=(200,)), port
+            )
+            assert not redirect.ok and redirect.reason == "HTTP 302, expected [200]"
             nobody = await acheck(HttpCheck(timing=T, body=b"not there"), port)
             assert not nobody.ok and "lack b'not there'" in nobody.reason
             head = await acheck(HttpCheck(timing=T, method="HEAD"), port)
@@ -90,7 +92,7 @@ def test_http_status_body_and_host_header() -> None:
 
 
 def test_https_with_and_without_verification() -> None:
-    ctx, ca = tls_server_context("web.test")
+    ctx, _ca = tls_server_context("web.test")
 
     async def main() -> None:
         async with http_server(tls=ctx) as port:
