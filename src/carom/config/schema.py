@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from carom.config.checks import Check, service_check_problems
+
 IPAddress = IPv4Address | IPv6Address
 Loc = tuple[str | int, ...]  # a field path: ("services", 0, "reals", 1, "address")
 
@@ -352,6 +354,11 @@ class Real(_Model):
         description="true: this node itself serves; packets go to the local stack",
         examples=[False],
     )
+    check: Check | None = Field(
+        default=None,
+        description="health check of this real, replacing the service's; null: the service's",
+        examples=[{"kind": "tcp"}],
+    )
 
 
 class Service(_Model):
@@ -383,6 +390,12 @@ class Service(_Model):
     reals: tuple[Real, ...] = Field(
         default=(), description="the servers; none is valid but drops new flows", examples=[[]]
     )
+    check: Check | None = Field(
+        default=None,
+        description="health check of every real (a real's own check replaces it); "
+        "null: no check, reals are always up",
+        examples=[{"kind": "http", "path": "/healthz"}],
+    )
 
     @field_serializer("port")
     def _port_out(self, port: int) -> int | str:
@@ -413,6 +426,13 @@ class Service(_Model):
                     )
                 )
             first.setdefault(real.address, j)
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _check_checks(self) -> Service:
+        problems = service_check_problems(self.port, self.check, [r.check for r in self.reals])
         if problems:
             raise ConfigProblems(problems)
         return self
