@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 import dns.exception
 import dns.rcode
 import dns.rdatatype
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    Strict,
+    model_serializer,
+)
 from pydantic import model_validator as _model_validator
 from pydantic_core import PydanticCustomError
 
@@ -38,8 +47,8 @@ def _fail(message: str) -> Any:
 
 
 def _range(lo: float, hi: float, unit: str) -> AfterValidator:
-    def check(value: float) -> float:
-        if not lo <= value <= hi:
+    def check(value: float | None) -> float | None:
+        if value is not None and not lo <= value <= hi:
             _fail(f"{value:g} is out of range; use {lo:g} to {hi:g}{unit}")
         return value
 
@@ -264,6 +273,13 @@ class Check(BaseModel):
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a dump names only the fields of its kind, so that it validates again
+        data: dict[str, Any] = handler(self)
+        allowed = COMMON | OWN[self.kind]
+        return {k: v for k, v in data.items() if k in allowed}
 
     @property
     def effective_fast_interval(self) -> float:

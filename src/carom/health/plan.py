@@ -6,6 +6,7 @@ scheduler runs one probe for all the services that share it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
 from carom.config.checks import Check
@@ -85,7 +86,9 @@ def probe_key(service: Service, real_index: int) -> ProbeKey | None:
     real = service.reals[real_index].address
     # the loader guarantees a port unless the service is port: all and the kind is exec
     port = check.port if check.port is not None else service.port_number
-    return ProbeKey(target=Target(address=real, port=port, real=real), check=to_spec(check))
+    # the port lives in the target: `port: 80` and the service's port 80 are one probe
+    spec = replace(to_spec(check), port=None)
+    return ProbeKey(target=Target(address=real, port=port, real=real), check=spec)
 
 
 def probe_keys(config: Config) -> dict[tuple[ServiceKey, IPAddress], ProbeKey]:
