@@ -18,7 +18,7 @@ from carom.health.spec import (
     HttpCheck,
     Target,
 )
-from carom.health.tcp import abort
+from carom.health.tcp import abort, open_stream
 
 
 def tls_context(verify: bool) -> ssl.SSLContext:
@@ -82,12 +82,8 @@ async def probe(check: HttpCheck, target: Target) -> CheckResult:
     server_name = None
     if ctx is not None:
         server_name = check.host if check.host is not None else str(target.address)
-    reader, writer = await asyncio.open_connection(
-        str(target.address),
-        target.port,
-        ssl=ctx,
-        server_hostname=server_name,
-        limit=HTTP_HEAD_CAP,
+    reader, writer = await open_stream(
+        target, limit=HTTP_HEAD_CAP, ssl=ctx, server_hostname=server_name
     )
     try:
         writer.write(build_request(check, target))

@@ -31,13 +31,23 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Via:
+    """How a probe takes the VIP path (carom.health.vip_path): its socket is made
+    in the probe namespace and marked so that it routes to one real's MAC."""
+
+    netns: str  # the probe namespace, under /run/netns
+    mark: int  # SO_MARK that selects the real's routing table
+
+
+@dataclass(frozen=True)
 class Target:
-    """Where a probe goes. `address` is what the socket connects to (the real's
-    own address today; the VIP once the through-VIP path is wired)."""
+    """Where a probe goes. `address` is what the socket connects to: the real's
+    own address, or the VIP when `via` sends it along the VIP path."""
 
     address: IPAddress  # destination address of the probe
     port: int  # destination port (0 for exec, which has none)
     real: IPAddress  # the real server this probe is about (for logs and exec env)
+    via: Via | None = None  # None: the ordinary route to `address`
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl as ssl_module
 
 from carom.health.spec import CheckResult, Target, TcpCheck, passed
+from carom.health.vip_path import socket_in
 
 
 async def open_stream(
-    target: Target, limit: int
+    target: Target,
+    limit: int,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the target whose reader buffers at most `limit` bytes per line."""
-    return await asyncio.open_connection(str(target.address), target.port, limit=limit)
+    """A connection to the target whose reader buffers at most `limit` bytes per
+    line; along the VIP path when the target says so."""
+    host, port = str(target.address), target.port
+    if target.via is None:
+        return await asyncio.open_connection(
+            host, port, limit=limit, ssl=ssl, server_hostname=server_hostname
+        )
+    family = socket.AF_INET6 if target.address.version == 6 else socket.AF_INET
+    sock = socket_in(target.via, family, socket.SOCK_STREAM)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(
+        sock=sock, limit=limit, ssl=ssl, server_hostname=server_hostname
+    )
 
 
 def abort(writer: asyncio.StreamWriter) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from carom.health.spec import UDP_REPLY_CAP, CheckResult, Target, UdpCheck
+from carom.health.vip_path import socket_in
 
 
 class _Reply(asyncio.DatagramProtocol):
@@ -29,9 +31,18 @@ class _Reply(asyncio.DatagramProtocol):
 
 async def probe(check: UdpCheck, target: Target) -> CheckResult:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        _Reply, remote_addr=(str(target.address), target.port)
-    )
+    remote = (str(target.address), target.port)
+    if target.via is None:
+        transport, protocol = await loop.create_datagram_endpoint(_Reply, remote_addr=remote)
+    else:
+        family = socket.AF_INET6 if target.address.version == 6 else socket.AF_INET
+        sock = socket_in(target.via, family, socket.SOCK_DGRAM)
+        try:
+            sock.connect(remote)  # a datagram connect only sets the peer: it does not block
+            transport, protocol = await loop.create_datagram_endpoint(_Reply, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
     try:
         transport.sendto(check.send)
         data = await protocol.reply
