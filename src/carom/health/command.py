@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 
 from carom.health.spec import EXEC_OUTPUT_CAP, CheckResult, ExecCheck, Target
 
@@ -25,16 +26,26 @@ def environment(target: Target) -> dict[str, str]:
     }
 
 
-async def _drain(stream: asyncio.StreamReader) -> tuple[bytes, int]:
-    """Keep the first EXEC_OUTPUT_CAP bytes, discard the rest (so that a chatty
-    command never blocks on a full pipe); returns (kept, total)."""
-    kept = b""
-    total = 0
-    while chunk := await stream.read(65536):
-        total += len(chunk)
-        if len(kept) < EXEC_OUTPUT_CAP:
-            kept += chunk[: EXEC_OUTPUT_CAP - len(kept)]
-    return kept, total
+class _Output(asyncio.SubprocessProtocol):
+    """Keeps the first EXEC_OUTPUT_CAP bytes of stdout+stderr and counts the rest.
+    It never pauses its pipe (extra output is dropped, not buffered), so a chatty
+    command can neither fill memory nor block on a full pipe. `done` resolves
+    when the process has exited and its output has all been read."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.total = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.total += len(data)
+        room = EXEC_OUTPUT_CAP - len(self.kept)
+        if room > 0:
+            self.kept += data[:room] if isinstance(data, bytes) else data[:room].encode()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 def _kill_group(pid: int) -> None:
@@ -43,24 +54,29 @@ def _kill_group(pid: int) -> None:
 
 
 async def probe(check: ExecCheck, target: Target) -> CheckResult:
-    proc = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    transport, out = await loop.subprocess_exec(
+        _Output,
         *check.command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env=environment(target),
         start_new_session=True,  # its own process group: killpg reaches its children
         close_fds=True,
     )
-    assert proc.stdout is not None
+    pid = transport.get_pid()
     try:
-        output, total = await _drain(proc.stdout)
-        status = await proc.wait()
+        await out.done
+        status = transport.get_returncode()
     finally:
-        if proc.returncode is None:  # timed out or cancelled: kill, then reap
-            _kill_group(proc.pid)
-            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError):
-                await asyncio.shield(proc.wait())
+        if not out.done.done():  # timed out or cancelled: kill, close, reap
+            _kill_group(pid)
+            transport.close()  # closes the pipes even if a stray child holds them
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(out.done), 1.0)
+    assert status is not None
+    output, total = bytes(out.kept), out.total
     text = output.decode("utf-8", "replace").strip().splitlines()
     last = text[-1][:120] if text else ""
     more = f" ({total} bytes of output, kept {len(output)})" if total > EXEC_OUTPUT_CAP else ""
