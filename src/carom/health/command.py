@@ -67,7 +67,9 @@ async def probe(check: ExecCheck, target: Target) -> CheckResult:
     )
     pid = transport.get_pid()
     try:
-        await out.done
+        # shielded: cancelling this probe must not cancel `done`, which says below
+        # whether the command still runs
+        await asyncio.shield(out.done)
         status = transport.get_returncode()
     finally:
         if not out.done.done():  # timed out or cancelled: kill, close, reap
