@@ -40,7 +40,7 @@ def test_every_kind_converts_to_its_runtime_definition() -> None:
     assert b.target.port == 10000
     tls = keys[(by_service["web-tls"].key, IPv4Address("192.0.2.11"))].check
     assert isinstance(tls, HttpCheck) and tls.tls and tls.tls_verify and tls.kind == "https"
-    assert (tls.timing.interval, tls.timing.timeout, tls.timing.fast_interval) == (2.0, 1.5, 0.5)
+    assert (tls.timing.interval, tls.timing.timeout, tls.timing.fast_interval) == (2.0, 1.5, 0.3)
     dns = keys[(by_service["dns"].key, IPv4Address("192.0.2.21"))].check
     assert dns == DnsCheck(timing=dns.timing, query="example.com", query_type="A", transport="tcp")
     udp = keys[(by_service["game"].key, IPv4Address("192.0.2.22"))].check

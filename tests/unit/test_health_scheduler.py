@@ -168,7 +168,7 @@ def test_close_kills_a_running_exec_probe() -> None:
 
 def test_default_timing_detects_a_hung_http_server_within_3_seconds() -> None:
     """The worst case for detection: the server accepts but never answers, so every
-    probe runs to its timeout. Defaults: interval 1, timeout 0.8, fall 2, fast 0.5."""
+    probe runs to its timeout. Defaults: interval 1, timeout 0.6, fall 3, fast 0.3."""
 
     async def main() -> tuple[float, float]:
         healthy = True
@@ -205,5 +205,5 @@ def test_default_timing_detects_a_hung_http_server_within_3_seconds() -> None:
         return down_after, up_after
 
     down_after, up_after = asyncio.run(main())
-    assert down_after <= worst_detection(Timing()) + 0.3, down_after  # 2.6 s + scheduling
-    assert up_after <= 1.0 + 0.5 + 0.3, up_after  # one interval, then one fast interval
+    assert down_after <= worst_detection(Timing()) + 0.3, down_after  # 2.8 s + scheduling
+    assert up_after <= 1.0 + 0.3 + 0.3, up_after  # one interval, then one fast interval

@@ -39,7 +39,7 @@ OWN: dict[str, set[str]] = {
     "exec": {"command"},
     "agent": {"send"},
 }
-FAST_INTERVAL = 0.5  # seconds, default fast_interval (capped at the interval)
+FAST_INTERVAL = 0.3  # seconds, default fast_interval (capped at the interval)
 
 
 def _fail(message: str) -> Any:
@@ -163,19 +163,19 @@ class Check(BaseModel):
         default=1.0, description="seconds between probes while the state is steady", examples=[1]
     )
     timeout: Annotated[Float, _range(0.05, 60, " seconds")] = Field(
-        default=0.8, description="seconds a probe may take; at most interval", examples=[0.8]
+        default=0.6, description="seconds a probe may take; at most interval", examples=[0.6]
     )
     rise: Annotated[Int, _range(1, 100, "")] = Field(
         default=2, description="consecutive successes that bring a real up", examples=[2]
     )
     fall: Annotated[Int, _range(1, 100, "")] = Field(
-        default=2, description="consecutive failures that take a real down", examples=[2]
+        default=3, description="consecutive failures that take a real down", examples=[3]
     )
     fast_interval: Annotated[Float | None, _range(0.05, 3600, " seconds")] = Field(
         default=None,
-        description="seconds between probes while a change is pending; null: 0.5 "
+        description="seconds between probes while a change is pending; null: 0.3 "
         "(or interval if shorter)",
-        examples=[0.5],
+        examples=[0.3],
     )
     # http, https
     method: Literal["GET", "HEAD", "OPTIONS"] = Field(

@@ -24,10 +24,10 @@ class Timing:
     """When to probe and how many results change the state."""
 
     interval: float = 1.0  # seconds between probe starts while the state is steady
-    timeout: float = 0.8  # seconds a probe may take, connect to verdict; <= interval
+    timeout: float = 0.6  # seconds a probe may take, connect to verdict; <= interval
     rise: int = 2  # consecutive successes that bring a down real up
-    fall: int = 2  # consecutive failures that take an up real down
-    fast_interval: float = 0.5  # seconds between probes while a change is pending
+    fall: int = 3  # consecutive failures that take an up real down
+    fast_interval: float = 0.3  # seconds between probes while a change is pending
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class CheckResult:
     """The verdict of one probe. `reason` says why in words, for logs and status."""
 
     ok: bool
-    reason: str  # "connected", "HTTP 503 not in [200]", "timed out after 0.8 s", ...
+    reason: str  # "connected", "HTTP 503 not in [200]", "timed out after 0.6 s", ...
     elapsed: float = 0.0  # seconds the probe took
     weight_percent: int | None = None  # agent: the weight the real asked for
     drain: bool = False  # agent: the real asked for no new flows (still up)
