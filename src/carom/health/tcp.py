@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl as ssl_module
 import struct
@@ -26,7 +27,7 @@ async def open_stream(
         return await asyncio.open_connection(
             host, port, limit=limit, ssl=ssl, server_hostname=server_hostname
         )
-    sock = _socket(target)
+    sock = tcp_socket(target)
     try:
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
     except BaseException:
@@ -44,7 +45,7 @@ def abort(writer: asyncio.StreamWriter) -> None:
     transport.abort()
 
 
-def _socket(target: Target) -> socket.socket:
+def tcp_socket(target: Target) -> socket.socket:
     family = socket.AF_INET6 if target.address.version == 6 else socket.AF_INET
     if target.via is not None:
         return socket_in(target.via, family, socket.SOCK_STREAM)
@@ -57,11 +58,17 @@ async def probe(check: TcpCheck, target: Target) -> CheckResult:
     """A bare non-blocking connect: no transport or stream objects, the cheapest
     probe (it runs once a second for every real)."""
     del check  # a connect has no options beyond its timing
-    sock = _socket(target)
+    sock = tcp_socket(target)
     try:
         await asyncio.get_running_loop().sock_connect(sock, (str(target.address), target.port))
-        # RST instead of FIN: no TIME_WAIT left behind by a probe every second
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
     finally:
-        sock.close()
+        close_with_reset(sock)
     return passed("connected")
+
+
+def close_with_reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN: no TIME_WAIT left by a probe every second,
+    and no wait for a peer that never acknowledges."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    sock.close()
