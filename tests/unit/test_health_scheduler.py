@@ -207,3 +207,20 @@ def test_default_timing_detects_a_hung_http_server_within_3_seconds() -> None:
     down_after, up_after = asyncio.run(main())
     assert down_after <= worst_detection(Timing()) + 0.3, down_after  # 2.8 s + scheduling
     assert up_after <= 1.0 + 0.3 + 0.3, up_after  # one interval, then one fast interval
+
+
+def test_a_prober_that_raises_counts_as_a_failure() -> None:
+    async def main() -> None:
+        async def prober(k: ProbeKey) -> CheckResult:
+            raise OSError("boom")
+
+        sched = HealthScheduler(prober=prober, rng=NoJitter())
+        sched.update([key(1)])
+        await asyncio.sleep(0.2)
+        status = sched.status(key(1))
+        await sched.close()
+        assert status is not None and status.last is not None
+        assert status.state.health is Health.DOWN
+        assert status.last.reason == "prober error: OSError('boom')"
+
+    asyncio.run(main())

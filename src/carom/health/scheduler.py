@@ -111,7 +111,10 @@ class HealthScheduler:
         while True:
             started = self._clock()
             async with self._slots:
-                result = await self._prober(key)
+                try:
+                    result = await self._prober(key)
+                except Exception as exc:  # run_check never raises; a custom prober might
+                    result = CheckResult(ok=False, reason=f"prober error: {exc!r}"[:200])
             self._record(key, result)
             state = self._status[key].state
             wait = started + next_interval(state, timing) - self._clock()
