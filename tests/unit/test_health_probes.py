@@ -24,6 +24,7 @@ from carom.health.spec import (
     ExecCheck,
     HttpCheck,
     ProbeKey,
+    SynCheck,
     TcpCheck,
     Timing,
     UdpCheck,
@@ -371,3 +372,41 @@ def test_agent_over_tcp_with_send_string() -> None:
 
 if sys.platform != "linux":  # pragma: no cover
     pytest.skip("Linux only", allow_module_level=True)
+
+
+# --- TCP half-open (syn) ------------------------------------------------------
+
+
+@pytest.mark.root
+def test_syn_half_open_never_completes_a_connection() -> None:
+    """SYN-ACK from a listener: up, and the listener's application never accepts
+    a connection (the kernel's RST ends the handshake). A closed port: RST."""
+
+    async def main() -> None:
+        accepted = 0
+
+        def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+
+        async with stream_server(count) as port:
+            results = [await acheck(SynCheck(timing=T), port) for _ in range(5)]
+            await asyncio.sleep(0.2)
+        assert all(r.ok and r.reason == "SYN-ACK" for r in results), results
+        assert accepted == 0
+        closed = await acheck(SynCheck(timing=T), free_port())
+        assert not closed.ok and closed.reason == "RST: port closed"
+
+    asyncio.run(main())
+
+
+def test_syn_segment_checksum_golden() -> None:
+    """A SYN built here, checked against the RFC 1071 sum: the checksum over the
+    pseudo-header and the segment (with its checksum) folds to zero."""
+    from carom.health.syn import checksum, syn_segment
+
+    seg = syn_segment("192.0.2.2", "192.0.2.11", 40000, 80, 0x01020304)
+    assert seg[:4] == bytes.fromhex("9c400050") and seg[4:8] == bytes.fromhex("01020304")
+    assert seg[13] == 0x02 and len(seg) == 24
+    pseudo = bytes([192, 0, 2, 2, 192, 0, 2, 11, 0, 6, 0, 24])
+    assert checksum(pseudo + seg) == 0

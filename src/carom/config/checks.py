@@ -27,11 +27,12 @@ from pydantic_core import PydanticCustomError
 
 Loc = tuple[str | int, ...]
 
-KINDS = ("tcp", "http", "https", "udp", "dns", "exec", "agent")
+KINDS = ("tcp", "syn", "http", "https", "udp", "dns", "exec", "agent")
 COMMON = {"kind", "port", "via", "interval", "timeout", "rise", "fall", "fast_interval"}
 # the fields each kind accepts besides the common ones
 OWN: dict[str, set[str]] = {
     "tcp": set(),
+    "syn": set(),
     "http": {"method", "path", "host", "expect_status", "body"},
     "https": {"method", "path", "host", "expect_status", "body", "tls_verify"},
     "udp": {"send", "expect"},
@@ -145,7 +146,7 @@ class Check(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["tcp", "http", "https", "udp", "dns", "exec", "agent"] = Field(
+    kind: Literal["tcp", "syn", "http", "https", "udp", "dns", "exec", "agent"] = Field(
         description="what the probe does", examples=["http"]
     )
     port: Annotated[Int | None, BeforeValidator(_port)] = Field(

@@ -18,6 +18,7 @@ from carom.health.spec import (
     ExecCheck,
     HttpCheck,
     ProbeKey,
+    SynCheck,
     Target,
     TcpCheck,
     Timing,
@@ -40,6 +41,8 @@ def to_spec(check: Check) -> CheckSpec:
     port = check.port
     if check.kind == "tcp":
         return TcpCheck(timing=timing, port=port)
+    if check.kind == "syn":
+        return SynCheck(timing=timing, port=port)
     if check.kind in ("http", "https"):
         return HttpCheck(
             timing=timing,

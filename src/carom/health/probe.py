@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import time
 
-from carom.health import agent, command, dns_query, http, tcp, udp
+from carom.health import agent, command, dns_query, http, syn, tcp, udp
 from carom.health.spec import (
     AgentCheck,
     CheckResult,
@@ -15,6 +15,7 @@ from carom.health.spec import (
     ExecCheck,
     HttpCheck,
     ProbeKey,
+    SynCheck,
     TcpCheck,
     UdpCheck,
 )
@@ -24,6 +25,8 @@ async def _dispatch(key: ProbeKey) -> CheckResult:
     check, target = key.check, key.target
     if isinstance(check, TcpCheck):
         return await tcp.probe(check, target)
+    if isinstance(check, SynCheck):
+        return await syn.probe(check, target)
     if isinstance(check, HttpCheck):
         return await http.probe(check, target)
     if isinstance(check, UdpCheck):

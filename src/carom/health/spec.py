@@ -61,6 +61,17 @@ class TcpCheck:
 
 
 @dataclass(frozen=True)
+class SynCheck:
+    """TCP half-open: up on SYN-ACK; the kernel's RST ends the handshake, so the
+    server's application never sees a connection (IPv4, needs CAP_NET_RAW)."""
+
+    timing: Timing = field(default_factory=Timing)
+    port: int | None = None
+
+    kind = "syn"
+
+
+@dataclass(frozen=True)
 class HttpCheck:
     """An HTTP/1.0 request (or HTTPS when `tls`): up when the status is expected
     and, if `body` is set, the first HTTP_BODY_CAP bytes of the body contain it."""
@@ -131,7 +142,7 @@ class AgentCheck:
     kind = "agent"
 
 
-CheckSpec = TcpCheck | HttpCheck | UdpCheck | DnsCheck | ExecCheck | AgentCheck
+CheckSpec = TcpCheck | SynCheck | HttpCheck | UdpCheck | DnsCheck | ExecCheck | AgentCheck
 
 
 @dataclass(frozen=True)
