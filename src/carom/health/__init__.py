@@ -1,5 +1,5 @@
 """Health checks: probes of each kind, damping (pure) and the scheduler.
 
-The daemon's whole API is `HealthScheduler` (update / usable / status / close)
-and `carom.config.checks.probe_keys(config)`, which maps each (service, real) to
-its ProbeKey. See docs/health.md."""
+The daemon's whole API is `carom.health.plan.probe_keys(config)`, which maps each
+checked (service key, real address) to its ProbeKey, and `HealthScheduler`
+(update / usable / status / close). See docs/health.md."""
