@@ -29,20 +29,24 @@ class _Reply(asyncio.DatagramProtocol):
             self.reply.set_exception(exc or ConnectionError("socket closed"))
 
 
-async def probe(check: UdpCheck, target: Target) -> CheckResult:
+async def open_datagram(target: Target) -> tuple[asyncio.DatagramTransport, _Reply]:
+    """A datagram socket connected to the target (along the VIP path if it says so)."""
     loop = asyncio.get_running_loop()
     remote = (str(target.address), target.port)
     if target.via is None:
-        transport, protocol = await loop.create_datagram_endpoint(_Reply, remote_addr=remote)
-    else:
-        family = socket.AF_INET6 if target.address.version == 6 else socket.AF_INET
-        sock = socket_in(target.via, family, socket.SOCK_DGRAM)
-        try:
-            sock.connect(remote)  # a datagram connect only sets the peer: it does not block
-            transport, protocol = await loop.create_datagram_endpoint(_Reply, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+        return await loop.create_datagram_endpoint(_Reply, remote_addr=remote)
+    family = socket.AF_INET6 if target.address.version == 6 else socket.AF_INET
+    sock = socket_in(target.via, family, socket.SOCK_DGRAM)
+    try:
+        sock.connect(remote)  # a datagram connect only sets the peer: it does not block
+        return await loop.create_datagram_endpoint(_Reply, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def probe(check: UdpCheck, target: Target) -> CheckResult:
+    transport, protocol = await open_datagram(target)
     try:
         transport.sendto(check.send)
         data = await protocol.reply
