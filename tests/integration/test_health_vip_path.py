@@ -8,9 +8,10 @@ Topology (names carom-hc*, addresses from 192.0.2.0/24):
       |-- carom-hcr1 (a good DSR real: 192.0.2.11, VIP on lo /32, arp_ignore=1)
       `-- carom-hcr2 (a broken DSR real: 192.0.2.12, the VIP missing from lo)
 
-Both reals run an HTTP server on 0.0.0.0:80. A probe of a real's own address
-passes for both; a probe through the VIP path passes for real1 and fails for
-real2, which drops packets addressed to a VIP it does not have."""
+Both reals run an HTTP server on 0.0.0.0:80 and a UDP echo on 0.0.0.0:7. A probe
+of a real's own address passes for both; a probe through the VIP path passes
+for real1 and fails for real2, which drops packets addressed to a VIP it does
+not have."""
 
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ def topology() -> Iterator[None]:
                     stderr=subprocess.DEVNULL,
                 )
             )
+            servers.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-c", UDP_ECHO],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(0.5)  # the servers bind
         yield
     finally:
@@ -107,11 +115,22 @@ def topology() -> Iterator[None]:
         _down()
 
 
+# a UDP echo on 0.0.0.0:7 that answers from the address it was asked on
+UDP_ECHO = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 8, 1)  # IP_PKTINFO: reply from the VIP it came to
+s.bind(("0.0.0.0", 7))
+while True:
+    data, anc, _, peer = s.recvmsg(2048, 256)
+    s.sendmsg([b"echo " + data], anc, 0, peer)
+"""
+
 PROBER = r"""
 import asyncio, json, subprocess, sys
 from ipaddress import IPv4Address, IPv4Interface
 from carom.health.probe import run_check
-from carom.health.spec import HttpCheck, ProbeKey, Target, TcpCheck, Timing
+from carom.health.spec import HttpCheck, ProbeKey, Target, TcpCheck, Timing, UdpCheck
 from carom.health.vip_path import VipPath
 
 vip = IPv4Address("192.0.2.100")
@@ -124,10 +143,14 @@ timing = Timing(interval=2.0, timeout=1.0)
 async def main():
     out = {}
     for real in reals:
-        for kind, check in (("tcp", TcpCheck(timing=timing)), ("http", HttpCheck(timing=timing))):
-            own = await run_check(ProbeKey(Target(address=real, port=80, real=real), check))
+        for kind, check, port in (
+            ("tcp", TcpCheck(timing=timing), 80),
+            ("http", HttpCheck(timing=timing), 80),
+            ("udp", UdpCheck(timing=timing, send=b"hi", expect=b"echo hi"), 7),
+        ):
+            own = await run_check(ProbeKey(Target(address=real, port=port, real=real), check))
             via = await run_check(
-                ProbeKey(Target(address=vip, port=80, real=real, via=path.via(real)), check)
+                ProbeKey(Target(address=vip, port=port, real=real, via=path.via(real)), check)
             )
             out[f"{real} {kind}"] = [own.ok, own.reason, via.ok, via.reason]
     path.sync({reals[0]: frozenset({vip})})  # real2 removed: its table goes
@@ -155,7 +178,7 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    for kind in ("tcp", "http"):
+    for kind in ("tcp", "http", "udp"):
         own_ok, own_reason, via_ok, via_reason = out[f"192.0.2.11 {kind}"]
         assert own_ok and via_ok, (own_reason, via_reason)
         own_ok, own_reason, via_ok, via_reason = out[f"192.0.2.12 {kind}"]
