@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_serializer, model_validator
 
+from carom.config.checks import Check, service_check_problems
 from carom.config.cluster import Cluster
 from carom.config.fields import (
     MAGLEV_MAX,
@@ -117,6 +118,11 @@ class Real(_Model):
         description="true: this node itself serves; packets go to the local stack",
         examples=[False],
     )
+    check: Check | None = Field(
+        default=None,
+        description="health check of this real, replacing the service's; null: the service's",
+        examples=[{"kind": "tcp"}],
+    )
 
 
 class Service(_Model):
@@ -148,6 +154,12 @@ class Service(_Model):
     reals: tuple[Real, ...] = Field(
         default=(), description="the servers; none is valid but drops new flows", examples=[[]]
     )
+    check: Check | None = Field(
+        default=None,
+        description="health check of every real (a real's own check replaces it); "
+        "null: no check, reals are always up",
+        examples=[{"kind": "http", "path": "/healthz"}],
+    )
 
     @field_serializer("port")
     def _port_out(self, port: int) -> int | str:
@@ -178,6 +190,13 @@ class Service(_Model):
                     )
                 )
             first.setdefault(real.address, j)
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _check_checks(self) -> Service:
+        problems = service_check_problems(self.port, self.check, [r.check for r in self.reals])
         if problems:
             raise ConfigProblems(problems)
         return self

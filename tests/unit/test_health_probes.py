@@ -1,0 +1,412 @@
+"""Every check kind against real servers on 127.0.0.1: the good answers pass, and
+every bad server (silent, endless, garbage, wrong answer) fails with a reason,
+within the timeout, without holding the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from carom.health.agent import parse_agent_line
+from carom.health.probe import run_check
+from carom.health.spec import (
+    AgentCheck,
+    CheckResult,
+    CheckSpec,
+    DnsCheck,
+    ExecCheck,
+    HttpCheck,
+    ProbeKey,
+    SynCheck,
+    TcpCheck,
+    Timing,
+    UdpCheck,
+)
+from tests.unit.health_servers import (
+    _Handler,
+    dns_server,
+    endless,
+    free_port,
+    http_server,
+    say,
+    silent_listener,
+    stream_server,
+    target,
+    tls_server_context,
+    udp_server,
+)
+
+T = Timing(interval=2.0, timeout=1.0)
+
+
+def check(spec: CheckSpec, port: int) -> CheckResult:
+    return asyncio.run(run_check(ProbeKey(target=target(port), check=spec)))
+
+
+async def acheck(spec: CheckSpec, port: int) -> CheckResult:
+    return await run_check(ProbeKey(target=target(port), check=spec))
+
+
+# --- TCP --------------------------------------------------------------------
+
+
+def test_tcp_connect_passes_on_a_listener_and_fails_on_a_closed_port() -> None:
+    with silent_listener() as port:
+        good = check(TcpCheck(timing=T), port)
+    assert good.ok and good.reason == "connected"
+    bad = check(TcpCheck(timing=T), free_port())
+    assert not bad.ok and bad.reason == "connection refused"
+    assert bad.elapsed < T.timeout
+
+
+# --- HTTP -------------------------------------------------------------------
+
+
+def test_http_status_body_and_host_header() -> None:
+    async def main() -> None:
+        async with http_server() as port:
+            ok = await acheck(HttpCheck(timing=T, body=b"carom ok", host="web.test"), port)
+            assert ok.ok, ok.reason
+            assert ok.reason == "HTTP 200"
+            assert _Handler.seen_hosts[-1] == "web.test"
+            down = await acheck(HttpCheck(timing=T, path="/down"), port)
+            assert not down.ok and down.reason == "HTTP 503, expected 2xx or 3xx"
+            wanted = await acheck(HttpCheck(timing=T, path="/down", expect_status=(503,)), port)
+            assert wanted.ok
+            redirect = await acheck(
+                HttpCheck(timing=T, path="/redirect", expect_status=(200,)), port
+            )
+            assert not redirect.ok and redirect.reason == "HTTP 302, expected [200]"
+            nobody = await acheck(HttpCheck(timing=T, body=b"not there"), port)
+            assert not nobody.ok and "lack b'not there'" in nobody.reason
+            head = await acheck(HttpCheck(timing=T, method="HEAD"), port)
+            assert head.ok
+
+    asyncio.run(main())
+
+
+def test_https_with_and_without_verification() -> None:
+    ctx, _ca = tls_server_context("web.test")
+
+    async def main() -> None:
+        async with http_server(tls=ctx) as port:
+            unverified = await acheck(HttpCheck(timing=T, tls=True, body=b"carom ok"), port)
+            assert unverified.ok, unverified.reason
+            # verification against the system CAs: the test CA is not one of them
+            verified = await acheck(
+                HttpCheck(timing=T, tls=True, tls_verify=True, host="web.test"), port
+            )
+            assert not verified.ok
+            assert verified.reason.startswith("TLS: CERTIFICATE_VERIFY_FAILED"), verified.reason
+            plain = await acheck(HttpCheck(timing=T), port)  # http to an https port
+            assert not plain.ok
+
+    asyncio.run(main())
+
+
+def test_https_verification_passes_with_a_trusted_ca(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tls_verify uses the default trust store: point it at the test CA."""
+    ctx, ca = tls_server_context("web.test")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        from carom.health import http
+
+        monkeypatch.setitem(http._CONTEXTS, True, http.tls_context(True))
+
+        async def main() -> None:
+            async with http_server(tls=ctx) as port:
+                good = await acheck(
+                    HttpCheck(timing=T, tls=True, tls_verify=True, host="web.test"), port
+                )
+                assert good.ok, good.reason
+                wrong_name = await acheck(
+                    HttpCheck(timing=T, tls=True, tls_verify=True, host="other.test"), port
+                )
+                assert not wrong_name.ok and "TLS" in wrong_name.reason
+
+        asyncio.run(main())
+
+
+# --- hostile servers ----------------------------------------------------------
+
+
+def test_hanging_server_and_stalled_tls_handshake_time_out() -> None:
+    with silent_listener() as port:
+        for spec in (
+            HttpCheck(timing=T),
+            HttpCheck(timing=T, tls=True),
+            AgentCheck(timing=T),
+        ):
+            result = check(spec, port)
+            assert not result.ok
+            assert result.reason == "timed out after 1 s"
+            assert T.timeout <= result.elapsed < T.timeout + 0.5
+
+
+def test_endless_and_garbage_responses_are_cut_at_the_caps() -> None:
+    async def main() -> None:
+        cases: list[tuple[CheckSpec, object, str]] = [
+            # a gigabyte and more of one header line: the line cap stops it
+            (HttpCheck(timing=T), lambda r, w: endless(r, w, b"x" * 65536), "longer than"),
+            # endless small header lines: the head cap stops it
+            (
+                HttpCheck(timing=T),
+                lambda r, w: endless(r, w, b"HTTP/1.0 200 OK\r\nX: y\r\n" + b"X: y\r\n" * 4000),
+                "headers longer than",
+            ),
+            # a valid head then an endless body without the expected text
+            (
+                HttpCheck(timing=T, body=b"carom ok"),
+                lambda r, w: endless(r, w, b"HTTP/1.0 200 OK\r\n\r\n" + b"z" * 65536),
+                "first 65536 bytes lack",
+            ),
+            # garbage
+            (HttpCheck(timing=T), lambda r, w: say(w, os.urandom(300) + b"\n\n"), ""),
+            (AgentCheck(timing=T), lambda r, w: endless(r, w, b"u" * 65536), "longer than"),
+            (AgentCheck(timing=T), lambda r, w: say(w, b"\xff\xfe garbage\n"), "non-ASCII"),
+            (AgentCheck(timing=T), lambda r, w: say(w, b"banana\n"), "unknown word"),
+        ]
+        for spec, handler, reason in cases:
+            async with stream_server(handler) as port:  # type: ignore[arg-type]
+                result = await acheck(spec, port)
+            assert not result.ok, (spec, result)
+            assert reason in result.reason, result.reason
+            assert result.elapsed < T.timeout  # cut at the cap, not by the timeout
+
+    asyncio.run(main())
+
+
+def test_bad_probes_run_together_without_blocking_the_loop() -> None:
+    """Hostile servers and commands, all at once: each ends within its timeout and
+    a ticker keeps running meanwhile (the loop is never held)."""
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        flood = lambda r, w: endless(r, w, os.urandom(65536))  # noqa: E731
+        with silent_listener() as quiet:
+            async with stream_server(flood) as noisy:
+                tick = asyncio.create_task(ticker())
+                start = time.monotonic()
+                results = await asyncio.gather(
+                    acheck(HttpCheck(timing=T), quiet),
+                    acheck(HttpCheck(timing=T, tls=True), quiet),
+                    acheck(HttpCheck(timing=T, body=b"x"), noisy),
+                    acheck(ExecCheck(timing=T, command=("yes",)), 0),
+                    acheck(ExecCheck(timing=T, command=("sleep", "30")), 0),
+                    acheck(AgentCheck(timing=T), noisy),
+                )
+                took = time.monotonic() - start
+                tick.cancel()
+        assert all(not r.ok for r in results), results
+        assert all(r.reason for r in results)
+        assert took < T.timeout + 1.0
+        assert ticks > 20  # 100 a second when free; 2 shared cores leave far fewer
+
+    asyncio.run(main())
+
+
+# --- UDP ----------------------------------------------------------------------
+
+
+def test_udp_reply_expected_missing_and_refused() -> None:
+    async def main() -> None:
+        async with udp_server(lambda d: b"PONG " + d if d.startswith(b"PING") else None) as port:
+            good = await acheck(UdpCheck(timing=T, send=b"PING 1", expect=b"PONG"), port)
+            assert good.ok and good.reason == "reply of 11 bytes"
+            wrong = await acheck(UdpCheck(timing=T, send=b"PING", expect=b"HELLO"), port)
+            assert not wrong.ok and "lacks b'HELLO'" in wrong.reason
+            silent = await acheck(UdpCheck(timing=T, send=b"nothing"), port)
+            assert not silent.ok and silent.reason == "timed out after 1 s"
+        refused = await acheck(UdpCheck(timing=T, send=b"PING"), free_port(socket.SOCK_DGRAM))
+        assert not refused.ok and refused.reason == "connection refused"
+
+    asyncio.run(main())
+
+
+# --- DNS ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_dns_rcode(transport: str) -> None:
+    async def main() -> None:
+        async with dns_server() as port:
+            good = await acheck(
+                DnsCheck(timing=T, query="www.example.test", query_type="A", transport=transport),
+                port,
+            )
+            assert good.ok and good.reason.startswith("rcode NOERROR"), good.reason
+            refused = await acheck(DnsCheck(timing=T, query="other.", transport=transport), port)
+            assert not refused.ok and refused.reason == "rcode REFUSED, expected NOERROR"
+            nx = await acheck(
+                DnsCheck(
+                    timing=T,
+                    query="missing.example.test",
+                    transport=transport,
+                    expect_rcode="NXDOMAIN",
+                ),
+                port,
+            )
+            assert nx.ok
+
+    asyncio.run(main())
+
+
+def test_dns_garbage_and_silence() -> None:
+    async def main() -> None:
+        async with udp_server(lambda d: os.urandom(40)) as port:
+            garbage = await acheck(DnsCheck(timing=T), port)
+        assert not garbage.ok and garbage.reason  # a decoding error, with its name
+        async with stream_server(lambda r, w: endless(r, w, b"\xff" * 4096)) as port:
+            tcp = await acheck(DnsCheck(timing=T, transport="tcp"), port)
+        assert not tcp.ok and tcp.reason
+
+    asyncio.run(main())
+
+
+# --- exec ---------------------------------------------------------------------
+
+
+def test_exec_exit_status_environment_and_no_shell() -> None:
+    ok = check(ExecCheck(timing=T, command=("/bin/sh", "-c", 'test "$CAROM_PORT" = 8080')), 8080)
+    assert ok.ok, ok.reason
+    bad = check(ExecCheck(timing=T, command=("/bin/sh", "-c", "echo sick; exit 3")), 80)
+    assert not bad.ok and bad.reason == "exit 3: sick"
+    # argv is passed as given: no shell sees '$(...)' or ';'
+    literal = check(ExecCheck(timing=T, command=("echo", "$(id); rm -rf /")), 80)
+    assert literal.ok and literal.reason == "exit 0: $(id); rm -rf /"
+    missing = check(ExecCheck(timing=T, command=("/nonexistent/check",)), 80)
+    assert not missing.ok and missing.reason == "no such file or directory"
+
+
+def test_exec_timeout_kills_the_whole_process_group() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pidfile = Path(tmp) / "pid"
+        script = f"sleep 30 & echo $! > {pidfile}; wait"
+        result = check(ExecCheck(timing=T, command=("/bin/sh", "-c", script)), 80)
+        assert not result.ok and result.reason == "timed out after 1 s"
+        child = int(pidfile.read_text())
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.02)
+        assert not _alive(child), "the command's child survived the timeout"
+
+
+def test_exec_that_prints_forever_is_bounded() -> None:
+    result = check(ExecCheck(timing=T, command=("yes", "spam")), 80)
+    assert not result.ok and result.reason == "timed out after 1 s"
+    quick = check(ExecCheck(timing=T, command=("head", "-c", "1000000", "/dev/zero")), 80)
+    assert quick.ok and "(1000000 bytes of output, kept 8192)" in quick.reason
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+
+
+# --- agent --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "ok", "drain", "weight", "reason"),
+    [
+        (b"up\n", True, False, None, "agent: up"),
+        (b"ready 75%\r\n", True, False, 75, "agent: ready, weight 75%"),
+        (b"drain\n", True, True, None, "agent: up, drain"),
+        (b"50%,drain # busy\n", True, True, 50, "agent: up, drain, weight 50%"),
+        (b"down # disk full\n", False, False, None, "agent: down"),
+        (b"maint\n", False, False, None, "agent: maint"),
+        (b"up stopped\n", False, False, None, "agent: stopped"),
+        (b"UP\n", True, False, None, "agent: up"),
+        (b"\n", False, False, None, "agent sent an empty line"),
+        (b"300%\n", False, False, None, "agent weight 300% is over 256%"),
+    ],
+)
+def test_agent_line(line: bytes, ok: bool, drain: bool, weight: int | None, reason: str) -> None:
+    result = parse_agent_line(line)
+    assert (result.ok, result.drain, result.weight_percent, result.reason) == (
+        ok,
+        drain,
+        weight,
+        reason,
+    )
+
+
+def test_agent_over_tcp_with_send_string() -> None:
+    async def main() -> None:
+        async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            asked = await reader.readline()
+            writer.write(b"up 40%\n" if asked == b"status\n" else b"down\n")
+            await writer.drain()
+
+        async with stream_server(agent) as port:
+            result = await acheck(AgentCheck(timing=T, send=b"status\n"), port)
+            assert result.ok and result.weight_percent == 40
+        async with stream_server(lambda r, w: say(w, b"drain")) as port:  # no newline, then EOF
+            result = await acheck(AgentCheck(timing=T), port)
+            assert result.ok and result.drain
+        async with stream_server(lambda r, w: None) as port:  # closes at once
+            result = await acheck(AgentCheck(timing=T), port)
+            assert not result.ok and result.reason == "agent closed without a line"
+
+    asyncio.run(main())
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytest.skip("Linux only", allow_module_level=True)
+
+
+# --- TCP half-open (syn) ------------------------------------------------------
+
+
+@pytest.mark.root
+def test_syn_half_open_never_completes_a_connection() -> None:
+    """SYN-ACK from a listener: up, and the listener's application never accepts
+    a connection (the kernel's RST ends the handshake). A closed port: RST."""
+
+    async def main() -> None:
+        accepted = 0
+
+        def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+
+        async with stream_server(count) as port:
+            results = [await acheck(SynCheck(timing=T), port) for _ in range(5)]
+            await asyncio.sleep(0.2)
+        assert all(r.ok and r.reason == "SYN-ACK" for r in results), results
+        assert accepted == 0
+        closed = await acheck(SynCheck(timing=T), free_port())
+        assert not closed.ok and closed.reason == "RST: port closed"
+
+    asyncio.run(main())
+
+
+def test_syn_segment_checksum_golden() -> None:
+    """A SYN built here, checked against the RFC 1071 sum: the checksum over the
+    pseudo-header and the segment (with its checksum) folds to zero."""
+    from carom.health.syn import checksum, syn_segment
+
+    seg = syn_segment("192.0.2.2", "192.0.2.11", 40000, 80, 0x01020304)
+    assert seg[:4] == bytes.fromhex("9c400050") and seg[4:8] == bytes.fromhex("01020304")
+    assert seg[13] == 0x02 and len(seg) == 24
+    pseudo = bytes([192, 0, 2, 2, 192, 0, 2, 11, 0, 6, 0, 24])
+    assert checksum(pseudo + seg) == 0
