@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from carom.config.ops import Api, Metrics
 from carom.config.schema import (
     Config,
     ConfigProblems,
@@ -250,6 +251,8 @@ _HOMES: tuple[tuple[type[BaseModel], str], ...] = (
     (Timeouts, "timeouts"),
     (Service, "each service (services: - ...)"),
     (Real, "each real (reals: - ...)"),
+    (Metrics, "metrics"),
+    (Api, "api"),
 )
 
 _EXPECTED = {

@@ -46,6 +46,7 @@ from carom.config.fields import StrictModel as _Model
 from carom.config.fields import check_method as _method
 from carom.config.fields import int_range as _int_range
 from carom.config.limits import MAX_REALS, MAX_SERVICES, MAX_VIPS, Limits
+from carom.config.ops import Api, Metrics
 
 # Names other modules import from here: the schema is the config's public face.
 __all__ = [
@@ -385,6 +386,16 @@ class Config(_Model):
     timeouts: Timeouts = Field(default=Timeouts(), description="idle timeouts", examples=[{}])
     services: tuple[Service, ...] = Field(
         default=(), description="the virtual services", examples=[[]]
+    )
+    metrics: Metrics | None = Field(
+        default=None,
+        description="Prometheus endpoint (GET /metrics); none: off",
+        examples=[{"listen": "127.0.0.1:9641"}],
+    )
+    api: Api | None = Field(
+        default=None,
+        description="HTTP API (JSON, /openapi.json); none: off",
+        examples=[{"listen": "127.0.0.1:9642", "token_file": "/etc/carom/api.token"}],
     )
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_
 from carom.daemon.reconcile import Reconciler
 from carom.daemon.status import LoopLag, build_status, expected_fingerprints
 from carom.net import realserver
+from carom.ops.hub import Ops
 
 log = logging.getLogger("carom.daemon")
 
@@ -143,6 +144,7 @@ class Daemon:
         fault = os.environ.get(FAULT_ENV)
         self.fault = fault_hook(fault) if fault else None
         self.owner: ownership.VipOwner | None = None
+        self.ops = Ops(self)  # /metrics and the HTTP API; ops.metrics.register() adds metrics
 
     async def load(self) -> Config:
         loop = asyncio.get_running_loop()
@@ -286,6 +288,7 @@ class Daemon:
                     tg.create_task(self._watch_counters(), name="counters"),
                     tg.create_task(self.lag.probe(), name="loop-lag"),
                     tg.create_task(self.owner.run(), name="vip-ownership"),
+                    tg.create_task(self.ops.serve(), name="ops-http"),
                 ]
                 await self.stop_event.wait()
                 for t in tasks:
@@ -372,7 +375,9 @@ class Daemon:
             # no collection while ~10^5 new objects arrive: settle_heap() below
             gc.disable()
             try:
-                return await self._reload(started, origin)
+                reply = await self._reload(started, origin)
+                self.ops.reload_done(reply)
+                return reply
             finally:
                 gc.enable()
 

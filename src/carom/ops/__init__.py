@@ -1,0 +1,1 @@
+"""Operations: metrics, the HTTP API, and what feeds them."""
