@@ -1,0 +1,280 @@
+"""`carom doctor`'s observations: ARP for the VIPs and the reals, a SYN to each
+real through the VIP path, two status reads, ethtool. Runs on the director (in
+its network namespace), as root; sends a handful of frames and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from carom.config.schema import Config
+from carom.daemon import control
+from carom.ops.doctor import checks as c
+from carom.ops.doctor import wire as w
+
+ARP_ROUNDS = 3
+ARP_GAP_S = 0.3
+REPLY_WAIT_S = 1.0
+LOOP_WINDOW_S = 2.0
+
+
+def ipv4_interfaces(names: list[str]) -> dict[str, list[IPv4Interface]]:
+    out: dict[str, list[IPv4Interface]] = {n: [] for n in names}
+    with IPRoute() as ipr:
+        for name in names:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                continue
+            for m in ipr.get_addr(index=idx[0], family=2):
+                out[name].append(
+                    IPv4Interface(
+                        f"{m.get_attr('IFA_LOCAL') or m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"
+                    )
+                )
+    return out
+
+
+def interface_for(addr: IPv4Address, addrs: dict[str, list[IPv4Interface]]) -> str:
+    """The interface whose subnet holds `addr`, else the first one."""
+    for name, ifaces in addrs.items():
+        if any(addr in i.network for i in ifaces):
+            return name
+    return next(iter(addrs))
+
+
+def ethtool_stats(ifname: str) -> tuple[str | None, dict[str, int]]:
+    """(driver, statistics) of an interface; (None, {}) when ethtool cannot tell."""
+    try:
+        info = subprocess.run(
+            ["ethtool", "-i", ifname], capture_output=True, text=True, timeout=10
+        ).stdout
+        stats = subprocess.run(
+            ["ethtool", "-S", ifname], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None, {}
+    driver = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("driver:")),
+        None,
+    )
+    out: dict[str, int] = {}
+    for line in stats.splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep and value.strip().isdigit():
+            out[name.strip()] = int(value)
+    return driver, out
+
+
+def xdp_tx_errors(stats: dict[str, int]) -> int:
+    return sum(v for k, v in stats.items() if k.endswith("xdp_tx_errors"))
+
+
+@dataclass
+class Seen:
+    """What the packet sockets saw during the probes."""
+
+    arp: dict[IPv4Address, list[tuple[str, str]]]  # target -> (ARP sender MAC, eth source)
+    tcp: list[w.Segment]
+    csum_pending: dict[str, set[str]]  # interface -> source MACs of offloaded frames
+
+
+def _listen(socks: dict[str, w.PacketSocket], seen: Seen, until: float) -> None:
+    for name, sock in socks.items():
+        for frame, pending in sock.receive(until):
+            arp = w.parse_arp_reply(frame)
+            if arp is not None:
+                seen.arp[arp.ip].append((arp.mac, arp.eth_src))
+                continue
+            seg = w.parse_tcp(frame, pending)
+            if seg is not None:
+                seen.tcp.append(seg)
+                if pending:
+                    seen.csum_pending[name].add(seg.eth_src)
+
+
+def probe(
+    cfg: Config,
+    status: dict[str, Any] | None,
+    report: c.Report,
+    status_again: Callable[[], dict[str, Any] | None],
+) -> None:
+    started = time.monotonic()
+    tx_errors_before = {name: xdp_tx_errors(ethtool_stats(name)[1]) for name in cfg.interfaces}
+    addrs = ipv4_interfaces(list(cfg.interfaces))
+    view = c.status_snapshot_values(status or {})
+    vips = [v for v in dict.fromkeys(s.vip for s in cfg.services) if isinstance(v, IPv4Address)]
+    local = {r.address for s in cfg.services for r in s.reals if r.local}
+    reals = [
+        a
+        for a in dict.fromkeys(r.address for s in cfg.services for r in s.reals)
+        if isinstance(a, IPv4Address) and a not in local
+    ]
+    v6 = sorted(
+        {
+            str(a)
+            for s in cfg.services
+            for a in (s.vip, *(r.address for r in s.reals))
+            if a.version == 6
+        }
+    )
+    if v6:
+        report.skipped.append(f"IPv6 ({', '.join(v6)}): NDP checks are not written yet")
+    targets: dict[str, list[IPv4Address]] = defaultdict(list)
+    for a in [*vips, *reals]:
+        targets[interface_for(a, addrs)].append(a)
+    macs = {name: w.interface_mac(name) for name in cfg.interfaces}
+    seen = Seen(defaultdict(list), [], defaultdict(set))
+    socks = {name: w.PacketSocket(name) for name in cfg.interfaces}
+    try:
+        # ARP for every VIP and real, a few rounds (a flapping MAC shows up as two)
+        for _ in range(ARP_ROUNDS):
+            for name, tgts in targets.items():
+                src = addrs[name][0].ip if addrs[name] else None
+                for t in tgts:
+                    socks[name].send(w.arp_request(macs[name], src, t))
+            _listen(socks, seen, time.monotonic() + ARP_GAP_S)
+        _listen(socks, seen, time.monotonic() + ARP_GAP_S)
+        real_of_mac = {m: str(r) for r in reals for m, _ in seen.arp.get(r, [])}
+        for vip in vips:
+            name = interface_for(vip, addrs)
+            c.judge_vip_arp(
+                report,
+                vip,
+                name,
+                [m for m, _ in seen.arp.get(vip, [])],
+                bool(view["active"]),
+                w.mac_text(macs[name]),
+                real_of_mac,
+            )
+        for r in reals:
+            c.judge_real_l2(
+                report,
+                r,
+                interface_for(r, addrs),
+                seen.arp.get(r, []),
+                view["real_macs"].get(str(r)),
+            )
+        _dsr(cfg, reals, addrs, macs, socks, seen, report)
+    finally:
+        for s in socks.values():
+            s.close()
+    # loops: the counter over at least LOOP_WINDOW_S
+    if status is not None:
+        time.sleep(max(0.0, LOOP_WINDOW_S - (time.monotonic() - started)))
+        after = status_again()
+        if after is not None:
+            c.judge_loops(
+                report,
+                int(view["drop_loop"]),
+                int(c.status_snapshot_values(after)["drop_loop"]),
+                time.monotonic() - started,
+            )
+        c.judge_xdp_mode(report, cfg.xdp_mode, cfg.interfaces, view["attached"])
+    for name in cfg.interfaces:
+        driver, stats = ethtool_stats(name)
+        if driver != "veth":
+            continue
+        c.judge_veth(
+            report,
+            name,
+            view["attached"].get(name),
+            tx_errors_before[name],
+            xdp_tx_errors(stats),
+            seen.csum_pending[name],
+            stats.get("peer_ifindex"),
+        )
+
+
+def _dsr(
+    cfg: Config,
+    reals: list[IPv4Address],
+    addrs: dict[str, list[IPv4Interface]],
+    macs: dict[str, bytes],
+    socks: dict[str, w.PacketSocket],
+    seen: Seen,
+    report: c.Report,
+) -> None:
+    """A SYN to each (VIP, port) of a TCP service, at each real's MAC."""
+    sent: dict[int, tuple[IPv4Address, IPv4Address, int, str, str]] = {}
+    for svc in cfg.services:
+        vip = svc.vip
+        if svc.protocol != "tcp" or not isinstance(vip, IPv4Address) or not svc.port_number:
+            continue
+        for member in svc.reals:
+            address = member.address
+            if not isinstance(address, IPv4Address) or address not in reals or not member.weight:
+                continue
+            answers = {m for m, _ in seen.arp.get(address, [])}
+            if len(answers) != 1:
+                continue  # real-l2 has said why
+            name = interface_for(address, addrs)
+            if not addrs[name]:
+                report.skipped.append(f"real-dsr: {name} has no IPv4 address to probe from")
+                continue
+            sport = w.random_port()
+            while sport in sent:
+                sport = w.random_port()
+            src = addrs[name][0].ip
+            mac = answers.pop()
+            socks[name].send(
+                w.tcp_frame(
+                    macs[name],
+                    w.mac_raw(mac),
+                    src,
+                    vip,
+                    sport,
+                    svc.port_number,
+                    int(time.time_ns() & 0xFFFFFFFF),
+                    0x02,
+                )
+            )
+            sent[sport] = (address, vip, svc.port_number, name, mac)
+    if not sent:
+        return
+    _listen(socks, seen, time.monotonic() + REPLY_WAIT_S)
+    replies: dict[int, w.Segment] = {}
+    for seg in seen.tcp:
+        if seg.dport in sent and seg.sport == sent[seg.dport][2]:
+            replies.setdefault(seg.dport, seg)
+    for sport, (real, vip4, port, name, mac) in sent.items():
+        got = replies.get(sport)
+        reply = (got.flags, got.src, got.eth_src) if got else None
+        c.judge_real_dsr(report, real, vip4, port, reply, mac)
+        if got is not None and got.flags & c.SYN_ACK == c.SYN_ACK:
+            # close the half-open connection on the real at once
+            socks[name].send(
+                w.tcp_frame(
+                    macs[name], w.mac_raw(got.eth_src), got.dst, got.src, sport, port, got.ack, 0x04
+                )
+            )
+
+
+def run(cfg: Config, socket_path: str) -> c.Report:
+    report = c.Report()
+
+    def status() -> dict[str, Any] | None:
+        try:
+            reply = control.request(socket_path, "status", timeout=10)
+        except (ConnectionError, OSError):
+            return None
+        return reply.get("status") if reply.get("ok") else None
+
+    first = status()
+    if first is None:
+        report.find(
+            "daemon",
+            f"no carom daemon answers on {socket_path}",
+            "start it (`carom run -c CONFIG` or `systemctl start carom@INSTANCE`); the "
+            "data-plane checks need it",
+        )
+    if cfg.cluster is not None:
+        report.skipped.append("fingerprints: comparing the cluster's tables is not written yet")
+    probe(cfg, first, report, status)
+    return report
