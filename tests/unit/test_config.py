@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from carom.config.cluster import Cluster, Member
 from carom.config.load import ConfigError, load_config, parse_config
+from carom.config.ops import Api, Metrics
 from carom.config.schema import (
     Config,
     Limits,
@@ -258,7 +259,7 @@ def test_docs_yaml_examples_are_valid(tmp_path: Path) -> None:
 
 def test_docs_name_every_field() -> None:
     docs = DOCS.read_text()
-    for model in (Config, Node, Limits, Timeouts, Service, Real, Cluster, Member):
+    for model in (Config, Node, Limits, Timeouts, Service, Real, Cluster, Member, Metrics, Api):
         for name in model.model_fields:
             assert f"`{name}`" in docs, f"docs/config.md does not describe {name}"
 
