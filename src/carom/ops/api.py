@@ -13,15 +13,29 @@ import hmac
 import ipaddress
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from carom.config.ops import read_token
+from carom.config.schema import Config
 from carom.daemon import control
 from carom.ops import http
 from carom.ops.openapi import document
 
-if TYPE_CHECKING:
-    from carom.ops.hub import Ops
+
+class _Daemon(Protocol):
+    config: Config | None
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes: ...
+
+
+class Source(Protocol):
+    """What the API reads from (the hub): the daemon and the shared snapshot."""
+
+    @property
+    def daemon(self) -> _Daemon: ...
+
+    async def snapshot(self) -> dict[str, Any]: ...
+
 
 _REAL_ACTION = re.compile(r"^/v1/reals/(?P<address>[^/]+)/(?P<action>drain|undrain|weight)$")
 _SERVICE = re.compile(r"^/v1/services/(?P<name>[^/]+)$")
@@ -66,7 +80,7 @@ def reals_of(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class Api:
-    def __init__(self, ops: Ops) -> None:
+    def __init__(self, ops: Source) -> None:
         self.ops = ops
 
     async def handle(self, req: http.Request) -> http.Response:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from carom.config.ops import Endpoint, parse_endpoint
 from carom.config.schema import Config
 from carom.ops import http
+from carom.ops.api import Api
 from carom.ops.metrics import CONTENT_TYPE, MetricsRegistry
 
 log = logging.getLogger("carom.ops")
@@ -145,8 +146,6 @@ class Ops:
         self._wanted = wanted
 
     def _handler(self, ep: Endpoint) -> http.Handler:
-        from carom.ops.api import Api
-
         api = Api(self)
 
         async def handle(req: http.Request) -> http.Response:
