@@ -138,7 +138,11 @@ def render(new: Sample, old: Sample | None) -> Group:
                 human(real["packets"]),
                 human(real["bytes"], "B"),
             )
-    footer = Text("q or Ctrl-C: quit", style="dim")
+    footer = Text(
+        "a real's rows count its traffic over all services (the data plane counts per "
+        "real)    q or Ctrl-C: quit",
+        style="dim",
+    )
     return Group(header, Text(""), table, Text(""), footer)
 
 
