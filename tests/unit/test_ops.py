@@ -308,3 +308,55 @@ def test_top_rates() -> None:
     first = rates(old, None)
     assert first["services"]["web"]["pps"] is None  # no rate from one sample
     assert (human(None), human(999), human(1234567, "B")) == ("-", "999", "1.23MB")
+
+
+# --- the hub's snapshot ---------------------------------------------------------
+
+
+class SlowDaemon:
+    """A daemon whose status read takes 0.3 s (a big per-CPU map walk)."""
+
+    config = None
+    started = 0.0
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.threads: set[int] = set()
+
+    def status(self) -> dict[str, Any]:
+        import threading
+        import time
+
+        self.reads += 1
+        self.threads.add(threading.get_ident())
+        time.sleep(0.3)
+        return snapshot()
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes:
+        return {"ok": True}
+
+
+def test_snapshot_is_read_once_per_second_off_the_event_loop() -> None:
+    from carom.ops.hub import Ops
+
+    import threading
+
+    daemon = SlowDaemon()
+
+    async def go() -> tuple[int, int]:
+        ops = Ops(daemon)
+        # ten scrapes at once: one read, shared
+        snaps = await asyncio.gather(*(ops.snapshot() for _ in range(10)))
+        assert all(s is snaps[0] for s in snaps)
+        pages = await asyncio.gather(*(ops.metrics_page() for _ in range(3)))
+        reads_within_a_second = daemon.reads
+        await asyncio.sleep(1.05)
+        await ops.snapshot()  # older than a second: read again
+        assert all(p == pages[0] for p in pages) and b"carom_service_packets_total" in pages[0]
+        return reads_within_a_second, daemon.reads
+
+    once, later = asyncio.run(go())
+    assert once == 1
+    assert later == 2
+    # the maps are read in a worker thread, never on the event loop's (this one)
+    assert threading.get_ident() not in daemon.threads
