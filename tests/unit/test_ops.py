@@ -337,9 +337,9 @@ class SlowDaemon:
 
 
 def test_snapshot_is_read_once_per_second_off_the_event_loop() -> None:
-    from carom.ops.hub import Ops
-
     import threading
+
+    from carom.ops.hub import Ops
 
     daemon = SlowDaemon()
 
