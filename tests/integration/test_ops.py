@@ -267,6 +267,12 @@ def test_doctor_passes_on_a_healthy_lab(lab: Lab, director: Director) -> None:
     for a in REAL_ADDRS:
         assert f"real-dsr: {a} serves {t.VIP4}:80 from the VIP" in out, out
     assert f"vip-arp: {t.VIP4} on carom0 answered by this node only" in out
+    # IPv6: neighbour solicitations and the same SYN through the VIP path
+    assert f"vip-arp: {t.VIP6} on carom0 answered by this node only" in out
+    for n in t.REALS:
+        assert f"real-l2: {n.main.addr6} answers NDP on carom0 from one MAC" in out, out
+        assert f"real-dsr: {n.main.addr6} serves {t.VIP6}:80 from the VIP" in out, out
+    assert "skip" not in out, out
 
 
 def test_doctor_finds_planted_mistakes(lab: Lab, director: Director) -> None:
@@ -315,6 +321,11 @@ def test_doctor_finds_planted_mistakes(lab: Lab, director: Director) -> None:
         )
         plant(
             real3.name,
+            ["ip", "addr", "del", f"{t.VIP6}/128", "dev", "lo"],
+            ["ip", "addr", "add", f"{t.VIP6}/128", "dev", "lo"],
+        )
+        plant(
+            real3.name,
             ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
             ["sysctl", "-qw", "net.ipv4.ip_forward=0"],
         )
@@ -350,6 +361,7 @@ def test_doctor_finds_planted_mistakes(lab: Lab, director: Director) -> None:
     assert f"{t.VIP4} on carom0 is also answered by {t.DIR2.main.mac}" in text, out
     assert f"real {real1.main.addr4} is answered by 2 MACs" in text, out
     assert f"real {real3.main.addr4} does not answer a SYN for {t.VIP4}:80" in text, out
+    assert f"real {real3.main.addr6} does not answer a SYN for {t.VIP6}:80" in text, out
     assert "loops" in checks, out
     assert f"frames from {real2.main.mac} arrive with their TCP/UDP checksum" in text, out
     # after the undo, and the fix doctor gives for the director's stale entry of

@@ -360,3 +360,27 @@ def test_snapshot_is_read_once_per_second_off_the_event_loop() -> None:
     assert later == 2
     # the maps are read in a worker thread, never on the event loop's (this one)
     assert threading.get_ident() not in daemon.threads
+
+
+def test_ipv6_frames() -> None:
+    from ipaddress import IPv6Address
+
+    from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
+    from scapy.layers.l2 import Ether
+
+    from carom.net.announce import unsolicited_na_frame
+
+    vip6, src6 = IPv6Address("2001:db8::100"), IPv6Address("2001:db8::2")
+    ns = Ether(w.ns_request(w.mac_raw(OWN), src6, vip6))
+    assert ns[Ether].dst == "33:33:ff:00:01:00" and ns[IPv6].hlim == 255
+    assert ns[ICMPv6ND_NS].tgt == str(vip6)
+    sent = ns[ICMPv6ND_NS].cksum
+    del ns[ICMPv6ND_NS].cksum
+    assert Ether(bytes(ns))[ICMPv6ND_NS].cksum == sent  # the checksum scapy computes
+    na = unsolicited_na_frame(w.mac_raw(REAL1), vip6, IPv6Address("fe80::1"))
+    assert w.parse_na(na) == w.ArpReply(vip6, REAL1, REAL1)
+    assert w.parse_na(bytes(ns)) is None  # a solicitation is not an answer
+    syn = w.tcp_frame(w.mac_raw(OWN), w.mac_raw(REAL1), src6, vip6, 40000, 80, 9, 0x02)
+    seg = w.parse_tcp(syn)
+    assert seg is not None and not seg.csum_pending
+    assert (seg.src, seg.dst, seg.dport, seg.seq) == (src6, vip6, 80, 9)

@@ -50,6 +50,11 @@ class Report:
 # --- VIP ownership (field note 1) ---------------------------------------------------
 
 
+def asked(addr: IPAddress) -> str:
+    """How an address is resolved: ARP (IPv4) or NDP (IPv6)."""
+    return "ARP" if addr.version == 4 else "NDP"
+
+
 def judge_vip_arp(
     report: Report,
     vip: IPAddress,
@@ -59,7 +64,7 @@ def judge_vip_arp(
     own_mac: str,
     real_of_mac: Mapping[str, str],
 ) -> None:
-    """`answers`: the MACs that answered ARP for `vip` on `ifname`. Our own XDP
+    """`answers`: the MACs that answered ARP/NDP for `vip` on `ifname`. Our own XDP
     responder never answers our own request, so on the active node the right
     number of other answers is zero, on a backup exactly one (the active node)."""
     macs = sorted(set(answers) - {own_mac})
@@ -69,11 +74,13 @@ def judge_vip_arp(
         return f"{mac} (real {real})" if real else mac
 
     reals = [real_of_mac[m] for m in macs if m in real_of_mac]
+    settings = (
+        "arp_ignore=1, arp_announce=2, VIP on lo with a host mask"
+        if vip.version == 4
+        else "the VIP on lo with a /128, not on the LAN interface"
+    )
     real_fix = (
-        f"on {', '.join(reals)}: `carom realserver up --vip {vip}` (arp_ignore=1, "
-        "arp_announce=2, VIP on lo with a host mask)"
-        if reals
-        else ""
+        f"on {', '.join(reals)}: `carom realserver up --vip {vip}` ({settings})" if reals else ""
     )
     if active and macs:
         report.find(
@@ -87,7 +94,7 @@ def judge_vip_arp(
         )
     elif not active and len(macs) != 1:
         problem = (
-            f"nobody answers ARP for {vip} on {ifname}: the VIP is unreachable"
+            f"nobody answers {asked(vip)} for {vip} on {ifname}: the VIP is unreachable"
             if not macs
             else f"{vip} on {ifname} is answered by {len(macs)} MACs: "
             f"{', '.join(who(m) for m in macs)}"
@@ -114,14 +121,14 @@ def judge_real_l2(
     answers: Iterable[tuple[str, str]],
     used: str | None,
 ) -> None:
-    """`answers`: (ARP sender MAC, frame source MAC) of each reply for `real`;
+    """`answers`: (answering MAC, frame source MAC) of each ARP/NDP reply for `real`;
     `used`: the MAC the data plane forwards to (None: unresolved)."""
     answers = list(answers)
     macs = sorted({m for m, _ in answers})
     if not macs:
         report.find(
             "real-l2",
-            f"real {real} does not answer ARP on {ifname}",
+            f"real {real} does not answer {asked(real)} on {ifname}",
             "start it, or check that it is on the same layer-2 segment as the director "
             "(DSR rewrites only the MAC: it cannot cross a router)",
         )
@@ -139,7 +146,8 @@ def judge_real_l2(
     if rewritten:
         report.find(
             "real-l2",
-            f"real {real} answers ARP as {macs[0]} from frames sent by {', '.join(rewritten)}: "
+            f"real {real} answers {asked(real)} as {macs[0]} from frames sent by "
+            f"{', '.join(rewritten)}: "
             "NIC teaming rewrites its source MAC (field note 4)",
             "use a teaming mode that keeps the MAC (active-backup, or LACP with the switch)",
         )
@@ -152,7 +160,9 @@ def judge_real_l2(
             f"{real}`; if it keeps changing, two hosts claim {real}",
         )
         return
-    report.passed.append(f"real-l2: {real} answers ARP on {ifname} from one MAC ({macs[0]})")
+    report.passed.append(
+        f"real-l2: {real} answers {asked(real)} on {ifname} from one MAC ({macs[0]})"
+    )
 
 
 def judge_real_dsr(

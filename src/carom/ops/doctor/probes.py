@@ -1,5 +1,6 @@
-"""`carom doctor`'s observations: ARP for the VIPs and the reals, a SYN to each
-real through the VIP path, two status reads, ethtool. Runs on the director (in
+"""`carom doctor`'s observations: ARP (IPv4) and neighbour solicitations (IPv6)
+for the VIPs and the reals, a SYN to each real through the VIP path, two status
+reads, ethtool. Runs on the director (in
 its network namespace), as root; sends a handful of frames and nothing else."""
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from carom.config.schema import Config
 from carom.daemon import control
+from carom.net.announce import link_local_of
 from carom.ops.doctor import checks as c
 from carom.ops.doctor import wire as w
 
@@ -25,28 +27,36 @@ REPLY_WAIT_S = 1.0
 LOOP_WINDOW_S = 2.0
 
 
-def ipv4_interfaces(names: list[str]) -> dict[str, list[IPv4Interface]]:
-    out: dict[str, list[IPv4Interface]] = {n: [] for n in names}
+IfAddr = IPv4Interface | IPv6Interface
+IP = IPv4Address | IPv6Address
+
+
+def interface_addresses(names: list[str]) -> dict[str, list[IfAddr]]:
+    out: dict[str, list[IfAddr]] = {n: [] for n in names}
     with IPRoute() as ipr:
         for name in names:
             idx = ipr.link_lookup(ifname=name)
             if not idx:
                 continue
-            for m in ipr.get_addr(index=idx[0], family=2):
-                out[name].append(
-                    IPv4Interface(
-                        f"{m.get_attr('IFA_LOCAL') or m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"
-                    )
-                )
+            for m in ipr.get_addr(index=idx[0]):
+                local = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
+                iface = IPv4Interface if m["family"] == 2 else IPv6Interface
+                out[name].append(iface(f"{local}/{m['prefixlen']}"))
     return out
 
 
-def interface_for(addr: IPv4Address, addrs: dict[str, list[IPv4Interface]]) -> str:
+def interface_for(addr: IP, addrs: dict[str, list[IfAddr]]) -> str:
     """The interface whose subnet holds `addr`, else the first one."""
     for name, ifaces in addrs.items():
-        if any(addr in i.network for i in ifaces):
+        if any(i.version == addr.version and addr in i.network for i in ifaces):
             return name
     return next(iter(addrs))
+
+
+def source_for(name: str, version: int, addrs: dict[str, list[IfAddr]]) -> IP | None:
+    """The probes' source address on `name`: a global one of the family if any."""
+    own = [i.ip for i in addrs[name] if i.version == version]
+    return next((a for a in own if not a.is_link_local), own[0] if own else None)
 
 
 def ethtool_stats(ifname: str) -> tuple[str | None, dict[str, int]]:
@@ -80,7 +90,7 @@ def xdp_tx_errors(stats: dict[str, int]) -> int:
 class Seen:
     """What the packet sockets saw during the probes."""
 
-    arp: dict[IPv4Address, list[tuple[str, str]]]  # target -> (ARP sender MAC, eth source)
+    arp: dict[IP, list[tuple[str, str]]]  # target -> (answering MAC, eth source)
     tcp: list[w.Segment]
     csum_pending: dict[str, set[str]]  # interface -> source MACs of offloaded frames
 
@@ -88,7 +98,7 @@ class Seen:
 def _listen(socks: dict[str, w.PacketSocket], seen: Seen, until: float) -> None:
     for name, sock in socks.items():
         for frame, pending in sock.receive(until):
-            arp = w.parse_arp_reply(frame)
+            arp = w.parse_arp_reply(frame) or w.parse_na(frame)
             if arp is not None:
                 seen.arp[arp.ip].append((arp.mac, arp.eth_src))
                 continue
@@ -107,38 +117,25 @@ def probe(
 ) -> None:
     started = time.monotonic()
     tx_errors_before = {name: xdp_tx_errors(ethtool_stats(name)[1]) for name in cfg.interfaces}
-    addrs = ipv4_interfaces(list(cfg.interfaces))
+    addrs = interface_addresses(list(cfg.interfaces))
     view = c.status_snapshot_values(status or {})
-    vips = [v for v in dict.fromkeys(s.vip for s in cfg.services) if isinstance(v, IPv4Address)]
+    vips: list[IP] = list(dict.fromkeys(s.vip for s in cfg.services))
     local = {r.address for s in cfg.services for r in s.reals if r.local}
-    reals = [
-        a
-        for a in dict.fromkeys(r.address for s in cfg.services for r in s.reals)
-        if isinstance(a, IPv4Address) and a not in local
+    reals: list[IP] = [
+        a for a in dict.fromkeys(r.address for s in cfg.services for r in s.reals) if a not in local
     ]
-    v6 = sorted(
-        {
-            str(a)
-            for s in cfg.services
-            for a in (s.vip, *(r.address for r in s.reals))
-            if a.version == 6
-        }
-    )
-    if v6:
-        report.skipped.append(f"IPv6 ({', '.join(v6)}): NDP checks are not written yet")
-    targets: dict[str, list[IPv4Address]] = defaultdict(list)
+    targets: dict[str, list[IP]] = defaultdict(list)
     for a in [*vips, *reals]:
         targets[interface_for(a, addrs)].append(a)
     macs = {name: w.interface_mac(name) for name in cfg.interfaces}
     seen = Seen(defaultdict(list), [], defaultdict(set))
     socks = {name: w.PacketSocket(name) for name in cfg.interfaces}
     try:
-        # ARP for every VIP and real, a few rounds (a flapping MAC shows up as two)
+        # ask for every VIP and real, a few rounds (a flapping MAC shows up as two)
         for _ in range(ARP_ROUNDS):
             for name, tgts in targets.items():
-                src = addrs[name][0].ip if addrs[name] else None
                 for t in tgts:
-                    socks[name].send(w.arp_request(macs[name], src, t))
+                    socks[name].send(_neighbour_request(macs[name], name, t, addrs))
             _listen(socks, seen, time.monotonic() + ARP_GAP_S)
         _listen(socks, seen, time.monotonic() + ARP_GAP_S)
         real_of_mac = {m: str(r) for r in reals for m, _ in seen.arp.get(r, [])}
@@ -192,36 +189,45 @@ def probe(
         )
 
 
+def _neighbour_request(mac: bytes, name: str, target: IP, addrs: dict[str, list[IfAddr]]) -> bytes:
+    src = source_for(name, target.version, addrs)
+    if isinstance(target, IPv4Address):
+        return w.arp_request(mac, src if isinstance(src, IPv4Address) else None, target)
+    return w.ns_request(mac, src if isinstance(src, IPv6Address) else link_local_of(mac), target)
+
+
 def _dsr(
     cfg: Config,
-    reals: list[IPv4Address],
-    addrs: dict[str, list[IPv4Interface]],
+    reals: list[IP],
+    addrs: dict[str, list[IfAddr]],
     macs: dict[str, bytes],
     socks: dict[str, w.PacketSocket],
     seen: Seen,
     report: c.Report,
 ) -> None:
     """A SYN to each (VIP, port) of a TCP service, at each real's MAC."""
-    sent: dict[int, tuple[IPv4Address, IPv4Address, int, str, str]] = {}
+    sent: dict[int, tuple[IP, IP, int, str, str]] = {}
     for svc in cfg.services:
         vip = svc.vip
-        if svc.protocol != "tcp" or not isinstance(vip, IPv4Address) or not svc.port_number:
+        if svc.protocol != "tcp" or not svc.port_number:
             continue
         for member in svc.reals:
             address = member.address
-            if not isinstance(address, IPv4Address) or address not in reals or not member.weight:
+            if address not in reals or not member.weight:
                 continue
             answers = {m for m, _ in seen.arp.get(address, [])}
             if len(answers) != 1:
                 continue  # real-l2 has said why
             name = interface_for(address, addrs)
-            if not addrs[name]:
-                report.skipped.append(f"real-dsr: {name} has no IPv4 address to probe from")
+            src = source_for(name, vip.version, addrs)
+            if src is None:
+                report.skipped.append(
+                    f"real-dsr: {name} has no IPv{vip.version} address to probe {address} from"
+                )
                 continue
             sport = w.random_port()
             while sport in sent:
                 sport = w.random_port()
-            src = addrs[name][0].ip
             mac = answers.pop()
             socks[name].send(
                 w.tcp_frame(
