@@ -418,3 +418,35 @@ def test_doctor_finds_generic_mode_where_native_was_expected(
     finally:
         director.stop(detach=True)
         director.start(ops_config(token))
+
+
+def test_a_reload_moves_the_listeners(lab: Lab, director: Director, token: Path) -> None:
+    """api.listen changes on reload: the old port closes, the new one serves,
+    and metrics and the API share one listener when their addresses are equal."""
+    shared = "127.0.0.1:9643"
+    director.write_config(
+        lab_config(metrics={"listen": shared}, api={"listen": shared, "token_file": str(token)})
+    )
+    try:
+        assert director.request("reload")["ok"]
+        deadline = time.monotonic() + 5
+        while lab.exec(DIR1, ["curl", "-s", "-m", "1", f"http://{shared}/v1/counters"]).returncode:
+            assert time.monotonic() < deadline, "the API did not move within 5 s"
+            time.sleep(0.2)
+        assert http(lab, f"http://{shared}/metrics")[0] == 200
+        assert http(lab, f"http://{shared}/v1/status")[0] == 200
+        old = lab.exec(DIR1, ["curl", "-s", "-m", "1", f"http://{API}/v1/status"])
+        assert old.returncode != 0, "the old API port still answers"
+        # a token file that became readable by others disables the actions
+        token.chmod(0o644)
+        auth = f"Authorization: Bearer {token.read_text().strip()}"
+        code, body = http(lab, "-X", "POST", "-H", auth, f"http://{shared}/v1/reload")
+        assert code == 403 and "chmod 600" in body, body
+    finally:
+        token.chmod(0o600)
+        director.write_config(ops_config(token))
+        assert director.request("reload")["ok"]
+    deadline = time.monotonic() + 5
+    while lab.exec(DIR1, ["curl", "-s", "-m", "1", f"http://{API}/v1/status"]).returncode:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
