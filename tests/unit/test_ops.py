@@ -384,3 +384,39 @@ def test_ipv6_frames() -> None:
     seg = w.parse_tcp(syn)
     assert seg is not None and not seg.csum_pending
     assert (seg.src, seg.dst, seg.dport, seg.seq) == (src6, vip6, 80, 9)
+
+
+def test_a_busy_port_is_retried_and_then_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On loopback: the metrics port is taken when the hub starts; the daemon
+    goes on, and the listener opens once the port is free."""
+    import socket
+
+    from carom.ops import hub
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    daemon = SlowDaemon()
+    daemon.config = parse_config(f'interfaces: [eth0]\nmetrics: {{listen: "127.0.0.1:{port}"}}\n')
+
+    async def go() -> bytes:
+        ops = hub.Ops(daemon)
+        await ops._sync_listeners()
+        assert not ops._servers  # busy: nothing opened, nothing raised
+        busy.close()
+        await ops._sync_listeners()
+        assert not ops._servers  # not retried before LISTEN_RETRY_S
+        monkeypatch.setattr(hub, "LISTEN_RETRY_S", 0.0)
+        await ops._sync_listeners()
+        assert ops._servers
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await reader.read()
+        writer.close()
+        for server in ops._servers.values():
+            server.close()
+        return reply
+
+    reply = asyncio.run(go())
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b"carom_build_info" in reply

@@ -26,6 +26,7 @@ log = logging.getLogger("carom.ops")
 
 SNAPSHOT_MAX_AGE_S = 1.0
 CONFIG_POLL_S = 1.0  # how soon a reload's new listen address takes effect
+LISTEN_RETRY_S = 10.0  # a port that was busy is tried again this often
 
 
 class DaemonView(Protocol):
@@ -50,7 +51,7 @@ class Ops:
         self._page: tuple[float, bytes] | None = None
         self._servers: dict[Endpoint, asyncio.Server] = {}
         self._wanted: dict[Endpoint, tuple[bool, bool]] = {}
-        self._failed: set[Endpoint] = set()  # could not listen: reported once
+        self._failed: dict[Endpoint, float] = {}  # could not listen: when it last tried
 
     # --- hooks the daemon calls ---------------------------------------------------------
     def reload_done(self, reply: dict[str, Any]) -> None:
@@ -126,21 +127,26 @@ class Ops:
         for ep in [ep for ep in self._servers if ep not in wanted]:
             self._servers.pop(ep).close()
             log.info("HTTP listener closed", extra={"listen": str(ep)})
+        for ep in [ep for ep in self._failed if ep not in wanted]:
+            del self._failed[ep]
         for ep, roles in wanted.items():
             if ep in self._servers:
                 continue
-            if self._wanted.get(ep) == roles and ep in self._failed:
-                continue  # already reported; retried when the config changes
+            last = self._failed.get(ep)
+            if last is not None and time.monotonic() - last < LISTEN_RETRY_S:
+                continue
             try:
                 self._servers[ep] = await http.serve(ep.host, ep.port, self._handler(ep))
             except OSError as exc:
-                log.error(
-                    "cannot listen for HTTP; fix metrics.listen / api.listen and reload",
-                    extra={"listen": str(ep), "error": exc.strerror or str(exc)},
-                )
-                self._failed.add(ep)
+                if last is None:  # logged once; retried every LISTEN_RETRY_S
+                    log.error(
+                        "cannot listen for HTTP; retrying (fix metrics.listen / api.listen "
+                        "and reload, or free the port)",
+                        extra={"listen": str(ep), "error": exc.strerror or str(exc)},
+                    )
+                self._failed[ep] = time.monotonic()
                 continue
-            self._failed.discard(ep)
+            self._failed.pop(ep, None)
             what = " and ".join(n for n, on in zip(("metrics", "api"), roles, strict=True) if on)
             log.info("HTTP listener open", extra={"listen": str(ep), "serves": what})
         self._wanted = wanted
