@@ -172,6 +172,12 @@ class Daemon:
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
         started = time.monotonic()
         await self._vips_on_lo(config, [])
+        if config.node.role == "active" and config.cluster is None:
+            # The program attached by apply() schedules only under a running lease
+            # (bpf/lease.h); a lone active director holds one from the start, so
+            # an upgrade from a version whose stop left none does not pass its
+            # established flows to the local stack until the ownership task runs.
+            self._write_lease(ownership.lease_deadline_ns())
         writes, want = await self.apply(config, None)
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
