@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 
 from carom import abi
 from carom.abi import Counter as C
-from carom.cluster.events import RECORD_SIZE, ConnEvent, ConnEvents
+from carom.cluster.events import RECORD_SIZE, ConnEvent
 from carom.config.limits import Limits
 from carom.model.forward import decide
 from tests.harness.testrun import TestRunner, event_tuple
@@ -183,16 +183,9 @@ def test_a_full_ring_loses_events_counted_and_forwards_anyway() -> None:
 
 
 def test_limits_refuse_a_ring_that_is_not_a_power_of_two() -> None:
-    from carom.config.fields import ConfigProblems  # noqa: F401  (the error type)
-
     with pytest.raises(
         ValueError, match="not a power of two; a ring buffer needs one: use 65536 or 131072"
     ):
         Limits(conn_events_bytes=100000)
     with pytest.raises(ValueError, match="out of range"):
         Limits(conn_events_bytes=4096)
-
-
-def test_reader_needs_only_map_fd() -> None:
-    """ConnEvents depends on a Protocol (map_fd), not on the loader."""
-    assert ConnEvents.__init__.__annotations__["dataplane"] == "HasRings"
