@@ -174,6 +174,12 @@ class Daemon:
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
         started = time.monotonic()
         await self._vips_on_lo(config, [])
+        if config.node.role == "active" and config.cluster is None:
+            # The program attached by apply() schedules only under a running lease
+            # (bpf/lease.h); a lone active director holds one from the start, so
+            # an upgrade from a version whose stop left none does not pass its
+            # established flows to the local stack until the ownership task runs.
+            self._write_lease(ownership.lease_deadline_ns())
         writes, want = await self.apply(config, None)
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
@@ -354,10 +360,24 @@ class Daemon:
                     realserver.down(None, Path(vip_state_of(self.config)))
                 except (OSError, realserver.RealServerError) as exc:
                     log.warning("VIPs left on lo", extra={"error": str(exc)})
+        elif self.owner is not None and self.owner.active and self.config.cluster is None:
+            # A lone director: keep scheduling long enough for a new daemon to
+            # adopt the data plane (the lease gates scheduling, bpf/lease.h).
+            grace = ownership.RESTART_GRACE_S
+            try:
+                self._write_lease(time.monotonic_ns() + int(grace * 1e9))
+            except OSError as exc:
+                log.error("cannot extend the lease for a restart", extra={"error": str(exc)})
+            log.info(
+                "daemon stopped; the data plane keeps forwarding for %.0f s (its lease), "
+                "enough for a new daemon to adopt it; `carom stop --detach` removes it",
+                grace,
+            )
         else:
             log.info(
-                "daemon stopped; the data plane keeps forwarding (a new daemon adopts "
-                "it; `carom stop --detach` removes it)"
+                "daemon stopped; this node stops scheduling within %.0f s as its lease "
+                "runs out; a new daemon adopts the data plane",
+                ownership.LEASE_S,
             )
         self.dp.close()
         await self.follower.close()

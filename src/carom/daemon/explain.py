@@ -36,6 +36,9 @@ _WHY = {
     Counter.PASS_NOT_VIP: "{vip} is not a VIP here: the kernel gets the packet untouched",
     Counter.PASS_BACKUP: "this node is a backup: VIP traffic goes to its own stack, "
     "never scheduled",
+    Counter.PASS_LEASE_EXPIRED: "this node is active but its daemon's lease has run out "
+    "(daemon stopped, frozen or just starting): VIP traffic goes to its own stack, never "
+    "scheduled",
     Counter.PASS_NO_SERVICE: "no service for port {port}/{proto} on {vip}: passed to this "
     "node's stack",
 }
@@ -132,6 +135,9 @@ class Explanation:
     slot: int | None = None
     fingerprint: str | None = None
     new_connection: str | None = None  # what a SYN from this tuple would get
+    # the flow's connection entry: "local" (this node's data plane created it),
+    # "synced" (written by connection sync from a peer director), None: no entry
+    entry: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +161,8 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
             maglev_size=cfg.maglev_size,
             tcp_idle_ns=cfg.tcp_idle_ns,
             udp_idle_ns=cfg.udp_idle_ns,
+            lease_until_ns=int(dp["lease"].lookup(0) or 0),
+            peer_macs=tuple(cfg.peer_mac_list()),
         )
     size = node.maglev_size if node else 0
     wanted = {k.to_bytes() for k in _candidates(flow)}
@@ -174,6 +182,11 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
                 persist_timeout_s=info.persist_timeout_s
                 if info.flags & abi.SvcFlags.PERSIST
                 else 0,
+                down=_down_reals(dp, cfg, int(info.id))
+                if key.to_bytes() in wanted
+                and cfg is not None
+                and info.flags & abi.SvcFlags.REAL_DOWN
+                else frozenset(),
             )
         )
         if key.to_bytes() in wanted and info.flags & abi.SvcFlags.PERSIST:
@@ -206,6 +219,16 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
     return state
 
 
+def _down_reals(dp: Dataplane, cfg: abi.NodeCfg, svc_id: int) -> frozenset[int]:
+    """Real ids whose flows move for this service (its real_down row)."""
+    words = int(cfg.real_down_words)
+    raw = dp["real_down"].read_range(svc_id * words, words) if words else b""
+    row = np.frombuffer(raw, dtype="<u8")
+    return frozenset(
+        int(w) * 64 + b for w in np.flatnonzero(row) for b in range(64) if int(row[w]) >> b & 1
+    )
+
+
 def explain(
     dp: Dataplane,
     client: str,
@@ -219,11 +242,13 @@ def explain(
 
 
 def _src_mac(state: State) -> bytes:
-    """A source MAC that is no real's (a real's would be a forwarding loop)."""
+    """A source MAC that is no real's (a real's would be a forwarding loop) and no
+    peer director's (its frames are never scheduled)."""
     macs = state.real_macs()
+    peers = state.node.peer_macs if state.node is not None else ()
     for last in range(256):
         mac = b"\x02\x00\x00\x00\x00" + bytes([last])
-        if mac + b"\0\0" not in macs:
+        if mac + b"\0\0" not in macs and mac not in peers:
             return mac
     raise ValueError("no free source MAC")  # 256 reals with these MACs: not a real setup
 
@@ -281,9 +306,20 @@ def explain_state(
             steps.append(f"connection entry idle for {age:.0f}s (> {idle / 1e9:.0f}s): rescheduled")
         elif tally[Counter.CONN_REAL_GONE]:
             steps.append(f"connection entry points at {desc(conn.real_id)}: rescheduled")
-        else:
+        elif tally[Counter.CONN_REAL_DOWN]:
             steps.append(
-                f"existing connection entry (last packet {age:.1f}s ago) -> {desc(conn.real_id)}"
+                f"connection entry points at {desc(conn.real_id)}, which is down for this "
+                "service (its flows move): rescheduled"
+            )
+        else:
+            origin = (
+                "synced from a peer director"
+                if conn.flags & abi.ConnFlags.SYNCED
+                else "created by this node"
+            )
+            steps.append(
+                f"existing connection entry ({origin}; last packet {age:.1f}s ago) -> "
+                f"{desc(conn.real_id)}"
             )
 
     if tally[Counter.CONN_CONFIRMED]:
@@ -303,6 +339,8 @@ def explain_state(
             _VERDICTS.get(d.reason, "drop"), _addr(state, d.real_id), d.real_id, "connection", steps
         )
         e.new_connection = _new_connection(state, flow, now)
+        assert conn is not None
+        e.entry = "synced" if conn.flags & abi.ConnFlags.SYNCED else "local"
         return e
 
     slot = fp = None
@@ -362,7 +400,9 @@ def _new_connection(state: State, flow: Flow, now: int) -> str:
         d = _decide(state, Flow(flow.client, flow.cport, flow.vip, flow.vport, 6, True), now)
     else:  # UDP has no SYN: ask again without the entry
         fresh = copy.deepcopy(state)
-        del fresh.conns[flow.key().to_bytes()]
+        fkey = flow.key().to_bytes()
+        fresh.conns.pop(fkey, None)  # the flow may be known only as pending
+        fresh.pending = {i: v for i, v in fresh.pending.items() if bytes(v.key) != fkey}
         d = _decide(fresh, flow, now)
     if d.reason not in _VERDICTS:
         return "dropped: no usable real"

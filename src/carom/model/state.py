@@ -23,18 +23,24 @@ class Node:
     tcp_idle_ns: int = 900 * 10**9  # idle TCP entries are rescheduled
     udp_idle_ns: int = 300 * 10**9  # idle UDP entries are rescheduled
     # CLOCK_MONOTONIC deadline renewed by the daemon: ARP/NDP for the VIPs is
-    # answered only before it (0: never), so a wedged daemon stops claiming them.
-    # In the data plane it is the `lease` map, not a node_cfg field.
+    # answered, and VIP traffic scheduled, only before it (0: never), so a wedged
+    # daemon stops claiming and scheduling. In the data plane it is the `lease`
+    # map, not a node_cfg field.
     lease_until_ns: int = 0
+    # MACs of the peer directors (6 bytes each, at most abi.MAX_PEER_MACS): VIP
+    # frames from them go to the local stack, never scheduled.
+    peer_macs: tuple[bytes, ...] = ()
 
     def to_abi(self) -> abi.NodeCfg:
-        return abi.NodeCfg(
+        cfg = abi.NodeCfg(
             role=int(self.role),
             flags=int(abi.CfgFlags.FRAG_PASS) if self.frag_pass else 0,
             maglev_size=self.maglev_size,
             tcp_idle_ns=self.tcp_idle_ns,
             udp_idle_ns=self.udp_idle_ns,
         )
+        cfg.set_peer_macs(self.peer_macs)
+        return cfg
 
 
 @dataclass
@@ -47,6 +53,10 @@ class Service:
     svc_id: int
     table: np.ndarray  # uint32 real ids, length Node.maglev_size
     persist_timeout_s: int = 0  # 0 = no persistence
+    # real ids down for this service whose flows move at their next packet
+    # (real_down bits; bpf/real_state.h). A down real whose service keeps its
+    # flows is only out of the table, not in here.
+    down: frozenset[int] = frozenset()
 
     @property
     def family(self) -> abi.Family:
@@ -57,6 +67,8 @@ class Service:
 
     def info(self) -> abi.SvcInfo:
         flags = int(abi.SvcFlags.PERSIST) if self.persist_timeout_s else 0
+        if self.down:
+            flags |= int(abi.SvcFlags.REAL_DOWN)
         return abi.SvcInfo(id=self.svc_id, flags=flags, persist_timeout_s=self.persist_timeout_s)
 
 
@@ -97,7 +109,6 @@ class State:
     persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
     # pending: slot -> flow seen once (one CPU's cache: the model is one CPU)
     pending: dict[int, abi.PendingConn] = field(default_factory=dict)
-    director_macs: set[bytes] = field(default_factory=set)
     # if_macs: ifindex -> the interface's own MAC (6 bytes)
     if_macs: dict[int, bytes] = field(default_factory=dict)
 
