@@ -101,7 +101,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for w in cfg.warnings():
+    warnings = cfg.warnings()
+    if not args.no_routes:
+        from carom.config.load import located
+        from carom.net import egress
+
+        routes = egress.route_interfaces(egress.remote_reals(cfg))
+        problems = egress.egress_problems(cfg, routes)
+        if problems:
+            print(located(args.config, problems), file=sys.stderr)
+            return 2
+        warnings += egress.egress_warnings(cfg, routes)
+    for w in warnings:
         print(f"warning: {w}")
     print(f"{args.config}: valid ({len(cfg.services)} services)")
     print(render_memory(cfg.limits))
@@ -265,6 +276,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("check", help="validate a config file without applying it")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument(
+        "--no-routes",
+        action="store_true",
+        help="skip checking each real's route against the interfaces (on another host)",
+    )
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser("status", help="services, reals and live counters")

@@ -27,7 +27,7 @@ from typing import Any
 from carom import abi
 from carom.bpf import loader
 from carom.bpf.loader import Dataplane
-from carom.config.load import ConfigError, load_config
+from carom.config.load import ConfigError, load_config, located
 from carom.config.schema import Config
 from carom.daemon import control, explain, ownership
 from carom.daemon.follow import NeighbourFollower
@@ -41,7 +41,7 @@ from carom.daemon.image import (
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
 from carom.daemon.reconcile import Reconciler
 from carom.daemon.status import LoopLag, build_status, expected_fingerprints
-from carom.net import realserver
+from carom.net import egress, realserver
 
 log = logging.getLogger("carom.daemon")
 
@@ -157,7 +157,9 @@ class Daemon:
     # --- start --------------------------------------------------------------------------
     async def start(self) -> None:
         config = load_config(self.config_path)  # nothing else runs yet
-        for w in config.warnings():
+        routes = await asyncio.to_thread(egress.route_interfaces, egress.remote_reals(config))
+        self._check_egress(config, routes)  # before anything is loaded or attached
+        for w in config.warnings() + egress.egress_warnings(config, routes):
             log.warning("config: %s", w)
         self.config = config
         loader.ensure_bpffs(str(config.bpffs))
@@ -388,6 +390,13 @@ class Daemon:
         # 32k reals take a while to walk: not on the event loop
         addrs = await asyncio.to_thread(addresses, new)
         await self.follower.resolve(addrs, wait=1.0)
+        table = self.follower.table
+        routes = {a: table[a].ifname for a in addrs if a in table}
+        try:
+            # the error path re-reads the file for its lines: not on the event loop
+            await asyncio.to_thread(self._check_egress, new, routes)
+        except ConfigError as exc:
+            return self._refused(str(exc), origin)
         resolved = time.monotonic()
         try:
             writes, want = await self.apply(new, self.config)
@@ -445,7 +454,7 @@ class Daemon:
             "seconds": took,
             "phases": phases,
             "tables_built": want.built,
-            "warnings": new.warnings(),
+            "warnings": new.warnings() + egress.egress_warnings(new, routes),
         }
 
     def _refused(self, error: str, origin: str) -> dict[str, Any]:
@@ -455,6 +464,12 @@ class Daemon:
         )
         self.last_reload = {"time": time.time(), "ok": False, "error": error}
         return {"ok": False, "error": error}
+
+    def _check_egress(self, config: Config, routes: egress.Routes) -> None:
+        """Refuse reals that XDP_TX cannot reach (net/egress.py), as a config error."""
+        problems = egress.egress_problems(config, routes)
+        if problems:
+            raise located(self.config_path, problems)
 
     def _check_immutable(self, old: Config, new: Config) -> None:
         problems = []
