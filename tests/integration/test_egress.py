@@ -61,6 +61,7 @@ def teardown() -> None:
 
 
 SERVER = f"""
+import socket
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("{VIP}", 80))
@@ -130,6 +131,10 @@ def topo() -> Iterator[subprocess.Popen[bytes]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        deadline = time.monotonic() + 10
+        while f"{VIP}:80" not in in_ns(REAL_A, "ss", "-ltnH").stdout:
+            assert time.monotonic() < deadline, "the server on real A did not start"
+            time.sleep(0.05)
         try:
             yield server
         finally:
