@@ -4,6 +4,7 @@ live connections, and rollback after a failure at every apply step."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import ipaddress
 import time
@@ -200,3 +201,52 @@ def test_failure_after_any_step_restores_the_maps(dp: Dataplane, step: str) -> N
     rec.fault = None
     assert rec.apply(rec.desired(new, neighbours(new))) > 0  # the same change applies
     assert snapshot(dp) != before
+
+
+def persist_config(services: list[tuple[int, list[str]]]) -> Config:
+    lines = [
+        "interfaces: [lo]",
+        f"limits: {{max_services: 16, max_reals: 6, maglev_table_size: {SIZE}}}",
+    ]
+    lines.append("services:")
+    for port, reals in services:
+        lines += ["  - vip: 192.0.2.100", f"    port: {port}", "    persistence_timeout: 60"]
+        lines += ["    reals:"] + [f"      - address: {a}" for a in reals]
+    return parse_config("\n".join(lines) + "\n", "test.yaml")
+
+
+def test_a_service_id_is_not_reused_while_a_persistence_entry_names_it(dp: Dataplane) -> None:
+    """A persistence key is (service id, client): a new service that took a
+    removed service's id would send that service's clients to the old real."""
+    from carom.model.forward import LOOPBACK_IFINDEX
+    from tests.harness.testrun import TestRunner
+    from tests.packets.cases import CLIENT, DIRECTOR_MAC, tcp4
+
+    runner = TestRunner.on(dp, dp.limits)
+    dp["lease"].update(0, 2**64 - 1)
+    dp["if_macs"].update(
+        LOOPBACK_IFINDEX, abi.IfMac(mac=(ctypes.c_uint8 * 6)(*abi.mac_bytes(DIRECTOR_MAC)), known=1)
+    )
+    rec = Reconciler(dp)
+    old = persist_config([(443, ["10.0.0.1"])])
+    rec.apply(rec.desired(old, neighbours(old)))
+    old_id = int(next(iter(rec.current.services.values())).id)
+    mac_of = {bytes([2, 0, 0, 0, 0, i]): f"10.0.0.{i}" for i in (1, 2)}
+    for flags in ("S", "A"):  # the client's connection to the old service
+        verdict, out, _ = runner.run(tcp4(dport=443, flags=flags))
+        assert verdict == abi.Verdict.TX and mac_of[out[:6]] == "10.0.0.1"
+    assert [int(k.svc_id) for k, _ in dp["persist_table"].items()] == [old_id]
+    # the service leaves, another one arrives: it must not take the old id
+    new = persist_config([(25, ["10.0.0.2"])])
+    want = rec.desired(new, neighbours(new))
+    new_id = int(next(iter(want.image.services.values())).id)
+    assert new_id != old_id
+    rec.apply(want)
+    verdict, out, _ = runner.run(tcp4(dport=25, sport=40001))
+    assert verdict == abi.Verdict.TX and mac_of[out[:6]] == "10.0.0.2", CLIENT
+    # once the entry is older than the persistence timeout, the id is free again
+    for key, pv in dp["persist_table"].items():
+        if int(key.svc_id) == old_id:
+            pv.last_seen_ns = time.monotonic_ns() - 120 * 10**9
+            dp["persist_table"].update(key, pv)
+    assert old_id not in rec.referenced_service_ids(new)

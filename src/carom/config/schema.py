@@ -11,6 +11,7 @@ the 1.2 core schema, so the types a file gives are the types its author wrote.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -224,6 +225,12 @@ class Service(_Model):
         return f"{host}:{self.port or 'all'}/{self.protocol}"
 
 
+def _addr_key(address: IPAddress) -> int:
+    """An address as a dict key that is cheap to hash (an ipaddress object
+    hashes through hex()); IPv6 keys are negative, so the families never meet."""
+    return int(address) if type(address) is IPv4Address else ~int(address)
+
+
 def cross_service_problems(
     services: Sequence[tuple[int, Service]], limits: Limits | None
 ) -> list[tuple[Loc, str]]:
@@ -234,10 +241,10 @@ def cross_service_problems(
     problems: list[tuple[Loc, str]] = []
     by_key: dict[tuple[IPAddress, str, int], int] = {}
     by_name: dict[str, int] = {}
-    vips: dict[IPAddress, int] = {}
-    local_of: dict[IPAddress, tuple[bool, Loc]] = {}
+    vips: dict[int, int] = {}
+    local_of: dict[int, tuple[bool, int, int]] = {}  # address key -> (local, service, real)
     for i, svc in services:
-        vips.setdefault(svc.vip, i)
+        vips.setdefault(_addr_key(svc.vip), i)
     for i, svc in services:
         if svc.key in by_key:
             port = svc.port or "all"
@@ -260,24 +267,27 @@ def cross_service_problems(
                 )
             )
         by_name.setdefault(svc.display_name, i)
+        # 32k reals at the schema's maximum: one cheap key per real, and the
+        # locations built only for a problem (this runs on every reload)
         for j, real in enumerate(svc.reals):
-            rloc: Loc = ("services", i, "reals", j, "address")
-            if real.address in vips:
+            key = _addr_key(real.address)
+            if key in vips:
                 problems.append(
                     (
-                        rloc,
-                        f"{real.address} is a vip (services[{vips[real.address]}]); "
+                        ("services", i, "reals", j, "address"),
+                        f"{real.address} is a vip (services[{vips[key]}]); "
                         "a real must be a server's own address, not a vip",
                     )
                 )
-            seen = local_of.setdefault(real.address, (real.local, rloc))
+            seen = local_of.setdefault(key, (real.local, i, j))
             if seen[0] != real.local:
+                first_loc = format_loc(("services", seen[1], "reals", seen[2]))
                 problems.append(
                     (
                         ("services", i, "reals", j, "local"),
                         f"{real.address} is local: {str(real.local).lower()} here but local: "
-                        f"{str(seen[0]).lower()} in {format_loc(seen[1][:-1])}; a real is "
-                        "either this node or not: make them agree",
+                        f"{str(seen[0]).lower()} in {first_loc}; "
+                        "a real is either this node or not: make them agree",
                     )
                 )
     if limits is not None:
@@ -302,16 +312,16 @@ def limit_problems(
                 f"fit in the services map; raise limits.max_services (up to {MAX_SERVICES})",
             )
         )
-    vips: dict[IPAddress, None] = {}
-    reals: dict[IPAddress, None] = {}
+    vips: dict[int, None] = {}
+    reals: dict[int, None] = {}
     vip_over: Loc | None = None
     real_over: Loc | None = None
     for i, svc in services:
-        vips.setdefault(svc.vip)
+        vips.setdefault(_addr_key(svc.vip))
         if vip_over is None and len(vips) > limits.max_vips:
             vip_over = ("services", i, "vip")
         for j, real in enumerate(svc.reals):
-            reals.setdefault(real.address)
+            reals.setdefault(_addr_key(real.address))
             if real_over is None and len(reals) > limits.max_reals - 1:
                 real_over = ("services", i, "reals", j, "address")
         weighted = sum(1 for r in svc.reals if r.weight > 0)

@@ -15,7 +15,8 @@ write() touch nothing the event loop reads until commit() swaps the result in.
 Established flows are never touched: the connection table is not written, and
 reals that leave the config stay in `reals` (draining) with their id, which is
 not given to another address while a connection or persistence entry may still
-point to it."""
+point to it. Likewise a removed service's id is not given to a new service while
+a persistence entry (keyed by service id and client) may still name it."""
 
 from __future__ import annotations
 
@@ -191,12 +192,44 @@ class Reconciler:
             used.add(next_id)
         return real_ids, released
 
-    def _alloc_service(self, used: set[int], limit: int) -> int:
+    def referenced_service_ids(self, config: Config) -> set[int]:
+        """Service ids that a persistence entry younger than its timeout names.
+        A persistence key is (service id, client): a new service given such an
+        id would send that client to the old service's real."""
+        persist = max(
+            [s.persistence_timeout for s in config.services]
+            + [int(i.persist_timeout_s) for i in self.current.services.values()]
+            + [0]
+        )
+        if not persist:
+            return set()
+        now = time.monotonic_ns()
+        horizon = persist * 10**9 + LAST_SEEN_SLACK_NS
+        return {
+            int(key.svc_id)
+            for key, pv in self.dp["persist_table"].items()
+            if now - int(pv.last_seen_ns) <= horizon
+        }
+
+    def _alloc_service(self, used: set[int], limit: int, busy: Callable[[], set[int]]) -> int:
+        """The lowest id no service has, skipping ids a removed service had while
+        a persistence entry may still name them (`busy`, read only if needed)."""
+        held = 0
         for i in range(limit):
-            if i not in used:
-                return i
+            if i in used:
+                continue
+            if i in busy():  # a removed service's id (after a restart too)
+                held += 1
+                continue
+            return i
+        why = (
+            f"; {held} of them belonged to removed services whose persistence entries "
+            "are still live: they free up when those expire (persistence_timeout)"
+            if held
+            else ""
+        )
         raise ReconcileError(
-            f"no free service id (limit {limit}); raise limits.max_services in the config"
+            f"no free service id (limit {limit}){why}; raise limits.max_services in the config"
         )
 
     # --- desired state ------------------------------------------------------------------
@@ -264,11 +297,18 @@ class Reconciler:
         per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
         built = 0
         persist_flag = int(abi.SvcFlags.PERSIST)
+        busy_ids: list[set[int]] = []
+
+        def busy() -> set[int]:
+            if not busy_ids:
+                busy_ids.append(self.referenced_service_ids(config))
+            return busy_ids[0]
+
         for svc in config.services:
             ident = svc_ident(svc)
             sid = svc_ids.get(ident)
             if sid is None:
-                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services)
+                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
             used_svc_ids.add(sid)
             img.services[ident] = abi.SvcInfo(
                 id=sid,
