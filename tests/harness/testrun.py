@@ -59,7 +59,7 @@ class TestRunner:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits(
-            max_services=8,
+            max_services=16,  # services-map entries: a multi-port service has one per port
             max_reals=64,
             maglev_table_size=1021,
             conn_table_size=4096,
@@ -114,7 +114,8 @@ class TestRunner:
             for i in range(self.limits.max_reals)
         )
         for svc in state.services:
-            dp["services"].update(svc.key(), svc.info())
+            for key in svc.keys():  # noqa: SIM118 (Service.keys, not a dict)
+                dp["services"].update(key, svc.info())
         for vk, vinfo in state.vip_infos().items():
             dp["vip_addrs"].update(abi.VipKey.from_bytes(vk), vinfo)
         filter_words = abi.vip_filter_words(s.vip for s in state.services)

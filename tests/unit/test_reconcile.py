@@ -250,3 +250,49 @@ def test_a_service_id_is_not_reused_while_a_persistence_entry_names_it(dp: Datap
             pv.last_seen_ns = time.monotonic_ns() - 120 * 10**9
             dp["persist_table"].update(key, pv)
     assert old_id not in rec.referenced_service_ids(new)
+
+
+def test_a_multi_port_service_is_one_id_on_every_port(dp: Dataplane) -> None:
+    """`ports:`: one services entry per port, all with the service's id, so the
+    kernel sends a client's connections on any of them to the persisted real."""
+    from carom.model.forward import LOOPBACK_IFINDEX
+    from tests.harness.testrun import TestRunner
+    from tests.packets.cases import DIRECTOR_MAC, tcp4
+
+    text = (
+        "interfaces: [lo]\n"
+        f"limits: {{max_services: 16, max_reals: 6, maglev_table_size: {SIZE}}}\n"
+        "services:\n"
+        "  - {vip: 192.0.2.100, port: 80, reals: [{address: 10.0.0.3}]}\n"
+        "  - vip: 192.0.2.100\n"
+        '    ports: [143, 25, "5222-5223"]\n'
+        "    persistence_timeout: 60\n"
+        "    reals: [{address: 10.0.0.1}, {address: 10.0.0.2}]\n"
+    )
+    cfg = parse_config(text, "test.yaml")
+    rec = Reconciler(dp)
+    rec.apply(rec.desired(cfg, neighbours(cfg)))
+    entries = {abi.port_host(k.port): int(v.id) for k, v in dp["services"].items()}
+    assert sorted(entries) == [25, 80, 143, 5222, 5223]
+    assert len({entries[p] for p in (25, 143, 5222, 5223)}) == 1 != entries[80]
+    assert dp["vip_addrs"].lookup(abi.vip_key(ipaddress.ip_address("192.0.2.100"))).services == 5
+    runner = TestRunner.on(dp, dp.limits)
+    dp["lease"].update(0, 2**64 - 1)
+    dp["if_macs"].update(
+        LOOPBACK_IFINDEX, abi.IfMac(mac=(ctypes.c_uint8 * 6)(*abi.mac_bytes(DIRECTOR_MAC)), known=1)
+    )
+    reals = set()
+    for n, port in enumerate((143, 25, 5223)):
+        for flags in ("S", "A"):  # two packets: the flow (and its persistence) is recorded
+            verdict, out, _ = runner.run(tcp4(dport=port, sport=41000 + n, flags=flags))
+            assert verdict == abi.Verdict.TX
+            reals.add(out[:6])
+    assert len(reals) == 1  # IMAP, SMTP and XMPP of one client: one real
+    verdict, _, _ = runner.run(tcp4(dport=5224, sport=41009))
+    assert verdict == abi.Verdict.PASS  # next to the range: no service
+    # a port added to the service keeps its id (no other service's row moves)
+    sid = entries[25]
+    more = parse_config(text.replace('"5222-5223"]', '"5222-5223", 110]'), "test.yaml")
+    want = rec.desired(more, neighbours(more))
+    assert {int(i.id) for (_, _, p), i in want.image.services.items() if p != 80} == {sid}
+    assert want.built == 0

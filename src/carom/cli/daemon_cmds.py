@@ -173,8 +173,9 @@ def render_status(st: dict[str, Any]) -> str:
     totals: dict[int, dict[str, Any]] = {}
     for s in st["services"]:
         persist = f", persistence {s['persistence_timeout']}s" if s["persistence_timeout"] else ""
+        ports = s.get("ports", s["port"])
         lines.append(
-            f"service {s['name']}  {s['vip']}:{s['port']}/{s['protocol']}{persist}  "
+            f"service {s['name']}  {s['vip']}:{ports}/{s['protocol']}{persist}  "
             f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
         )
         for r in s["reals"]:

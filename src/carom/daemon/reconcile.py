@@ -47,6 +47,7 @@ from carom.daemon.image import (
     real_info,
     real_key,
     svc_ident,
+    svc_idents,
     svc_key,
 )
 from carom.net.neighbours import Neighbour
@@ -287,11 +288,19 @@ class Reconciler:
             if mac and not local:
                 img.real_macs[mac] = rid
 
-        # Service ids: those of the services the maps already hold, new ones
-        # take the lowest free id.
+        # Service ids: a service keeps the id the maps hold for any of its ports
+        # (the first it finds that no earlier service kept), new ones take the
+        # lowest free id.
         svc_ids = {ident: int(info.id) for ident, info in self.current.services.items()}
-        wanted_svcs = {svc_ident(s) for s in config.services}
-        used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
+        kept: dict[int, int] = {}  # index in config.services -> kept id
+        used_svc_ids: set[int] = set()
+        for n, svc in enumerate(config.services):
+            for ident in svc_idents(svc):
+                sid = svc_ids.get(ident)
+                if sid is not None and sid not in used_svc_ids:
+                    kept[n] = sid
+                    used_svc_ids.add(sid)
+                    break
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
         per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
@@ -304,17 +313,22 @@ class Reconciler:
                 busy_ids.append(self.referenced_service_ids(config))
             return busy_ids[0]
 
-        for svc in config.services:
+        for n, svc in enumerate(config.services):
             ident = svc_ident(svc)
-            sid = svc_ids.get(ident)
+            sid = kept.get(n)
             if sid is None:
                 sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
             used_svc_ids.add(sid)
-            img.services[ident] = abi.SvcInfo(
+            info = abi.SvcInfo(
                 id=sid,
                 flags=persist_flag if svc.persistence_timeout else 0,
                 persist_timeout_s=svc.persistence_timeout,
             )
+            # a multi-port service: one entry per port, all with the same id (one
+            # Maglev row, and persistence keyed by that id spans its ports)
+            idents = svc_idents(svc) if svc.ports else [ident]
+            for each in idents:
+                img.services[each] = info
             members = []
             view = []
             for r in svc.reals:
@@ -336,7 +350,7 @@ class Reconciler:
             fingerprints[ident] = table.fingerprint
             names[ident] = svc.display_name
             vinfo = img.vips.setdefault((svc.vip, int(abi.family_of(svc.vip))), abi.VipInfo())
-            vinfo.services += 1
+            vinfo.services += len(idents)
             if svc.port_number == 0:
                 vinfo.flags |= int(abi.all_ports_flag(abi.PROTOCOLS[svc.protocol]))
         img.vip_filter = abi.vip_filter_words(vip for vip, _ in img.vips)
