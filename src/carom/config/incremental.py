@@ -28,10 +28,10 @@ from carom.config.schema import Config, Service, cross_service_problems
 
 __all__ = ["ConfigCache", "split_services"]
 
-_SERVICES = re.compile(r"^services:[ ]*(?:#.*)?$\n?", re.M)
+_SERVICES = re.compile(r"services:[ ]*(?:#.*)?\n")
 _LEAD = re.compile(r"(?:[ ]*(?:#.*)?\n)*")
 _ITEM = re.compile(r"( *)-(?: |\n|$)")
-_MARKERS = re.compile(r"(?:^|\n)(?:---|\.\.\.|%)")
+_MARKERS = ("---", "...", "%")  # at the start of a line: document markers, directives
 # What the plain shape excludes: anchors, aliases, tags, merge keys, tabs,
 # carriage returns, a byte-order mark; document markers and directives are
 # checked per line.
@@ -51,12 +51,20 @@ def split_services(text: str) -> Split | None:
     """The split, or None when the text is not of the plain shape. Works on the
     whole text with regular expressions: a loop over 50,000 lines would cost
     more than the rest of a reload's parsing."""
-    if any(mark in text for mark in _UNSAFE) or _MARKERS.search(text):
+    # str.find and `in` scan with memchr: far quicker than a regex over 2 MB
+    if any(mark in text for mark in _UNSAFE):
         return None
-    starts = list(_SERVICES.finditer(text))
-    if len(starts) != 1:
+    if text.startswith(_MARKERS) or any(f"\n{m}" in text for m in _MARKERS):
         return None
-    first = starts[0].end()
+    at = 0 if text.startswith("services:") else text.find("\nservices:") + 1
+    if at <= 0 and not text.startswith("services:"):
+        return None
+    if text.find("\nservices:", at + 1) >= 0:
+        return None  # twice: the full loader reports the duplicate key
+    line = _SERVICES.match(text, at)
+    if line is None:
+        return None  # `services: [...]` or similar: not the plain shape
+    first = line.end()
     if first == len(text) or text[first - 1] != "\n":
         return None
     lead = _LEAD.match(text, first)  # blank and comment lines before the first item

@@ -308,7 +308,7 @@ class Service(_Model):
         return f"{host}:{self.ports_text}/{self.protocol}"
 
 
-def _addr_key(address: IPAddress) -> int:
+def addr_key(address: IPAddress) -> int:
     """An address as a dict key that is cheap to hash (an ipaddress object
     hashes through hex()); IPv6 keys are negative, so the families never meet."""
     return int(address) if type(address) is IPv4Address else ~int(address)
@@ -328,9 +328,9 @@ def cross_service_problems(
     vips: dict[int, int] = {}
     local_of: dict[int, tuple[bool, int, int]] = {}  # address key -> (local, service, real)
     for i, svc in services:
-        vips.setdefault(_addr_key(svc.vip), i)
+        vips.setdefault(addr_key(svc.vip), i)
     for i, svc in services:
-        vkey = _addr_key(svc.vip)
+        vkey = addr_key(svc.vip)
         duplicate = False
         if svc.ports is None:
             first = owners.setdefault((vkey, svc.protocol, svc.port_number), i)
@@ -382,7 +382,7 @@ def cross_service_problems(
         # 32k reals at the schema's maximum: one cheap key per real, and the
         # locations built only for a problem (this runs on every reload)
         for j, real in enumerate(svc.reals):
-            key = _addr_key(real.address)
+            key = addr_key(real.address)
             if key in vips:
                 problems.append(
                     (
@@ -444,11 +444,11 @@ def limit_problems(
     vip_over: Loc | None = None
     real_over: Loc | None = None
     for i, svc in services:
-        vips.setdefault(_addr_key(svc.vip))
+        vips.setdefault(addr_key(svc.vip))
         if vip_over is None and len(vips) > limits.max_vips:
             vip_over = ("services", i, "vip")
         for j, real in enumerate(svc.reals):
-            reals.setdefault(_addr_key(real.address))
+            reals.setdefault(addr_key(real.address))
             if real_over is None and len(reals) > limits.max_reals - 1:
                 real_over = ("services", i, "reals", j, "address")
         weighted = sum(1 for r in svc.reals if r.weight > 0)

@@ -29,7 +29,7 @@ import numpy as np
 
 from carom import abi
 from carom.bpf.loader import Dataplane
-from carom.config.schema import Config
+from carom.config.schema import Config, addr_key
 from carom.daemon.image import (
     LAST_SEEN_SLACK_NS,
     STEPS,
@@ -303,7 +303,9 @@ class Reconciler:
                     break
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
-        per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
+        # keyed by (addr_key, weight): ipaddress objects hash through hex(), and
+        # this runs for each of up to 32k reals on every reload
+        per_real: dict[tuple[int, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
         built = 0
         persist_flag = int(abi.SvcFlags.PERSIST)
         busy_ids: list[set[int]] = []
@@ -333,9 +335,10 @@ class Reconciler:
             view = []
             for r in svc.reals:
                 # many services share reals: work each (real, weight) out once
-                per = per_real.get((r.address, r.weight))
+                pkey = (addr_key(r.address), r.weight)
+                per = per_real.get(pkey)
                 if per is None:
-                    per = per_real[(r.address, r.weight)] = self._real_view(
+                    per = per_real[pkey] = self._real_view(
                         r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
                     )
                 if per[0] is not None:
