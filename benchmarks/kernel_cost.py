@@ -45,6 +45,7 @@ SECTION = "1 per-packet cost (BPF_PROG_TEST_RUN)"
 SIZE = 65537
 DIR_MAC, ROUTER_MAC = "02:ca:00:00:00:02", "02:ca:00:00:00:01"
 VIP, VIP6, VIP_P = "192.0.2.100", "2001:db8:2::100", "192.0.2.102"
+VIP_M = "192.0.2.103"  # a multi-port service (ports: [25, 110, 143, "5222-5223"])
 CLIENT, CLIENT6 = "198.51.100.10", "2001:db8:1::10"
 
 
@@ -74,6 +75,15 @@ def bench_state() -> State:
                 table=_row([1, 2, 3], k4),
                 persist_timeout_s=300,
             ),
+            Service(
+                vip=ip(VIP_M),
+                proto=6,
+                port=25,
+                more_ports=(110, 143, 5222, 5223),
+                svc_id=3,
+                table=_row([1, 2, 3], k4),
+                persist_timeout_s=300,
+            ),
         ],
     )
 
@@ -91,7 +101,7 @@ class KernelBench:
     def __init__(self) -> None:
         self.runner = TestRunner(
             Limits(
-                max_services=4,
+                max_services=8,  # services-map entries: the multi-port service has five
                 max_reals=16,
                 maglev_table_size=SIZE,
                 conn_table_size=1 << 20,
@@ -150,7 +160,11 @@ def run(budget_s: float = 120.0, repeat: int = 200_000, rounds: int = 6) -> list
         # an earlier, established connection of the same client: its persistence entry
         pdone = [_frame(IP(src=CLIENT, dst=VIP_P), f, dport=443, sport=40009) for f in "SA"]
         other = _frame(IP(src=CLIENT, dst="192.0.2.50"), "A")
-        kb.prepare(bench_state(), [ack, ack, ack6, ack6, *pdone])
+        # a multi-port service: an established IMAP connection, then the same
+        # client's SMTP SYN, which its IMAP connection's persistence entry decides
+        mack = _frame(IP(src=CLIENT, dst=VIP_M), "A", dport=143, sport=40010)
+        msyn = _frame(IP(src=CLIENT, dst=VIP_M), "S", dport=25, sport=40011)
+        kb.prepare(bench_state(), [ack, ack, ack6, ack6, *pdone, mack, mack])
         cases = {
             "XDP_TX reflector (floor)": lambda: kb.reflect(ack, repeat),
             "carom DSR, connection-table hit": lambda: kb.timed(
@@ -166,6 +180,12 @@ def run(budget_s: float = 120.0, repeat: int = 200_000, rounds: int = 6) -> list
                 ack6, repeat, {C.CONN_HIT: 1, C.TX_DSR: 1}
             ),
             "carom non-VIP pass-through": lambda: kb.timed(other, repeat, {C.PASS_NOT_VIP: 1}),
+            "carom multi-port service, connection-table hit (port 143)": lambda: kb.timed(
+                mack, repeat, {C.CONN_HIT: 1, C.TX_DSR: 1}
+            ),
+            "carom multi-port persistence hit (SYN to port 25 after 143)": lambda: kb.timed(
+                msyn, repeat, {C.PERSIST_HIT: 1, C.TX_DSR: 1, C.SYN_RESCHEDULE: 0}
+            ),
         }
         results = alternate(cases, rounds)
         floor = "XDP_TX reflector (floor)"
