@@ -296,3 +296,26 @@ def test_a_multi_port_service_is_one_id_on_every_port(dp: Dataplane) -> None:
     want = rec.desired(more, neighbours(more))
     assert {int(i.id) for (_, _, p), i in want.image.services.items() if p != 80} == {sid}
     assert want.built == 0
+
+
+def test_a_real_whose_route_moved_to_another_interface_gets_no_new_flows(
+    dp: Dataplane,
+) -> None:
+    """Start and reload refuse such a real (net/egress.py); if its route moves
+    later, the next apply takes it out of the tables instead of sending its
+    share of new flows out of the wrong interface."""
+    rec = Reconciler(dp)
+    cfg = config([A])
+    nb = neighbours(cfg)
+    moved = ipaddress.ip_address("10.0.0.2")
+    nb[moved] = Neighbour(moved, "eth9", bytes.fromhex("020000000002"), "reachable", ifindex=9)
+    want = rec.desired(cfg, nb)
+    rid = want.real_ids[moved]
+    assert want.image.reals[rid].flags & abi.RealFlags.UNUSABLE
+    (view,) = [v for v in want.service_views.values()]
+    state = {v.address: (v.state, v.detail) for v in view}
+    assert state["10.0.0.2"][0] == "unresolved"
+    assert "reached through eth9, an interface carom is not attached to" in state["10.0.0.2"][1]
+    assert state["10.0.0.1"][0] == "up"
+    row = want.image.rows[0]
+    assert rid not in set(row.tolist())  # no Maglev slot: no new flows

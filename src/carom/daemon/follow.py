@@ -127,15 +127,22 @@ class NeighbourFollower:
         self._note_mac(a, n)
         if old is None:
             return True
-        if old.mac != n.mac or old.state != n.state:
+        if old.mac != n.mac or old.state != n.state or old.ifname != n.ifname:
             log.info(
                 "real server neighbour changed",
                 extra={
                     "real": str(a),
                     "state": n.state,
                     "mac": abi.mac_str(n.mac) if n.mac else "none",
+                    "interface": n.ifname or "none",
                 },
             )
+            if old.ifname != n.ifname and n.ifname is not None and old.ifname is not None:
+                log.warning(
+                    "the route to a real server moved to another interface; if carom is "
+                    "not attached to it the real gets no new flows (XDP_TX cannot send there)",
+                    extra={"real": str(a), "was": old.ifname, "now": n.ifname},
+                )
             return True
         return False
 

@@ -60,6 +60,11 @@ def _discard(_: object) -> None:
     """Undo steps return nothing; this drops a call's result."""
 
 
+def _astray(nb: Neighbour | None, interfaces: tuple[str, ...]) -> bool:
+    """The real's route uses an interface carom is not attached to."""
+    return nb is not None and nb.ifname is not None and nb.ifname not in interfaces
+
+
 def _mac_key(mac: bytes) -> abi.MacKey:
     return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
@@ -275,8 +280,15 @@ class Reconciler:
                 continue
             local, nb = wanted[address]
             mac = b"" if local else (nb.mac if nb and nb.mac else b"")
+            # XDP_TX leaves by the interface a frame came in on: a real whose
+            # route moved to another interface (after the start/reload check)
+            # gets no new flows instead of a black hole; status says why
+            astray = not local and _astray(nb, config.interfaces)
+            if astray:
+                mac = b""
             if (
-                not local
+                not astray
+                and not local
                 and not mac
                 and prev is not None
                 and bytes(prev.mac) != bytes(6)
@@ -379,6 +391,12 @@ class Reconciler:
         elif not usable:
             state = "unresolved"
             detail = nb.detail if nb else "not resolved yet"
+            if nb is not None and nb.ifname is not None and nb.mac is not None:
+                # resolved yet unusable: only a real astray (see desired) is that
+                detail = (
+                    f"reached through {nb.ifname}, an interface carom is not attached to: "
+                    "XDP_TX cannot send there (check the route to this real)"
+                )
         elif weight == 0:
             state, detail = "drained", "weight 0: no new connections"
         else:
