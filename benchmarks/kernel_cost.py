@@ -53,6 +53,7 @@ SECTION = "1 per-packet cost (BPF_PROG_TEST_RUN)"
 SIZE = 65537
 DIR_MAC, ROUTER_MAC = "02:ca:00:00:00:02", "02:ca:00:00:00:01"
 VIP, VIP6, VIP_P = "192.0.2.100", "2001:db8:2::100", "192.0.2.102"
+VIP_M = "192.0.2.103"  # a multi-port service (ports: [25, 110, 143, "5222-5223"])
 CLIENT, CLIENT6 = "198.51.100.10", "2001:db8:1::10"
 
 
@@ -82,6 +83,15 @@ def bench_state() -> State:
                 table=_row([1, 2, 3], k4),
                 persist_timeout_s=300,
             ),
+            Service(
+                vip=ip(VIP_M),
+                proto=6,
+                port=25,
+                more_ports=(110, 143, 5222, 5223),
+                svc_id=3,
+                table=_row([1, 2, 3], k4),
+                persist_timeout_s=300,
+            ),
         ],
     )
 
@@ -100,7 +110,7 @@ class KernelBench:
         ring = {"conn_events_bytes": 1 << 26} if "conn_events_bytes" in Limits.model_fields else {}
         self.runner = TestRunner(
             Limits(
-                max_services=4,
+                max_services=8,  # services-map entries: the multi-port service has five
                 max_reals=16,
                 maglev_table_size=SIZE,
                 conn_table_size=1 << 20,
@@ -170,7 +180,11 @@ def run(budget_s: float = 120.0, repeat: int = 200_000, rounds: int = 6) -> list
         # a known tuple (two packets: in conn_table) whose SYNs re-point it every run
         reuse = [_frame(IP(src=CLIENT, dst=VIP), f, sport=40002) for f in "SA"]
         resyn = reuse[0]
-        kb.prepare(bench_state(), [ack, ack, ack6, ack6, *pdone, *reuse])
+        # a multi-port service: an established IMAP connection, then the same
+        # client's SMTP SYN, which its IMAP connection's persistence entry decides
+        mack = _frame(IP(src=CLIENT, dst=VIP_M), "A", dport=143, sport=40010)
+        msyn = _frame(IP(src=CLIENT, dst=VIP_M), "S", dport=25, sport=40011)
+        kb.prepare(bench_state(), [ack, ack, ack6, ack6, *pdone, *reuse, mack, mack])
         cases = {
             "XDP_TX reflector (floor)": lambda: kb.reflect(ack, repeat),
             "carom DSR, connection-table hit": lambda: kb.timed(
@@ -190,6 +204,12 @@ def run(budget_s: float = 120.0, repeat: int = 200_000, rounds: int = 6) -> list
                 kb.drained(
                     kb.timed(resyn, repeat, {C.SYN_RESCHEDULE: 1, C.NEW_FLOW: 1, C.TX_DSR: 1})
                 )
+            ),
+            "carom multi-port service, connection-table hit (port 143)": lambda: kb.timed(
+                mack, repeat, {C.CONN_HIT: 1, C.TX_DSR: 1}
+            ),
+            "carom multi-port persistence hit (SYN to port 25 after 143)": lambda: kb.timed(
+                msyn, repeat, {C.PERSIST_HIT: 1, C.TX_DSR: 1, C.SYN_RESCHEDULE: 0}
             ),
         }
         results = alternate(cases, rounds)

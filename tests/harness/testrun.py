@@ -70,7 +70,7 @@ class TestRunner:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits(
-            max_services=8,
+            max_services=16,  # services-map entries: a multi-port service has one per port
             max_reals=64,
             maglev_table_size=1021,
             conn_table_size=4096,
@@ -129,7 +129,8 @@ class TestRunner:
             for i in range(self.limits.max_reals)
         )
         for svc in state.services:
-            dp["services"].update(svc.key(), svc.info())
+            for key in svc.keys():  # noqa: SIM118 (Service.keys, not a dict)
+                dp["services"].update(key, svc.info())
         words = abi.real_down_words(self.limits.max_reals)
         down = abi.real_down_bits(((s.svc_id, r) for s in state.services for r in s.down), words)
         dp["real_down"].update_batch(

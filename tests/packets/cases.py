@@ -30,6 +30,8 @@ VIP_ALL_PORTS = "192.0.2.101"
 VIP_PERSIST = "192.0.2.102"
 VIP_LOCAL = "192.0.2.103"
 VIP_EMPTY = "192.0.2.104"
+VIP_MULTI = "192.0.2.105"  # a multi-port service: ports [25, 110, 143, 389, "5222-5223"]
+MULTI_PORTS = (25, 110, 143, 389, 5222, 5223)
 VIP6 = "2001:db8:2::100"
 IP = IP  # re-exported for the fuzz tests
 # Not a VIP, but its vip_filter bit is VIP's (xor the same bits into the first and
@@ -89,6 +91,15 @@ def base_state() -> State:
             ),
             Service(vip=ip(VIP_LOCAL), proto=6, port=80, svc_id=5, table=table_of([6])),
             Service(vip=ip(VIP_EMPTY), proto=6, port=80, svc_id=6, table=table_of([])),
+            Service(
+                vip=ip(VIP_MULTI),
+                proto=6,
+                port=MULTI_PORTS[0],
+                more_ports=MULTI_PORTS[1:],
+                svc_id=7,
+                table=table_of([1, 2, 3]),
+                persist_timeout_s=300,
+            ),
         ],
     )
 
@@ -295,6 +306,22 @@ LOOPED_V6 = bytes(
     eth(type=0x86DD) / IPv6(src=CLIENT6, dst=VIP6, hlim=62) / TCP(sport=40013, dport=80, flags="A")
 )
 PERSIST_SYN = tcp4(dst=VIP_PERSIST, dport=443, sport=40004)
+MULTI_IMAP = tcp4(dst=VIP_MULTI, dport=143, sport=40020)
+MULTI_SMTP = tcp4(dst=VIP_MULTI, dport=25, sport=40021)
+MULTI_XMPP = tcp4(dst=VIP_MULTI, dport=5223, sport=40022)  # the end of a range
+MULTI_GAP = tcp4(dst=VIP_MULTI, dport=5224, sport=40023)  # just past it: not the service
+
+
+def _not_the_hash_pick(frame: bytes, svc_id: int) -> int:
+    """A real of the service that Maglev would not pick for this client, so a
+    case that lands on it proves the persistence entry decided."""
+    state = base_state()
+    key = bytearray(flow_key(frame))
+    key[32:36] = bytes(4)  # persistent services hash on the client
+    pick = maglev_real(state, svc_id, bytes(key))
+    return next(r for r in (1, 2, 3) if r != pick)
+
+
 ALL_PORTS = tcp4(dst=VIP_ALL_PORTS, dport=8443, sport=40005)
 LOCAL = tcp4(dst=VIP_LOCAL, sport=40006)
 V6_HBH = bytes(
@@ -455,6 +482,38 @@ CASES: list[PacketCase] = [
         extra={C.NEW_FLOW: 1},
         pending_created=True,
     ),
+    # --- a multi-port service (config ports:): one id for all its ports ---
+    PacketCase(
+        "multi-port-new-client",
+        MULTI_IMAP,
+        C.TX_DSR,
+        real="maglev-client",
+        svc_id=7,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    PacketCase(
+        "multi-port-persistence-spans-ports",
+        MULTI_SMTP,
+        C.TX_DSR,
+        # the client's IMAP connection (port 143) left a persistence entry for the
+        # service; its SMTP connection (port 25) follows it to the same real
+        setup=_persist(CLIENT, 7, _not_the_hash_pick(MULTI_SMTP, 7), 10),
+        real=_not_the_hash_pick(MULTI_SMTP, 7),
+        svc_id=7,
+        extra={C.PERSIST_HIT: 1},
+        pending_created=True,
+    ),
+    PacketCase(
+        "multi-port-range-end",
+        MULTI_XMPP,
+        C.TX_DSR,
+        real="maglev-client",
+        svc_id=7,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    PacketCase("multi-port-outside-the-ports", MULTI_GAP, C.PASS_NO_SERVICE),
     PacketCase(
         "all-ports-service",
         ALL_PORTS,

@@ -155,7 +155,7 @@ def test_a_full_ring_loses_events_counted_and_forwards_anyway() -> None:
     is forwarded. The reader's fd is readable while records wait."""
     runner = TestRunner(
         Limits(
-            max_services=8,
+            max_services=16,
             max_reals=64,
             maglev_table_size=1021,
             conn_table_size=4096,

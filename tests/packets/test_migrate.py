@@ -45,7 +45,7 @@ pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(
-    max_services=8,
+    max_services=16,  # base_state: a multi-port service has one entry per port
     max_reals=64,
     maglev_table_size=1021,
     conn_table_size=4096,

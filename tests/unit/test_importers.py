@@ -44,6 +44,13 @@ GOLDEN = [
         ["--fwmark", "100=192.0.2.25", "--local", "192.0.2.11", "--interface", "eth0"],
         0,
     ),
+    (  # seed 003: the mark's ports given, so a multi-port service with persistence
+        "field-note-3-fwmark-ports.ipvsadm",
+        "ipvsadm",
+        "field-note-3.ipvsadm",
+        ["--fwmark", "100=192.0.2.25@110,143,25,5222-5223,389", "--interface", "eth0"],
+        0,
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from carom.config.load import ConfigError, parse_config
 from carom.importers import ipvsadm, keepalived
-from carom.importers.common import ImportFailure, ImportResult
+from carom.importers.common import FwmarkTarget, ImportFailure, ImportResult
 
 
 def _mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
@@ -113,7 +113,12 @@ Convert = Callable[..., ImportResult]
 
 def _check(convert: Convert, text: str) -> ImportResult | None:
     try:
-        result = convert(text, "in", fwmarks={7: ("192.0.2.9", "tcp")}, local=["192.0.2.2"])
+        result = convert(
+            text,
+            "in",
+            fwmarks={7: FwmarkTarget("192.0.2.9", "tcp", (25, "5222-5223"))},
+            local=["192.0.2.2"],
+        )
     except ImportFailure as exc:
         assert str(exc).startswith("in:")
         return None

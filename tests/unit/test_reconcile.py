@@ -4,6 +4,7 @@ live connections, and rollback after a failure at every apply step."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import ipaddress
 import time
@@ -314,3 +315,121 @@ def test_failure_after_any_step_restores_the_maps(dp: Dataplane, step: str) -> N
     assert rec.apply(rec.desired(new, neighbours(new), down)) > 0  # the same change applies
     assert any(w for _, w in dp["real_down"].items())
     assert snapshot(dp) != before
+
+
+def persist_config(services: list[tuple[int, list[str]]]) -> Config:
+    lines = [
+        "interfaces: [lo]",
+        f"limits: {{max_services: 16, max_reals: 6, maglev_table_size: {SIZE}}}",
+    ]
+    lines.append("services:")
+    for port, reals in services:
+        lines += ["  - vip: 192.0.2.100", f"    port: {port}", "    persistence_timeout: 60"]
+        lines += ["    reals:"] + [f"      - address: {a}" for a in reals]
+    return parse_config("\n".join(lines) + "\n", "test.yaml")
+
+
+def test_a_service_id_is_not_reused_while_a_persistence_entry_names_it(dp: Dataplane) -> None:
+    """A persistence key is (service id, client): a new service that took a
+    removed service's id would send that service's clients to the old real."""
+    from carom.model.forward import LOOPBACK_IFINDEX
+    from tests.harness.testrun import TestRunner
+    from tests.packets.cases import CLIENT, DIRECTOR_MAC, tcp4
+
+    runner = TestRunner.on(dp, dp.limits)
+    dp["lease"].update(0, 2**64 - 1)
+    dp["if_macs"].update(
+        LOOPBACK_IFINDEX, abi.IfMac(mac=(ctypes.c_uint8 * 6)(*abi.mac_bytes(DIRECTOR_MAC)), known=1)
+    )
+    rec = Reconciler(dp)
+    old = persist_config([(443, ["10.0.0.1"])])
+    rec.apply(rec.desired(old, neighbours(old)))
+    old_id = int(next(iter(rec.current.services.values())).id)
+    mac_of = {bytes([2, 0, 0, 0, 0, i]): f"10.0.0.{i}" for i in (1, 2)}
+    for flags in ("S", "A"):  # the client's connection to the old service
+        verdict, out, _ = runner.run(tcp4(dport=443, flags=flags))
+        assert verdict == abi.Verdict.TX and mac_of[out[:6]] == "10.0.0.1"
+    assert [int(k.svc_id) for k, _ in dp["persist_table"].items()] == [old_id]
+    # the service leaves, another one arrives: it must not take the old id
+    new = persist_config([(25, ["10.0.0.2"])])
+    want = rec.desired(new, neighbours(new))
+    new_id = int(next(iter(want.image.services.values())).id)
+    assert new_id != old_id
+    rec.apply(want)
+    verdict, out, _ = runner.run(tcp4(dport=25, sport=40001))
+    assert verdict == abi.Verdict.TX and mac_of[out[:6]] == "10.0.0.2", CLIENT
+    # once the entry is older than the persistence timeout, the id is free again
+    for key, pv in dp["persist_table"].items():
+        if int(key.svc_id) == old_id:
+            pv.last_seen_ns = time.monotonic_ns() - 120 * 10**9
+            dp["persist_table"].update(key, pv)
+    assert old_id not in rec.referenced_service_ids(new)
+
+
+def test_a_multi_port_service_is_one_id_on_every_port(dp: Dataplane) -> None:
+    """`ports:`: one services entry per port, all with the service's id, so the
+    kernel sends a client's connections on any of them to the persisted real."""
+    from carom.model.forward import LOOPBACK_IFINDEX
+    from tests.harness.testrun import TestRunner
+    from tests.packets.cases import DIRECTOR_MAC, tcp4
+
+    text = (
+        "interfaces: [lo]\n"
+        f"limits: {{max_services: 16, max_reals: 6, maglev_table_size: {SIZE}}}\n"
+        "services:\n"
+        "  - {vip: 192.0.2.100, port: 80, reals: [{address: 10.0.0.3}]}\n"
+        "  - vip: 192.0.2.100\n"
+        '    ports: [143, 25, "5222-5223"]\n'
+        "    persistence_timeout: 60\n"
+        "    reals: [{address: 10.0.0.1}, {address: 10.0.0.2}]\n"
+    )
+    cfg = parse_config(text, "test.yaml")
+    rec = Reconciler(dp)
+    rec.apply(rec.desired(cfg, neighbours(cfg)))
+    entries = {abi.port_host(k.port): int(v.id) for k, v in dp["services"].items()}
+    assert sorted(entries) == [25, 80, 143, 5222, 5223]
+    assert len({entries[p] for p in (25, 143, 5222, 5223)}) == 1 != entries[80]
+    assert dp["vip_addrs"].lookup(abi.vip_key(ipaddress.ip_address("192.0.2.100"))).services == 5
+    runner = TestRunner.on(dp, dp.limits)
+    dp["lease"].update(0, 2**64 - 1)
+    dp["if_macs"].update(
+        LOOPBACK_IFINDEX, abi.IfMac(mac=(ctypes.c_uint8 * 6)(*abi.mac_bytes(DIRECTOR_MAC)), known=1)
+    )
+    reals = set()
+    for n, port in enumerate((143, 25, 5223)):
+        for flags in ("S", "A"):  # two packets: the flow (and its persistence) is recorded
+            verdict, out, _ = runner.run(tcp4(dport=port, sport=41000 + n, flags=flags))
+            assert verdict == abi.Verdict.TX
+            reals.add(out[:6])
+    assert len(reals) == 1  # IMAP, SMTP and XMPP of one client: one real
+    verdict, _, _ = runner.run(tcp4(dport=5224, sport=41009))
+    assert verdict == abi.Verdict.PASS  # next to the range: no service
+    # a port added to the service keeps its id (no other service's row moves)
+    sid = entries[25]
+    more = parse_config(text.replace('"5222-5223"]', '"5222-5223", 110]'), "test.yaml")
+    want = rec.desired(more, neighbours(more))
+    assert {int(i.id) for (_, _, p), i in want.image.services.items() if p != 80} == {sid}
+    assert want.built == 0
+
+
+def test_a_real_whose_route_moved_to_another_interface_gets_no_new_flows(
+    dp: Dataplane,
+) -> None:
+    """Start and reload refuse such a real (net/egress.py); if its route moves
+    later, the next apply takes it out of the tables instead of sending its
+    share of new flows out of the wrong interface."""
+    rec = Reconciler(dp)
+    cfg = config([A])
+    nb = neighbours(cfg)
+    moved = ipaddress.ip_address("10.0.0.2")
+    nb[moved] = Neighbour(moved, "eth9", bytes.fromhex("020000000002"), "reachable", ifindex=9)
+    want = rec.desired(cfg, nb)
+    rid = want.real_ids[moved]
+    assert want.image.reals[rid].flags & abi.RealFlags.UNUSABLE
+    (view,) = [v for v in want.service_views.values()]
+    state = {v.address: (v.state, v.detail) for v in view}
+    assert state["10.0.0.2"][0] == "unresolved"
+    assert "reached through eth9, an interface carom is not attached to" in state["10.0.0.2"][1]
+    assert state["10.0.0.1"][0] == "up"
+    row = want.image.rows[0]
+    assert rid not in set(row.tolist())  # no Maglev slot: no new flows

@@ -101,7 +101,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for w in cfg.warnings():
+    warnings = cfg.warnings()
+    if not args.no_routes:
+        from carom.config.load import located
+        from carom.net import egress
+
+        routes = egress.route_interfaces(egress.remote_reals(cfg))
+        problems = egress.egress_problems(cfg, routes)
+        if problems:
+            print(located(args.config, problems), file=sys.stderr)
+            return 2
+        warnings += egress.egress_warnings(cfg, routes)
+    for w in warnings:
         print(f"warning: {w}")
     print(f"{args.config}: valid ({len(cfg.services)} services)")
     print(render_memory(cfg.limits))
@@ -162,8 +173,9 @@ def render_status(st: dict[str, Any]) -> str:
     totals: dict[int, dict[str, Any]] = {}
     for s in st["services"]:
         persist = f", persistence {s['persistence_timeout']}s" if s["persistence_timeout"] else ""
+        ports = s.get("ports", s["port"])
         lines.append(
-            f"service {s['name']}  {s['vip']}:{s['port']}/{s['protocol']}{persist}  "
+            f"service {s['name']}  {s['vip']}:{ports}/{s['protocol']}{persist}  "
             f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
         )
         for r in s["reals"]:
@@ -265,6 +277,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("check", help="validate a config file without applying it")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument(
+        "--no-routes",
+        action="store_true",
+        help="skip checking each real's route against the interfaces (on another host)",
+    )
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser("status", help="services, reals and live counters")

@@ -96,8 +96,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--fwmark",
         action="append",
-        metavar="MARK=VIP[/udp]",
-        help="convert firewall-mark service MARK to every port of VIP (repeatable)",
+        metavar="MARK=VIP[/udp][@PORTS]",
+        help="convert firewall-mark service MARK to a multi-port service on PORTS of "
+        "VIP (25,143,5222-5223), or to every port of VIP without @PORTS (repeatable)",
     )
     p.add_argument(
         "--local",

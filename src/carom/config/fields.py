@@ -251,6 +251,49 @@ def _port(value: Any) -> Any:
     return value
 
 
+MAX_PORTS_PER_SERVICE = 1024  # each port is one entry of the services map
+
+_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+
+
+def _port_item(value: Any) -> Any:
+    """One item of `ports`: a port, or a range "first-last" (inclusive)."""
+    if value == "all":
+        fail("all is not allowed in ports; use port: all for every port of the vip")
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            fail(f"expected a port number, found the text {value!r}; write it without quotes")
+        m = _RANGE.fullmatch(value)
+        if m is None:
+            fail(
+                f'expected a port 1 to 65535 or a range such as "5222-5223", '
+                f"found the text {value!r}"
+            )
+        lo, hi = int(m.group(1)), int(m.group(2))
+        for end in (lo, hi):
+            if not 1 <= end <= 65535:
+                fail(f"{value!r}: {end} is not a port; use 1 to 65535")
+        if lo >= hi:
+            fail(
+                f"{value!r} is not a range: write the lower port first, as "
+                f'"{min(lo, hi)}-{max(lo, hi)}" (a single port without quotes)'
+            )
+        return f"{lo}-{hi}"
+    if not isinstance(value, int) or isinstance(value, bool):
+        fail(f'expected a port 1 to 65535 or a range such as "5222-5223", found {describe(value)}')
+    if not 1 <= value <= 65535:
+        fail(f"{value} is not a port; use 1 to 65535")
+    return value
+
+
+def port_item_range(item: int | str) -> range:
+    """The ports an item of `ports` stands for."""
+    if isinstance(item, int):
+        return range(item, item + 1)
+    lo, hi = item.split("-")
+    return range(int(lo), int(hi) + 1)
+
+
 def check_method(value: Any) -> Any:
     if value in ("nat", "tunnel"):
         fail(f"method {value!r} is not supported yet; use dsr")
@@ -269,6 +312,7 @@ ServiceName = Annotated[str, Strict(), AfterValidator(_service_name)]
 VipAddress = Annotated[IPAddress, BeforeValidator(_ip("192.0.2.100")), AfterValidator(_vip)]
 RealAddress = Annotated[IPAddress, BeforeValidator(_ip("192.0.2.11")), AfterValidator(_real)]
 Port = Annotated[int, BeforeValidator(_port)]
+PortItem = Annotated[int | str, BeforeValidator(_port_item)]
 
 
 class StrictModel(BaseModel):

@@ -38,7 +38,7 @@ from carom.config.schema import (
     format_loc,
 )
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = ["ConfigError", "load_config", "located", "parse_config"]
 
 
 class ConfigError(Exception):
@@ -116,6 +116,31 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             return config
     problems.sort(key=lambda p: p[0])  # stable: same-line problems keep pydantic's order
     raise ConfigError([f"{source}:{line}: {msg}" for line, msg in problems])
+
+
+def located(path: str | Path, problems: list[tuple[Loc, str]]) -> ConfigError:
+    """Problems found in a valid config against this machine (routes, ...), as
+    the loader would word them: `FILE:LINE: FIELD.PATH: message`. Reads the file
+    again for the lines: only the error path pays for it."""
+    source = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    loader = _Loader(text)
+    walk = _Walk(loader)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            walk.visit(root, ())
+    except yaml.YAMLError:
+        pass  # the file changed under us: line 1 it is
+    finally:
+        loader.dispose()
+    out = sorted(
+        ((walk.line_of(loc), _render(loc, msg)) for loc, msg in problems), key=lambda p: p[0]
+    )
+    return ConfigError([f"{source}:{line}: {msg}" for line, msg in out])
 
 
 # --- YAML -----------------------------------------------------------------------

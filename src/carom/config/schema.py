@@ -11,6 +11,7 @@ the 1.2 core schema, so the types a file gives are the types its author wrote.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,7 @@ from carom.config.checks import Check, service_check_problems
 from carom.config.cluster import Cluster
 from carom.config.fields import (
     MAGLEV_MAX,
+    MAX_PORTS_PER_SERVICE,
     SLOTS_PER_REAL,
     WEEK_S,
     AbsPath,
@@ -31,6 +33,7 @@ from carom.config.fields import (
     IPAddress,
     Loc,
     Port,
+    PortItem,
     RealAddress,
     Seconds,
     ServiceName,
@@ -41,6 +44,7 @@ from carom.config.fields import (
     is_prime,
     nearest_primes,
     next_prime,
+    port_item_range,
 )
 from carom.config.fields import StrictModel as _Model
 from carom.config.fields import check_method as _method
@@ -136,10 +140,18 @@ class Service(_Model):
     protocol: Literal["tcp", "udp"] = Field(
         default="tcp", description="tcp or udp", examples=["tcp"]
     )
-    port: Port = Field(
+    port: Port | None = Field(
+        default=None,
         description="1..65535, or all (stored as 0): every port of the vip; "
-        "a specific port on the same vip and protocol wins",
+        "a specific port on the same vip and protocol wins; give port or ports",
         examples=[80],
+    )
+    ports: tuple[PortItem, ...] | None = Field(
+        default=None,
+        description='several ports and ranges ("5222-5223", inclusive) of one service '
+        "instead of port: one Maglev table, and persistence_timeout keeps a client on "
+        "the same real across all of them (like an ipvsadm firewall-mark service)",
+        examples=[[25, 110, 143, "5222-5223"]],
     )
     method: Annotated[Literal["dsr"], BeforeValidator(_method)] = Field(
         default="dsr",
@@ -163,8 +175,58 @@ class Service(_Model):
     )
 
     @field_serializer("port")
-    def _port_out(self, port: int) -> int | str:
-        return port or "all"  # so that a dump validates again
+    def _port_out(self, port: int | None) -> int | str | None:
+        return "all" if port == 0 else port  # so that a dump validates again
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Service:
+        if self.port is None and self.ports is None:
+            raise ConfigProblems(
+                [
+                    (
+                        ("port",),
+                        "required field is missing; add it, for example port: 80 "
+                        '(or ports: [25, 143, "5222-5223"] for several)',
+                    )
+                ]
+            )
+        if self.port is not None and self.ports is not None:
+            raise ConfigProblems(
+                [(("ports",), "give either port or ports, not both; remove one of them")]
+            )
+        if self.ports is None:
+            return self
+        if not self.ports:
+            raise ConfigProblems(
+                [(("ports",), "an empty list; list at least one port, or use port: all")]
+            )
+        problems: list[tuple[Loc, str]] = []
+        owner: dict[int, int] = {}
+        for k, item in enumerate(self.ports):
+            clash = next((p for p in port_item_range(item) if p in owner), None)
+            if clash is not None:
+                j = owner[clash]
+                problems.append(
+                    (
+                        ("ports", k),
+                        f"port {clash} is also in ports[{j}] ({self.ports[j]}); "
+                        "list each port once",
+                    )
+                )
+                continue
+            for p in port_item_range(item):
+                owner[p] = k
+        if len(owner) > MAX_PORTS_PER_SERVICE:
+            problems.append(
+                (
+                    ("ports",),
+                    f"{len(owner)} ports; a service has at most {MAX_PORTS_PER_SERVICE} "
+                    "(each is one entry of the services map): split it, or use port: all",
+                )
+            )
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
     @model_validator(mode="after")
     def _check_reals(self) -> Service:
@@ -197,7 +259,9 @@ class Service(_Model):
 
     @model_validator(mode="after")
     def _check_checks(self) -> Service:
-        problems = service_check_problems(self.port, self.check, [r.check for r in self.reals])
+        problems = service_check_problems(
+            self.port_number, self.check, [r.check for r in self.reals]
+        )
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -209,20 +273,46 @@ class Service(_Model):
 
     @property
     def port_number(self) -> int:
-        """The port, 0 for all ports."""
-        return self.port
+        """The port, 0 for all ports; the first port of `ports` (the service's
+        identity in the maps and status, and the health check's default)."""
+        if self.port is not None:
+            return self.port
+        assert self.ports  # _check_ports
+        return port_item_range(self.ports[0])[0]
+
+    @property
+    def port_numbers(self) -> tuple[int, ...]:
+        """Every port of the service (0: all ports): one services-map entry each."""
+        if self.port is not None:
+            return (self.port,)
+        assert self.ports is not None  # _check_ports
+        return tuple(p for item in self.ports for p in port_item_range(item))
 
     @property
     def key(self) -> tuple[IPAddress, str, int]:
         """What makes a service unique: (vip, protocol, port_number)."""
-        return (self.vip, self.protocol, self.port)
+        return (self.vip, self.protocol, self.port_number)
+
+    @property
+    def ports_text(self) -> str:
+        """The ports as written: "80", "all", or "25,143,5222-5223"."""
+        if self.port is not None:
+            return str(self.port or "all")
+        assert self.ports is not None
+        return ",".join(str(p) for p in self.ports)
 
     @property
     def display_name(self) -> str:
         if self.name is not None:
             return self.name
         host = f"[{self.vip}]" if self.vip.version == 6 else str(self.vip)
-        return f"{host}:{self.port or 'all'}/{self.protocol}"
+        return f"{host}:{self.ports_text}/{self.protocol}"
+
+
+def addr_key(address: IPAddress) -> int:
+    """An address as a dict key that is cheap to hash (an ipaddress object
+    hashes through hex()); IPv6 keys are negative, so the families never meet."""
+    return int(address) if type(address) is IPv4Address else ~int(address)
 
 
 def cross_service_problems(
@@ -233,23 +323,52 @@ def cross_service_problems(
     the services that are valid when others are not; `limits` None skips the
     checks against the limits. Locations are relative to the top level."""
     problems: list[tuple[Loc, str]] = []
-    by_key: dict[tuple[IPAddress, str, int], int] = {}
+    owners: dict[tuple[int, str, int], int] = {}  # (vip key, protocol, port) -> service
+    multi: set[int] = set()  # services given with ports
     by_name: dict[str, int] = {}
-    vips: dict[IPAddress, int] = {}
-    local_of: dict[IPAddress, tuple[bool, Loc]] = {}
+    vips: dict[int, int] = {}
+    local_of: dict[int, tuple[bool, int, int]] = {}  # address key -> (local, service, real)
     for i, svc in services:
-        vips.setdefault(svc.vip, i)
+        vips.setdefault(addr_key(svc.vip), i)
     for i, svc in services:
-        if svc.key in by_key:
-            port = svc.port or "all"
-            problems.append(
-                (
-                    ("services", i),
-                    f"duplicate of services[{by_key[svc.key]}] (same vip {svc.vip}, protocol "
-                    f"{svc.protocol}, port {port}); merge their reals into one service",
+        vkey = addr_key(svc.vip)
+        duplicate = False
+        if svc.ports is None:
+            first = owners.setdefault((vkey, svc.protocol, svc.port_number), i)
+            if first != i and first not in multi:
+                duplicate = True
+                problems.append(
+                    (
+                        ("services", i),
+                        f"duplicate of services[{first}] (same vip {svc.vip}, protocol "
+                        f"{svc.protocol}, port {svc.ports_text}); merge their reals into one "
+                        "service",
+                    )
                 )
-            )
-        duplicate = by_key.setdefault(svc.key, i) != i
+            elif first != i:
+                problems.append(
+                    (
+                        ("services", i, "port"),
+                        f"port {svc.port} of vip {svc.vip}/{svc.protocol} is also in "
+                        f"services[{first}].ports; a port belongs to one service: remove it "
+                        "from one of them",
+                    )
+                )
+        else:
+            multi.add(i)
+            for k, item in enumerate(svc.ports):
+                for port in port_item_range(item):
+                    first = owners.setdefault((vkey, svc.protocol, port), i)
+                    if first != i:
+                        problems.append(
+                            (
+                                ("services", i, "ports", k),
+                                f"port {port} of vip {svc.vip}/{svc.protocol} is also served "
+                                f"by services[{first}]; a port belongs to one service: remove "
+                                "it from one of them",
+                            )
+                        )
+                        break  # one message per item
         # a duplicate's default name is the same as the first's: one message is enough
         if svc.display_name in by_name and not (duplicate and svc.name is None):
             loc: Loc = ("services", i, "name") if svc.name is not None else ("services", i)
@@ -261,24 +380,27 @@ def cross_service_problems(
                 )
             )
         by_name.setdefault(svc.display_name, i)
+        # 32k reals at the schema's maximum: one cheap key per real, and the
+        # locations built only for a problem (this runs on every reload)
         for j, real in enumerate(svc.reals):
-            rloc: Loc = ("services", i, "reals", j, "address")
-            if real.address in vips:
+            key = addr_key(real.address)
+            if key in vips:
                 problems.append(
                     (
-                        rloc,
-                        f"{real.address} is a vip (services[{vips[real.address]}]); "
+                        ("services", i, "reals", j, "address"),
+                        f"{real.address} is a vip (services[{vips[key]}]); "
                         "a real must be a server's own address, not a vip",
                     )
                 )
-            seen = local_of.setdefault(real.address, (real.local, rloc))
+            seen = local_of.setdefault(key, (real.local, i, j))
             if seen[0] != real.local:
+                first_loc = format_loc(("services", seen[1], "reals", seen[2]))
                 problems.append(
                     (
                         ("services", i, "reals", j, "local"),
                         f"{real.address} is local: {str(real.local).lower()} here but local: "
-                        f"{str(seen[0]).lower()} in {format_loc(seen[1][:-1])}; a real is "
-                        "either this node or not: make them agree",
+                        f"{str(seen[0]).lower()} in {first_loc}; "
+                        "a real is either this node or not: make them agree",
                     )
                 )
     if limits is not None:
@@ -303,16 +425,31 @@ def limit_problems(
                 f"fit in the services map; raise limits.max_services (up to {MAX_SERVICES})",
             )
         )
-    vips: dict[IPAddress, None] = {}
-    reals: dict[IPAddress, None] = {}
+    entries = 0
+    for i, svc in services:
+        entries += len(svc.port_numbers) if svc.ports else 1
+        if entries > limits.max_services >= len(services):
+            total = sum(len(s.port_numbers) if s.ports else 1 for _, s in services)
+            problems.append(
+                (
+                    ("services", i, "ports" if svc.ports else "port"),
+                    f"the services' ports need {total} entries in the services map (one "
+                    f"per port) but limits.max_services is {limits.max_services}: this is "
+                    "the first service that does not fit; raise limits.max_services to at "
+                    f"least {total} (up to {MAX_SERVICES})",
+                )
+            )
+            break
+    vips: dict[int, None] = {}
+    reals: dict[int, None] = {}
     vip_over: Loc | None = None
     real_over: Loc | None = None
     for i, svc in services:
-        vips.setdefault(svc.vip)
+        vips.setdefault(addr_key(svc.vip))
         if vip_over is None and len(vips) > limits.max_vips:
             vip_over = ("services", i, "vip")
         for j, real in enumerate(svc.reals):
-            reals.setdefault(real.address)
+            reals.setdefault(addr_key(real.address))
             if real_over is None and len(reals) > limits.max_reals - 1:
                 real_over = ("services", i, "reals", j, "address")
         weighted = sum(1 for r in svc.reals if r.weight > 0)

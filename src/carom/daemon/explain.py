@@ -167,11 +167,16 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
     size = node.maglev_size if node else 0
     wanted = {k.to_bytes() for k in _candidates(flow)}
     state = State(node=node)
-    for key, info in dp["services"].items():
-        table = np.zeros(0, dtype=np.uint32)
-        if key.to_bytes() in wanted and size:
+    entries = list(dp["services"].items())
+    # a multi-port service has one entry per port, all with its id: each of
+    # them gets the row, whichever port the flow uses
+    rows: dict[int, np.ndarray] = {}
+    for key, info in entries:
+        if key.to_bytes() in wanted and size and int(info.id) not in rows:
             raw = dp["maglev"].read_range(info.id * size, size)
-            table = np.frombuffer(raw, dtype=np.uint32).copy()
+            rows[int(info.id)] = np.frombuffer(raw, dtype=np.uint32).copy()
+    for key, info in entries:
+        table = rows.get(int(info.id), np.zeros(0, dtype=np.uint32))
         state.services.append(
             Service(
                 vip=key.vip.to_ip(key.family),

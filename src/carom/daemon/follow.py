@@ -40,6 +40,7 @@ class NeighbourFollower:
         self.table: dict[abi.IPAddress, Neighbour] = {}
         self.mac_history: dict[abi.IPAddress, list[str]] = {}
         self.dirty = asyncio.Event()
+        self.changed = asyncio.Event()  # an event changed the table (resolve() waits on it)
         self.events_seen = 0
         self.lookups = 0
         self.applies = 0
@@ -94,12 +95,23 @@ class NeighbourFollower:
         with `wait`, give ARP/NDP that long to answer."""
         deadline = time.monotonic() + wait
         todo = [a for a in addrs if a not in self.table]
-        while todo:
-            await self.lookup(todo)
+        if not todo:
+            return
+        self.changed.clear()
+        await self.lookup(todo)
+        while True:
             todo = [a for a in todo if self.table[a].mac is None and self._pending(a)]
             if not todo or time.monotonic() >= deadline:
                 return
-            await asyncio.sleep(0.05)
+            # The kernel's event for an answer updates the table at once, so a
+            # reload with a new real waits one ARP/NDP round trip, not a polling
+            # period; without an event, look again after 50 ms.
+            try:
+                await asyncio.wait_for(self.changed.wait(), 0.05)
+                self.changed.clear()
+            except TimeoutError:
+                self.changed.clear()
+                await self.lookup(todo)
 
     def _pending(self, a: abi.IPAddress) -> bool:
         return self.table[a].state in ("incomplete", "probing")
@@ -115,15 +127,22 @@ class NeighbourFollower:
         self._note_mac(a, n)
         if old is None:
             return True
-        if old.mac != n.mac or old.state != n.state:
+        if old.mac != n.mac or old.state != n.state or old.ifname != n.ifname:
             log.info(
                 "real server neighbour changed",
                 extra={
                     "real": str(a),
                     "state": n.state,
                     "mac": abi.mac_str(n.mac) if n.mac else "none",
+                    "interface": n.ifname or "none",
                 },
             )
+            if old.ifname != n.ifname and n.ifname is not None and old.ifname is not None:
+                log.warning(
+                    "the route to a real server moved to another interface; if carom is "
+                    "not attached to it the real gets no new flows (XDP_TX cannot send there)",
+                    extra={"real": str(a), "was": old.ifname, "now": n.ifname},
+                )
             return True
         return False
 
@@ -160,6 +179,7 @@ class NeighbourFollower:
                     self.events_seen += 1
                     if self._set(ev.address, updated(known, ev)):
                         self.dirty.set()
+                        self.changed.set()
             except (OSError, RuntimeError) as exc:
                 # e.g. ENOBUFS after a burst: resubscribe and look everything up
                 log.error("neighbour events failed; resubscribing", extra={"error": str(exc)})

@@ -194,6 +194,12 @@ def svc_ident(svc: Service) -> SvcIdent:
     return (svc.vip, abi.PROTOCOLS[svc.protocol], svc.port_number)
 
 
+def svc_idents(svc: Service) -> list[SvcIdent]:
+    """Every services-map key of a service: one per port of a multi-port service."""
+    proto = abi.PROTOCOLS[svc.protocol]
+    return [(svc.vip, proto, port) for port in svc.port_numbers]
+
+
 def svc_key(ident: SvcIdent) -> abi.SvcKey:
     return abi.svc_key(*ident)
 

@@ -15,7 +15,8 @@ write() touch nothing the event loop reads until commit() swaps the result in.
 Established flows are never touched: the connection table is not written, and
 reals that leave the config stay in `reals` (draining) with their id, which is
 not given to another address while a connection or persistence entry may still
-point to it."""
+point to it. Likewise a removed service's id is not given to a new service while
+a persistence entry (keyed by service id and client) may still name it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from carom import abi
 from carom.bpf.loader import Dataplane
-from carom.config.schema import Config
+from carom.config.schema import Config, addr_key
 from carom.daemon.image import (
     LAST_SEEN_SLACK_NS,
     STEPS,
@@ -47,6 +48,7 @@ from carom.daemon.image import (
     real_info,
     real_key,
     svc_ident,
+    svc_idents,
     svc_key,
 )
 from carom.net.neighbours import Neighbour
@@ -57,6 +59,11 @@ log = logging.getLogger("carom.reconcile")
 
 def _discard(_: object) -> None:
     """Undo steps return nothing; this drops a call's result."""
+
+
+def _astray(nb: Neighbour | None, interfaces: tuple[str, ...]) -> bool:
+    """The real's route uses an interface carom is not attached to."""
+    return nb is not None and nb.ifname is not None and nb.ifname not in interfaces
 
 
 def _mac_key(mac: bytes) -> abi.MacKey:
@@ -196,12 +203,44 @@ class Reconciler:
             used.add(next_id)
         return real_ids, released
 
-    def _alloc_service(self, used: set[int], limit: int) -> int:
+    def referenced_service_ids(self, config: Config) -> set[int]:
+        """Service ids that a persistence entry younger than its timeout names.
+        A persistence key is (service id, client): a new service given such an
+        id would send that client to the old service's real."""
+        persist = max(
+            [s.persistence_timeout for s in config.services]
+            + [int(i.persist_timeout_s) for i in self.current.services.values()]
+            + [0]
+        )
+        if not persist:
+            return set()
+        now = time.monotonic_ns()
+        horizon = persist * 10**9 + LAST_SEEN_SLACK_NS
+        return {
+            int(key.svc_id)
+            for key, pv in self.dp["persist_table"].items()
+            if now - int(pv.last_seen_ns) <= horizon
+        }
+
+    def _alloc_service(self, used: set[int], limit: int, busy: Callable[[], set[int]]) -> int:
+        """The lowest id no service has, skipping ids a removed service had while
+        a persistence entry may still name them (`busy`, read only if needed)."""
+        held = 0
         for i in range(limit):
-            if i not in used:
-                return i
+            if i in used:
+                continue
+            if i in busy():  # a removed service's id (after a restart too)
+                held += 1
+                continue
+            return i
+        why = (
+            f"; {held} of them belonged to removed services whose persistence entries "
+            "are still live: they free up when those expire (persistence_timeout)"
+            if held
+            else ""
+        )
         raise ReconcileError(
-            f"no free service id (limit {limit}); raise limits.max_services in the config"
+            f"no free service id (limit {limit}){why}; raise limits.max_services in the config"
         )
 
     # --- desired state ------------------------------------------------------------------
@@ -256,8 +295,15 @@ class Reconciler:
                 continue
             local, nb = wanted[address]
             mac = b"" if local else (nb.mac if nb and nb.mac else b"")
+            # XDP_TX leaves by the interface a frame came in on: a real whose
+            # route moved to another interface (after the start/reload check)
+            # gets no new flows instead of a black hole; status says why
+            astray = not local and _astray(nb, config.interfaces)
+            if astray:
+                mac = b""
             if (
-                not local
+                not astray
+                and not local
                 and not mac
                 and prev is not None
                 and bytes(prev.mac) != bytes(6)
@@ -269,32 +315,54 @@ class Reconciler:
             if mac and not local:
                 img.real_macs[mac] = rid
 
-        # Service ids: those of the services the maps already hold, new ones
-        # take the lowest free id.
+        # Service ids: a service keeps the id the maps hold for any of its ports
+        # (the first it finds that no earlier service kept), new ones take the
+        # lowest free id.
         svc_ids = {ident: int(info.id) for ident, info in self.current.services.items()}
-        wanted_svcs = {svc_ident(s) for s in config.services}
-        used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
+        kept: dict[int, int] = {}  # index in config.services -> kept id
+        used_svc_ids: set[int] = set()
+        for n, svc in enumerate(config.services):
+            for ident in svc_idents(svc):
+                sid = svc_ids.get(ident)
+                if sid is not None and sid not in used_svc_ids:
+                    kept[n] = sid
+                    used_svc_ids.add(sid)
+                    break
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
-        per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
+        # keyed by (addr_key, weight): ipaddress objects hash through hex(), and
+        # this runs for each of up to 32k reals on every reload
+        per_real: dict[tuple[int, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
         built = 0
         persist_flag = int(abi.SvcFlags.PERSIST)
-        for svc in config.services:
+        busy_ids: list[set[int]] = []
+
+        def busy() -> set[int]:
+            if not busy_ids:
+                busy_ids.append(self.referenced_service_ids(config))
+            return busy_ids[0]
+
+        for n, svc in enumerate(config.services):
             ident = svc_ident(svc)
-            sid = svc_ids.get(ident)
+            sid = kept.get(n)
             if sid is None:
-                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services)
+                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
             used_svc_ids.add(sid)
             moves = (
                 any(r.address in inputs.down.get(ident, ()) for r in svc.reals)
                 and ident not in inputs.keep_flows
             )
-            img.services[ident] = abi.SvcInfo(
+            info = abi.SvcInfo(
                 id=sid,
                 flags=(persist_flag if svc.persistence_timeout else 0)
                 | (int(abi.SvcFlags.REAL_DOWN) if moves else 0),
                 persist_timeout_s=svc.persistence_timeout,
             )
+            # a multi-port service: one entry per port, all with the same id (one
+            # Maglev row, and persistence keyed by that id spans its ports)
+            idents = svc_idents(svc) if svc.ports else [ident]
+            for each in idents:
+                img.services[each] = info
             members = []
             view = []
             down = inputs.down.get(ident, frozenset())
@@ -319,9 +387,10 @@ class Reconciler:
                     )
                     continue
                 # many services share reals: work each (real, weight) out once
-                per = per_real.get((r.address, r.weight))
+                pkey = (addr_key(r.address), r.weight)
+                per = per_real.get(pkey)
                 if per is None:
-                    per = per_real[(r.address, r.weight)] = self._real_view(
+                    per = per_real[pkey] = self._real_view(
                         r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
                     )
                 if per[0] is not None:
@@ -336,7 +405,7 @@ class Reconciler:
             fingerprints[ident] = table.fingerprint
             names[ident] = svc.display_name
             vinfo = img.vips.setdefault((svc.vip, int(abi.family_of(svc.vip))), abi.VipInfo())
-            vinfo.services += 1
+            vinfo.services += len(idents)
             if svc.port_number == 0:
                 vinfo.flags |= int(abi.all_ports_flag(abi.PROTOCOLS[svc.protocol]))
         img.vip_filter = abi.vip_filter_words(vip for vip, _ in img.vips)
@@ -363,6 +432,12 @@ class Reconciler:
         elif not usable:
             state = "unresolved"
             detail = nb.detail if nb else "not resolved yet"
+            if nb is not None and nb.ifname is not None and nb.mac is not None:
+                # resolved yet unusable: only a real astray (see desired) is that
+                detail = (
+                    f"reached through {nb.ifname}, an interface carom is not attached to: "
+                    "XDP_TX cannot send there (check the route to this real)"
+                )
         elif weight == 0:
             state, detail = "drained", "weight 0: no new connections"
         else:

@@ -134,6 +134,7 @@ def build_status(cfg: Config, dp: Dataplane, rec: Reconciler) -> dict[str, Any]:
                 "vip": str(svc.vip),
                 "protocol": svc.protocol,
                 "port": svc.port_number or "all",
+                "ports": svc.ports_text,  # "80", "all", or "25,143,5222-5223"
                 "id": sid,
                 "persistence_timeout": svc.persistence_timeout,
                 "fingerprint": last.fingerprints.get(ident) if last else None,

@@ -82,6 +82,9 @@ class ImportedService:
     line: int  # where the service was defined in the input
     persistence_timeout: int = 0  # seconds, 0 is off
     reals: tuple[ImportedReal, ...] = ()
+    # a multi-port service (config `ports:`): ports and "first-last" ranges; the
+    # port field is then unused
+    ports: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,11 @@ class ImportResult:
         for svc in self.services:
             lines.append(f"  - vip: {svc.vip}  # {source}:{svc.line}")
             lines.append(f"    protocol: {svc.protocol}")
-            lines.append(f"    port: {svc.port or 'all'}")
+            if svc.ports:
+                items = ", ".join(str(p) if isinstance(p, int) else f'"{p}"' for p in svc.ports)
+                lines.append(f"    ports: [{items}]")
+            else:
+                lines.append(f"    port: {svc.port or 'all'}")
             if svc.persistence_timeout:
                 lines.append(f"    persistence_timeout: {svc.persistence_timeout}")
             if not svc.reals:
@@ -137,11 +144,11 @@ class ImportResult:
 
 
 def _service_dict(svc: ImportedService) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "vip": svc.vip,
-        "protocol": svc.protocol,
-        "port": svc.port or "all",
-    }
+    out: dict[str, Any] = {"vip": svc.vip, "protocol": svc.protocol}
+    if svc.ports:
+        out["ports"] = list(svc.ports)
+    else:
+        out["port"] = svc.port or "all"
     if svc.persistence_timeout:
         out["persistence_timeout"] = svc.persistence_timeout
     reals: list[dict[str, Any]] = []
@@ -174,38 +181,71 @@ def parse_ip(text: str) -> str | None:
         return None
 
 
-def parse_fwmark_map(specs: Sequence[str]) -> dict[int, tuple[str, str]]:
-    """`MARK=VIP[/tcp|/udp]` options -> {mark: (vip, protocol)}. Raises ValueError."""
-    out: dict[int, tuple[str, str]] = {}
+@dataclass(frozen=True)
+class FwmarkTarget:
+    """What an IPVS firewall-mark service covers, as the operator tells the import
+    (the mark rules live in iptables/nftables, which the import cannot see)."""
+
+    vip: str  # normalised address text
+    protocol: str  # tcp or udp
+    ports: tuple[int | str, ...] = ()  # ports and "first-last" ranges; () is every port
+
+
+_PORT_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+
+
+def parse_fwmark_map(specs: Sequence[str]) -> dict[int, FwmarkTarget]:
+    """`MARK=VIP[/tcp|/udp][@PORTS]` options -> {mark: target}, PORTS being a
+    comma-separated list of ports and ranges (25,143,5222-5223). Raises ValueError."""
+    out: dict[int, FwmarkTarget] = {}
     for spec in specs:
         mark_text, sep, rest = spec.partition("=")
+        rest, _, ports_text = rest.partition("@")
         vip_text, _, proto = rest.partition("/")
         proto = proto or "tcp"
         vip = parse_ip(vip_text)
         if not sep or not mark_text.isdigit() or vip is None or proto not in ("tcp", "udp"):
             raise ValueError(
-                f"--fwmark {spec!r}: write MARK=VIP or MARK=VIP/udp, for example "
-                "--fwmark 100=192.0.2.10"
+                f"--fwmark {spec!r}: write MARK=VIP, MARK=VIP/udp or MARK=VIP@PORTS, for "
+                "example --fwmark 100=192.0.2.10@25,110,143,5222-5223"
             )
-        out[int(mark_text)] = (vip, proto)
+        ports: list[int | str] = []
+        for item in ports_text.split(",") if ports_text else []:
+            m = _PORT_ITEM.match(item.strip())
+            lo = int(m.group(1)) if m else 0
+            hi = int(m.group(2)) if m and m.group(2) else lo
+            if m is None or not 1 <= lo <= hi <= 65535:
+                raise ValueError(
+                    f"--fwmark {spec!r}: {item!r} is not a port 1-65535 or a range "
+                    "FIRST-LAST, for example 5222-5223"
+                )
+            ports.append(lo if hi == lo else f"{lo}-{hi}")
+        out[int(mark_text)] = FwmarkTarget(vip, proto, tuple(ports))
     return out
 
 
-def fwmark_note(mark: int, mapped: tuple[str, str] | None) -> str:
+def fwmark_note(mark: int, mapped: FwmarkTarget | None) -> str:
     """The warning for an IPVS firewall-mark service, converted or not."""
     if mapped is None:
         return (
-            f"fwmark service {mark} not carried over: carom has no firewall-mark "
-            "(multi-port) services, and the VIP and ports it covers live in your "
-            "iptables/nftables mark rules, which this import cannot see; pass "
-            f"--fwmark {mark}=VIP to convert it to every port of that VIP, or write "
-            "one service per VIP and port"
+            f"fwmark service {mark} not carried over: the VIP and ports it covers live "
+            "in your iptables/nftables mark rules, which this import cannot see; pass "
+            f"--fwmark {mark}=VIP@PORTS (for example {mark}=192.0.2.10@25,143,5222-5223) "
+            "to convert it to a multi-port service on those ports, or "
+            f"--fwmark {mark}=VIP for every port of that VIP"
         )
-    vip, proto = mapped
+    if mapped.ports:
+        listed = ",".join(str(p) for p in mapped.ports)
+        return (
+            f"fwmark service {mark} converted to a multi-port service on "
+            f"{mapped.protocol.upper()} ports {listed} of {mapped.vip} (--fwmark): check "
+            "that these are the ports your mark rules select"
+        )
     return (
-        f"fwmark service {mark} converted to every {proto.upper()} port of {vip} "
-        f"(--fwmark {mark}={vip}/{proto}): carom has no firewall-mark services, so "
-        "it now takes all ports of the VIP, not only those your mark rules selected"
+        f"fwmark service {mark} converted to every {mapped.protocol.upper()} port of "
+        f"{mapped.vip} (--fwmark {mark}={mapped.vip}/{mapped.protocol}): it now takes all "
+        "ports of the VIP, not only those your mark rules selected; give them with "
+        f"--fwmark {mark}={mapped.vip}@PORTS for a multi-port service"
     )
 
 

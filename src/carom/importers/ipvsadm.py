@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from carom.importers.common import (
     DEFAULT_INTERFACE,
+    FwmarkTarget,
     ImportedReal,
     ImportedService,
     ImportFailure,
@@ -79,7 +80,7 @@ class _Service:
 @dataclass
 class _State:
     source: str
-    fwmarks: Mapping[int, tuple[str, str]]
+    fwmarks: Mapping[int, FwmarkTarget]
     notes: list[Note] = field(default_factory=list)
     services: dict[_Key, _Service] = field(default_factory=dict)
     timeouts: dict[str, int] = field(default_factory=dict)
@@ -96,7 +97,7 @@ def convert(
     source: str = "<ipvsadm>",
     *,
     interfaces: Sequence[str] = (),
-    fwmarks: Mapping[int, tuple[str, str]] | None = None,
+    fwmarks: Mapping[int, FwmarkTarget] | None = None,
     local: Sequence[str] = (),
 ) -> ImportResult:
     """Convert ipvsadm rules. Raises ImportFailure on text that is not ipvsadm's."""
@@ -347,9 +348,10 @@ def _real(st: _State, number: int, command: str, key: _Key, opts: dict[str, str]
 
 def _build(st: _State, svc: _Service) -> ImportedService | None:
     kind, value = svc.key
+    ports: tuple[int | str, ...] = ()
     if kind == "-f":
-        vip, protocol = st.fwmarks[int(value)]
-        port = 0
+        target = st.fwmarks[int(value)]
+        vip, protocol, ports, port = target.vip, target.protocol, target.ports, 0
     else:
         protocol = "tcp" if kind == "-t" else "udp"
         host, port_text = value.rsplit(":", 1)
@@ -361,4 +363,5 @@ def _build(st: _State, svc: _Service) -> ImportedService | None:
         line=svc.line,
         persistence_timeout=svc.persistence,
         reals=tuple(ImportedReal(address=a, weight=w) for a, (w, _) in svc.reals.items()),
+        ports=ports,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from carom.importers.common import (
     DEFAULT_INTERFACE,
+    FwmarkTarget,
     ImportedReal,
     ImportedService,
     ImportFailure,
@@ -105,7 +106,7 @@ _TOP_REASONS: Mapping[str, str] = {
 @dataclass
 class _State:
     source: str
-    fwmarks: Mapping[int, tuple[str, str]]
+    fwmarks: Mapping[int, FwmarkTarget]
     notes: list[Note] = field(default_factory=list)
     services: list[ImportedService] = field(default_factory=list)
     groups: dict[str, Stmt] = field(default_factory=dict)
@@ -124,7 +125,7 @@ def convert(
     source: str = "<keepalived.conf>",
     *,
     interfaces: Sequence[str] = (),
-    fwmarks: Mapping[int, tuple[str, str]] | None = None,
+    fwmarks: Mapping[int, FwmarkTarget] | None = None,
     local: Sequence[str] = (),
 ) -> ImportResult:
     """Convert a keepalived.conf. Raises ImportFailure on text keepalived would refuse."""
@@ -311,13 +312,13 @@ def _virtual_server(st: _State, stmt: Stmt) -> None:
     for target in targets:
         vip, port = target.vip, target.port
         proto = protocol
+        ports: tuple[int | str, ...] = ()
         if target.mark is not None:
             mapped = st.fwmarks.get(target.mark)
             st.note(stmt.line, f"{what}: {fwmark_note(target.mark, mapped)}")
             if mapped is None:
                 continue
-            vip, proto = mapped
-            port = 0
+            vip, proto, ports, port = mapped.vip, mapped.protocol, mapped.ports, 0
         assert vip is not None
         st.services.append(
             ImportedService(
@@ -327,6 +328,7 @@ def _virtual_server(st: _State, stmt: Stmt) -> None:
                 line=stmt.line,
                 persistence_timeout=persistence,
                 reals=tuple(reals),
+                ports=ports,
             )
         )
 

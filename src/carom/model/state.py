@@ -57,6 +57,10 @@ class Service:
     # (real_down bits; bpf/real_state.h). A down real whose service keeps its
     # flows is only out of the table, not in here.
     down: frozenset[int] = frozenset()
+    # A multi-port service's other ports (config `ports:`): each has a services
+    # entry of its own with this same id, so they share the Maglev row and a
+    # persistence entry (keyed by id and client) covers all of them.
+    more_ports: tuple[int, ...] = ()
 
     @property
     def family(self) -> abi.Family:
@@ -64,6 +68,10 @@ class Service:
 
     def key(self) -> abi.SvcKey:
         return abi.svc_key(self.vip, self.proto, self.port)
+
+    def keys(self) -> list[abi.SvcKey]:
+        """Every services-map key of this service: its port, then more_ports."""
+        return [abi.svc_key(self.vip, self.proto, p) for p in (self.port, *self.more_ports)]
 
     def info(self) -> abi.SvcInfo:
         flags = int(abi.SvcFlags.PERSIST) if self.persist_timeout_s else 0
@@ -121,7 +129,7 @@ class State:
         out: dict[bytes, abi.VipInfo] = {}
         for s in self.services:
             info = out.setdefault(abi.vip_key(s.vip).to_bytes(), abi.VipInfo())
-            info.services += 1
+            info.services += 1 + len(s.more_ports)
             if s.port == 0:
                 info.flags |= int(abi.all_ports_flag(s.proto))
         return out
@@ -135,4 +143,4 @@ class State:
         }
 
     def service_map(self) -> dict[bytes, Service]:
-        return {s.key().to_bytes(): s for s in self.services}
+        return {k.to_bytes(): s for s in self.services for k in s.keys()}  # noqa: SIM118 (Service.keys, not a dict)
