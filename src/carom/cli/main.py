@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "carom.cli.lab_cmds",
     "carom.cli.bench_cmds",
     "carom.cli.import_cmds",
+    "carom.cli.cluster_cmds",
 )
 
 

@@ -147,6 +147,7 @@ class HeartbeatNode:
         synced: Callable[[], bool] = lambda: True,
         fingerprint: Callable[[], bytes] = lambda: bytes(16),
         conns: Callable[[], int] = lambda: 0,
+        on_message: Callable[[Peer, Header, bytes], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.me = cluster.me
@@ -155,6 +156,12 @@ class HeartbeatNode:
         self.synced = synced
         self.fingerprint = fingerprint
         self.conns = conns
+        # Sync and bulk messages, after authentication and the replay window.
+        self.on_message = on_message
+        # Whether this node takes the role back when better-ranked and ready; a
+        # planned switchover turns it off (the resigning node must not preempt
+        # straight back).
+        self.preempt = cluster.preempt
         self.machine = RoleMachine()
         self.members = Membership(cluster)
         self.epoch = time.time_ns() // 1_000_000
@@ -181,16 +188,21 @@ class HeartbeatNode:
             name=self.me.name,
             priority=self.me.priority,
             role=WIRE_ROLE[st],
-            ready=st in (State.BACKUP, State.ACTIVE),
-            preempt=self.cluster.preempt,
+            ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
+            preempt=self.preempt,
             fingerprint=self.fingerprint(),
             conns=self.conns(),
         )
 
-    def send(self, mtype: MsgType, payload: bytes = b"", count: int = 0) -> None:
+    def send(
+        self, mtype: MsgType, payload: bytes = b"", count: int = 0, all_paths: bool = True
+    ) -> None:
+        """To every peer: over every path (heartbeats), or over the first path
+        only (sync: one copy, so a receiver does not count the others as replays)."""
         data = self._datagram(mtype, payload, count)
         for peer in self.members.peers.values():
-            for addr in peer.member.addresses:
+            addrs = peer.member.addresses if all_paths else peer.member.addresses[:1]
+            for addr in addrs:
                 for t in self.transports:
                     try:
                         t.sendto(data, (str(addr), self.cluster.port))
@@ -238,6 +250,8 @@ class HeartbeatNode:
         elif header.type is MsgType.RESIGN:
             peer.resigned = True
             log.info("peer resigned the active role", extra={"peer": peer.member.name})
+        elif self.on_message is not None:
+            self.on_message(peer, header, payload)
         self.step(now)
 
     def _check_fingerprint(self, peer: Peer, hb: Heartbeat) -> None:
@@ -267,7 +281,7 @@ class HeartbeatNode:
             self.me.priority,
             active=st is State.ACTIVE,
             ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
-            preempt=self.cluster.preempt,
+            preempt=self.preempt,
         )
         live = self.members.live_peers(now)
         winner = elect(self.members.candidates(me, now))

@@ -27,6 +27,7 @@ from typing import Any
 from carom import abi
 from carom.bpf import loader
 from carom.bpf.loader import Dataplane
+from carom.cluster.service import ClusterService
 from carom.config.load import ConfigError, load_config
 from carom.config.schema import Config
 from carom.daemon import control, explain, ownership
@@ -143,6 +144,7 @@ class Daemon:
         fault = os.environ.get(FAULT_ENV)
         self.fault = fault_hook(fault) if fault else None
         self.owner: ownership.VipOwner | None = None
+        self.cluster: ClusterService | None = None
 
     async def load(self) -> Config:
         loop = asyncio.get_running_loop()
@@ -166,6 +168,7 @@ class Daemon:
         self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = rec = Reconciler(self.dp)
         rec.fault = self.fault
+        self.cluster = ClusterService.attach(self, config.cluster)
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
         await self.follower.open()
@@ -176,8 +179,13 @@ class Daemon:
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
         self.owner = ownership.VipOwner(
-            links, self._current_vips, self._write_lease, active=config.node.role == "active"
+            links,
+            self._current_vips,
+            self._write_lease,
+            active=config.node.role == "active" and self.cluster is None,
         )
+        if self.cluster is not None:
+            self.cluster.config_changed()
         self.last_reload = {
             "time": time.time(),
             "writes": writes,
@@ -287,6 +295,8 @@ class Daemon:
                     tg.create_task(self.lag.probe(), name="loop-lag"),
                     tg.create_task(self.owner.run(), name="vip-ownership"),
                 ]
+                if self.cluster is not None:
+                    tasks.append(tg.create_task(self.cluster.run(), name="cluster"))
                 await self.stop_event.wait()
                 for t in tasks:
                     t.cancel()
@@ -410,10 +420,12 @@ class Daemon:
         self.follower.forget_unused(addrs)
         if old_vips != vips_of(new):
             await self._vips_on_lo(new, old_vips)
-        if self.owner is not None:
+        if self.cluster is not None:
+            self.cluster.config_changed()
+        elif self.owner is not None:
             self.owner.set_active(new.node.role == "active")
-            if old_vips != vips_of(new):
-                self.owner.refresh_vips()
+        if self.owner is not None and old_vips != vips_of(new):
+            self.owner.refresh_vips()
         settle_heap()
         done = time.monotonic()
         took = done - started
@@ -466,6 +478,8 @@ class Daemon:
             problems.append("limits (map sizes)")
         if socket_of(new) != socket_of(old):
             problems.append("control_socket")
+        if new.cluster != old.cluster:
+            problems.append("cluster")
         if problems:
             raise ReloadError(
                 f"{', '.join(problems)} cannot change on reload: restart the daemon "
@@ -492,6 +506,10 @@ class Daemon:
                 "explain": e.to_dict(),
                 "text": explain.render(e, req["client"], req["service"]),
             }
+        if cmd == "switchover":
+            if self.cluster is None:
+                return {"ok": False, "error": "no cluster section: this director is alone"}
+            return self.cluster.switchover()
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _status_reply(self) -> bytes:
@@ -511,13 +529,16 @@ class Daemon:
             "instance": self.config.instance,
             "pid": os.getpid(),
             "config": self.config_path,
-            "role": self.config.node.role,
+            "role": self.cluster.node.machine.state.value
+            if self.cluster
+            else self.config.node.role,
             "uptime_s": round(time.time() - self.started, 1),
             **st,
             "last_reload": self.last_reload,
             "loop_lag_ms": self.lag.summary(),
             "neighbours": self.follower.summary(),
             "ownership": self.owner.status() if self.owner else None,
+            "cluster": self.cluster.status() if self.cluster else None,
         }
 
 

@@ -1,0 +1,425 @@
+"""The cluster, running in the daemon: heartbeats and the role machine drive the
+data plane's role and the VIP ownership task; connection events stream to the
+peers; synced entries land in the local table; a joining node pulls the peer's
+table before it may become active.
+
+Role -> what this node does (docs/cluster.md):
+
+    STARTING, SYNCING, BACKUP   node_cfg.role BACKUP, no lease, no announcements
+    ACTIVE                      node_cfg.role ACTIVE, lease renewed, VIPs announced
+    RESIGNING                   still forwarding (role ACTIVE, lease renewed) but
+                                silent (no announcements, no answer to the peer's
+                                claim), until the peer has taken over
+    left ACTIVE / RESIGNING     keeps forwarding quietly for GRACE_S (the router
+                                may still send a few frames before the new
+                                active's announcement lands), then BACKUP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+import numpy as np
+
+from carom import abi
+from carom.bpf import libbpf
+from carom.cluster import bulk, codec, source, sync, wire
+from carom.cluster.heartbeat import HeartbeatNode, Peer
+from carom.cluster.roles import State, Transition
+from carom.cluster.wire import ConnRecord, Header, MsgType, Op, WireError
+from carom.config.cluster import Cluster
+
+log = logging.getLogger("carom.cluster")
+
+GRACE_S = 0.3  # forwarding after leaving the active role, while the router catches up
+BULK_RETRY_S = 0.5
+
+
+class Host(Protocol):
+    """What the service needs from the daemon (carom.daemon.app.Daemon)."""
+
+    dp: Any  # Dataplane
+    rec: Any  # Reconciler
+    owner: Any  # ownership.VipOwner
+    config: Any  # Config
+
+
+def maglev_digest(rec: Any) -> bytes:
+    """16 bytes over every service's Maglev table, with slots mapped to real
+    *addresses* (ids are local to each director): equal on two directors iff
+    every service would send every flow to the same real."""
+    last = rec.last
+    if last is None:
+        return bytes(16)
+    img = last.image
+    addr_of = {rid: bytes(info.addr) + bytes([info.family]) for rid, info in img.reals.items()}
+    ranks = {a: i + 1 for i, a in enumerate(sorted(set(addr_of.values())))}
+    size = max(addr_of, default=0) + 1
+    lut = np.zeros(size, dtype=np.uint32)
+    for rid, a in addr_of.items():
+        lut[rid] = ranks[a]
+    h = hashlib.blake2b(digest_size=16)
+    for a in sorted(ranks):
+        h.update(a)
+    per_row: dict[int, bytes] = {}
+    for ident in sorted(img.services, key=repr):
+        sid = int(img.services[ident].id)
+        row = img.rows.get(sid)
+        h.update(repr(ident).encode())
+        if row is None:
+            continue
+        digest = per_row.get(id(row))
+        if digest is None:
+            mapped = lut[np.minimum(row, size - 1)]
+            digest = hashlib.blake2b(mapped.astype("<u4").tobytes(), digest_size=16).digest()
+            per_row[id(row)] = digest
+        h.update(digest)
+    return h.digest()
+
+
+class ClusterService:
+    """One director's part of the cluster protocol (a daemon task)."""
+
+    def __init__(self, host: Host, cluster: Cluster) -> None:
+        self.host = host
+        self.cluster = cluster
+        self.stats: Counter[str] = Counter()
+        self.digest = bytes(16)
+        self.node = HeartbeatNode(
+            cluster,
+            on_role=self._on_role,
+            synced=lambda: self.bulk_done,
+            fingerprint=lambda: self.digest,
+            conns=lambda: self.conns,
+            on_message=self._on_message,
+        )
+        self.key = self.node.key
+        self.bulk_done = False
+        self.progress = bulk.Progress()
+        self.live_keys: set[bytes] | None = None  # flows the stream touched during a pull
+        self.gaps = sync.GapTracker()
+        self.batcher = sync.Batcher(self._send_batch)
+        self.source: source.Source | None = None
+        self.conns = 0
+        self.forwarding = False  # data plane role ACTIVE (active, resigning or in grace)
+        self._grace: asyncio.TimerHandle | None = None
+        self._pull: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.server = bulk.BulkServer(
+            self.key,
+            cluster.me.id,
+            {a: m.id for m in cluster.peers for a in m.addresses},
+            self._snapshot,
+        )
+
+    # --- the data plane follows the role ----------------------------------------------
+    @classmethod
+    def attach(cls, host: Host, cluster: Cluster | None) -> ClusterService | None:
+        """Called before the first apply: a cluster node starts as a backup (it
+        must not schedule before it holds the table), whatever node.role says."""
+        if cluster is None:
+            return None
+        host.rec.role_override = abi.Role.BACKUP
+        return cls(host, cluster)
+
+    def config_changed(self) -> None:
+        """After every apply: the tables may have changed."""
+        self.digest = maglev_digest(self.host.rec)
+        self.stats["fingerprint_updates"] += 1
+
+    def _on_role(self, t: Transition) -> None:
+        log.info(
+            "cluster role %s -> %s: %s",
+            t.old.value,
+            t.new.value,
+            t.reason,
+            extra={"from": t.old.value, "to": t.new.value, "reason": t.reason},
+        )
+        owner, rec = self.host.owner, self.host.rec
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if t.new is State.ACTIVE:
+            rec.set_role(abi.Role.ACTIVE)
+            self.forwarding = True
+            owner.announcing = True
+            owner.set_active(True)
+            owner.announce_now()
+        elif t.new is State.RESIGNING:
+            owner.announcing = False  # keep forwarding, let the peer announce
+        elif t.old in (State.ACTIVE, State.RESIGNING):
+            owner.announcing = False
+            self._grace = asyncio.get_running_loop().call_later(GRACE_S, self._end_grace)
+        else:
+            self._stand_down()
+        if t.new is State.SYNCING:
+            self.bulk_done = False
+            self._start_pull()
+
+    def _end_grace(self) -> None:
+        self._grace = None
+        if self.node.machine.state is not State.ACTIVE:
+            self._stand_down()
+
+    def _stand_down(self) -> None:
+        self.host.owner.set_active(False)
+        self.host.rec.set_role(abi.Role.BACKUP)
+        self.forwarding = False
+
+    # --- sending ------------------------------------------------------------------------
+    def _send_batch(self, batch: list[ConnRecord]) -> None:
+        payload = b"".join(wire.encode_record(r) for r in batch)
+        self.node.send(MsgType.CONN_SYNC, payload, len(batch), all_paths=False)
+        self.stats["sent_records"] += len(batch)
+        self.stats["sent_datagrams"] += 1
+
+    def _drain_events(self) -> None:
+        src = self.source
+        if src is None:
+            return
+        try:
+            events = src.drain()
+        except OSError as exc:
+            self.stats["source_errors"] += 1
+            log.error("reading connection events failed", extra={"error": str(exc)})
+            return
+        self._queue_events(events)
+
+    async def _events(self) -> None:
+        self.source = src = source.open_source(self.host.dp)
+        fd = src.fileno()
+        try:
+            if fd is not None:
+                loop = asyncio.get_running_loop()
+                loop.add_reader(fd, self._drain_events)
+                try:
+                    while True:  # the reader does the work; also catch stragglers
+                        await asyncio.sleep(0.5)
+                        self._drain_events()
+                finally:
+                    loop.remove_reader(fd)
+            else:
+                while True:
+                    await asyncio.to_thread(self._scan_once)
+                    await asyncio.sleep(source.SCAN_S)
+        finally:
+            src.close()
+
+    def _scan_once(self) -> None:
+        # the dump runs in a thread; queueing records happens on the loop
+        assert self.source is not None
+        events = self.source.drain()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue_events, events)
+
+    def _queue_events(self, events: list[source.Event]) -> None:
+        if not self.forwarding:
+            return  # a backup's data plane creates nothing worth sending
+        reals = self.host.rec.current.reals
+        for ev in events:
+            info = reals.get(ev.real_id)
+            if info is None or not info.family:
+                self.stats["unknown_real_out"] += 1
+                continue
+            self.batcher.add(sync.record_of(Op.UPSERT, ev.key, info.addr.to_ip(info.family), 0))
+
+    # --- receiving ----------------------------------------------------------------------
+    def _reals(self) -> codec.RealMap:
+        return codec.RealMap.of(self.host.rec.real_ids)
+
+    def _on_message(self, peer: Peer, header: Header, payload: bytes) -> None:
+        missing = self.gaps.see(header.sender, header.epoch, header.seq)
+        if missing:
+            self.stats["gaps"] += missing
+        if header.type is not MsgType.CONN_SYNC:
+            self.stats["unexpected_type"] += 1
+            return
+        try:
+            res = codec.apply_payload(
+                payload,
+                header.count,
+                self.host.dp["conn_table"],
+                self._reals(),
+                time.monotonic_ns(),
+                want_keys=self.live_keys is not None,
+            )
+        except WireError as exc:
+            self.node.dropped[exc.reason] += 1
+            return
+        except OSError as exc:
+            self.stats["apply_errors"] += 1
+            log.error("writing synced entries failed", extra={"error": str(exc)})
+            return
+        if self.live_keys is not None and res.keys:
+            self.live_keys.update(res.keys)
+        self.stats["received_records"] += header.count
+        self.stats["applied"] += res.applied
+        self.stats["unknown_real"] += res.unknown_real
+
+    # --- bulk resync --------------------------------------------------------------------
+    def _snapshot(self) -> list[tuple[bytes, int]]:
+        """The whole table as frame payloads (runs in a worker thread)."""
+        dp, cfg = self.host.dp, self.host.config
+        m = dp["conn_table"]
+        idle = max(cfg.timeouts.tcp_idle, cfg.timeouts.udp_idle) * 10**9
+        dump = libbpf.map_lookup_batch_raw(
+            m.fd, m.key_size, m.value_size, m.max_entries, chunk=16384
+        )
+        return list(bulk.snapshot_pieces(dump, self._reals(), idle, time.monotonic_ns))
+
+    def _pull_target(self) -> Peer | None:
+        now = time.monotonic()
+        live = self.node.members.live_peers(now)
+        if not live:
+            return None
+        actives = [p for p in live if p.heartbeat and p.heartbeat.role == wire.Role.ACTIVE]
+        return (actives or sorted(live, key=lambda p: (-p.member.priority, p.member.id)))[0]
+
+    def _apply_chunk(self, conns: Any, reals: codec.RealMap, payload: bytes, count: int) -> None:
+        """One snapshot chunk into the table; flows the stream updated are skipped."""
+        assert self.live_keys is not None
+        res = codec.apply_payload(
+            payload, count, conns, reals, time.monotonic_ns(), skip=self.live_keys
+        )
+        self.progress.applied += res.applied
+        self.progress.skipped += res.skipped
+        self.progress.unknown_real += res.unknown_real
+
+    def _start_pull(self) -> None:
+        if self._pull is None or self._pull.done():
+            self._pull = asyncio.get_running_loop().create_task(self._pull_loop(), name="bulk-pull")
+
+    async def _pull_loop(self) -> None:
+        while self.node.machine.state is State.SYNCING and not self.bulk_done:
+            peer = self._pull_target()
+            if peer is None:
+                return  # decide() moves on: nobody to pull from
+            self.progress = bulk.Progress()
+            self.live_keys = set()
+
+            chunk = functools.partial(self._apply_chunk, self.host.dp["conn_table"], self._reals())
+            try:
+                await bulk.pull(
+                    self.key,
+                    self.cluster.me.id,
+                    peer.member.id,
+                    str(peer.member.addresses[0]),
+                    self.cluster.port,
+                    chunk,
+                    self.progress,
+                )
+            except (bulk.BulkError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                self.progress.state, self.progress.error = "failed", str(exc)
+                self.stats["bulk_failures"] += 1
+                log.warning("bulk resync failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(BULK_RETRY_S)
+                continue
+            finally:
+                self.live_keys = None
+            self.bulk_done = True
+            log.info(
+                "bulk resync complete",
+                extra={
+                    "peer": peer.member.name,
+                    "records": self.progress.records,
+                    "skipped_newer": self.progress.skipped,
+                    "seconds": self.progress.seconds,
+                },
+            )
+            self.node.step()
+
+    # --- commands -----------------------------------------------------------------------
+    def switchover(self) -> dict[str, Any]:
+        """Planned switchover: resign now; the best ready peer takes over."""
+        st = self.node.machine.state
+        if st is not State.ACTIVE:
+            active = [
+                p.member.name
+                for p in self.node.members.live_peers(time.monotonic())
+                if p.heartbeat and p.heartbeat.role == wire.Role.ACTIVE
+            ]
+            where = f" (the active director is {active[0]})" if active else ""
+            return {"ok": False, "error": f"this node is {st.value}, not active{where}"}
+        ready = [
+            p
+            for p in self.node.members.live_peers(time.monotonic())
+            if p.heartbeat and p.heartbeat.ready
+        ]
+        if not ready:
+            return {"ok": False, "error": "no peer is ready to take over; nothing changed"}
+        self.node.preempt = False  # do not take the role straight back
+        self.node.resign()
+        return {"ok": True, "resigned": True, "to": [p.member.name for p in ready]}
+
+    # --- running ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.config_changed()
+        servers = []
+        for addr in self.cluster.me.addresses:
+            servers.append(
+                await asyncio.start_server(self.server.handle, str(addr), self.cluster.port)
+            )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.node.run(), name="cluster-heartbeat")
+                tg.create_task(self.batcher.run(), name="cluster-sync-batcher")
+                tg.create_task(self._events(), name="cluster-sync-events")
+                tg.create_task(self._count_conns(), name="cluster-conns")
+        finally:
+            for s in servers:
+                s.close()
+            if self._pull is not None:
+                self._pull.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pull
+
+    async def _count_conns(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.conns = await asyncio.to_thread(self.host.dp["conn_table"].count)
+            await asyncio.sleep(1.0)
+
+    def status(self) -> dict[str, Any]:
+        st = self.node.status()
+        p = self.progress
+        st.update(
+            {
+                "preempt": self.node.preempt,
+                "forwarding": self.forwarding,
+                "fingerprint": self.digest.hex(),
+                "fingerprints_agree": not self.node.mismatch,
+                "sync": {
+                    "source": self.source.name if self.source else None,
+                    "source_lost": self.source.lost if self.source else 0,
+                    "sent_records": self.stats["sent_records"],
+                    "sent_datagrams": self.stats["sent_datagrams"],
+                    "received_records": self.stats["received_records"],
+                    "applied": self.stats["applied"],
+                    "gaps": self.stats["gaps"],
+                    "rejected": sum(self.node.dropped.values()),
+                    "unknown_real": self.stats["unknown_real"],
+                    "batch_delay_ms": self.batcher.max_delay * 1000,
+                },
+                "bulk": {
+                    "done": self.bulk_done,
+                    "state": p.state,
+                    "peer": p.peer,
+                    "records": p.records,
+                    "applied": p.applied,
+                    "skipped_newer": p.skipped,
+                    "unknown_real": p.unknown_real,
+                    "seconds": p.seconds,
+                    "error": p.error,
+                    "served": self.server.served,
+                },
+            }
+        )
+        return st
