@@ -301,11 +301,7 @@ class HeartbeatNode:
         if nxt is None:
             return None
         t = self.machine.go(*nxt)
-        if t is not None:
-            log.info(
-                "role change",
-                extra={"from": t.old.value, "to": t.new.value, "reason": t.reason},
-            )
+        if t is not None:  # on_role logs it, with its reason
             self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
             self.on_role(t)
         return t

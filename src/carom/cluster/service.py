@@ -150,8 +150,10 @@ class ClusterService:
             rec.set_role(abi.Role.ACTIVE)
             self.forwarding = True
             owner.announcing = True
-            owner.set_active(True)
-            owner.announce_now()
+            if owner.active:  # back within the grace period: announce again
+                owner.announce_now()
+            else:
+                owner.set_active(True)
         elif t.new is State.RESIGNING:
             owner.announcing = False  # keep forwarding, let the peer announce
         elif t.old in (State.ACTIVE, State.RESIGNING):

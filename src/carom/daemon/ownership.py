@@ -167,8 +167,8 @@ class VipOwner:
     def _on_claim(self, ev: ClaimEvent) -> None:
         self.claims_seen += 1
         self.last_claim = ev
-        if not self.announcing:
-            return
+        if not self.active or not self.announcing:
+            return  # not ours to defend now
         now = time.monotonic()
         if now - self._last_reannounce >= REANNOUNCE_MIN_GAP_S:
             self._last_reannounce = now
