@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -135,6 +136,20 @@ def decide(i: Inputs) -> tuple[State, str] | None:
             return State.BACKUP, "no peer took over: standing for election again"
         return None
     return None
+
+
+RCVBUF = 8 << 20  # a burst of sync datagrams must not overflow the socket
+
+
+def _big_buffer(t: asyncio.DatagramTransport) -> None:
+    """Room for bursts of sync datagrams (SO_RCVBUFFORCE: root may pass rmem_max)."""
+    sock = t.get_extra_info("socket")
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+            return
+        except OSError:
+            continue
 
 
 class HeartbeatNode:
@@ -329,6 +344,7 @@ class HeartbeatNode:
             t, _ = await loop.create_datagram_endpoint(
                 Proto, local_addr=(str(addr), self.cluster.port)
             )
+            _big_buffer(t)
             self.transports.append(t)
         # Hold-down: listen for dead_after intervals plus a random part before
         # deciding anything, so two directors started together do not both find

@@ -168,22 +168,20 @@ class Prober:
         return [tuple(a) for a in json.loads(self.proc.stdout.readline())["attempts"]]
 
     def outage_ms(self, since: float, until: float) -> tuple[float, int]:
-        """The longest time without a successful new connection in [since,
-        until] (from the last success before `since`), and failed attempts."""
-        att = [a for a in self.attempts() if a[0] <= until]
-        ok_before = [a[0] for a in att if a[1] and a[0] < since]
-        last = ok_before[-1] if ok_before else since
-        worst, failed = 0.0, 0
-        for start, ok, _ in att:
-            if start < since:
-                continue
-            if not ok:
-                failed += 1
-                continue
-            worst = max(worst, start - last)
-            last = start
-        worst = max(worst, 0.0)
-        return round(max(0.0, worst - self.every) * 1000, 1), failed
+        """How long after `since` new connections were not served reliably: up to
+        the first success after the last failure (or, with no failure, the longest
+        gap between successes), and how many attempts failed."""
+        att = [a for a in self.attempts() if since <= a[0] <= until]
+        failed = [a[0] for a in att if not a[1]]
+        ok = [a[0] for a in att if a[1]]
+        if failed:
+            after = [s for s in ok if s > failed[-1]]
+            end = after[0] if after else until
+            return round((end - since) * 1000, 1), len(failed)
+        worst, last = 0.0, since
+        for s in ok:
+            worst, last = max(worst, s - last), s
+        return round(max(0.0, worst - self.every) * 1000, 1), 0
 
     def close(self) -> None:
         if self.proc.poll() is None:
