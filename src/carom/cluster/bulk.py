@@ -152,14 +152,17 @@ async def pull(
     port: int,
     on_chunk: Callable[[bytes, int], None],
     progress: Progress,
+    local: str | None = None,
 ) -> None:
     """Request the peer's table and hand each chunk to `on_chunk` as it comes.
+    `local`: our member address, which the peer checks the connection against.
     Raises BulkError (or OSError) if the peer does not deliver all of it."""
     nonce = secrets.randbits(63) | 1
     started = time.monotonic()
     progress.state, progress.peer, progress.error = "running", address, ""
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(address, port), CONNECT_TIMEOUT_S
+        asyncio.open_connection(address, port, local_addr=(local, 0) if local else None),
+        CONNECT_TIMEOUT_S,
     )
     try:
         writer.write(frame(key, Header(MsgType.BULK_REQUEST, me, nonce, 1), b""))

@@ -197,13 +197,18 @@ class HeartbeatNode:
         header = Header(mtype, self.me.id, self.epoch, self.seq, count)
         return wire.seal(self.key, header, payload)
 
+    def _differs(self) -> bool:
+        """Our tables differ from those of a live peer."""
+        now = time.monotonic()
+        return any(self.members.alive(self.members.peers[i], now) for i in self.mismatch)
+
     def heartbeat(self) -> Heartbeat:
         st = self.machine.state
         return Heartbeat(
             name=self.me.name,
             priority=self.me.priority,
             role=WIRE_ROLE[st],
-            ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
+            ready=st in (State.BACKUP, State.ACTIVE) and not self._differs(),
             preempt=self.preempt,
             fingerprint=self.fingerprint(),
             conns=self.conns(),
@@ -291,14 +296,17 @@ class HeartbeatNode:
     def step(self, now: float | None = None) -> Transition | None:
         now = time.monotonic() if now is None else now
         st = self.machine.state
+        live = self.members.live_peers(now)
+        # Tables that differ from a *live* peer's block readiness; a dead peer's
+        # do not (refusing to take over from a dead active would be an outage).
+        differ = self.mismatch & {p.member.id for p in live}
         me = Candidate(
             self.me.id,
             self.me.priority,
             active=st is State.ACTIVE,
-            ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
+            ready=st in (State.BACKUP, State.ACTIVE) and not differ,
             preempt=self.preempt,
         )
-        live = self.members.live_peers(now)
         winner = elect(self.members.candidates(me, now))
         inputs = Inputs(
             state=st,

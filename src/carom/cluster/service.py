@@ -294,6 +294,12 @@ class ClusterService:
         self.progress.skipped += res.skipped
         self.progress.unknown_real += res.unknown_real
 
+    def _local_for(self, peer: Peer) -> str | None:
+        """Our member address of the peer's family (the peer checks the source)."""
+        fam = peer.member.addresses[0].version
+        mine = [a for a in self.cluster.me.addresses if a.version == fam]
+        return str(mine[0]) if mine else None
+
     def _start_pull(self) -> None:
         if self._pull is None or self._pull.done():
             self._pull = asyncio.get_running_loop().create_task(self._pull_loop(), name="bulk-pull")
@@ -316,6 +322,7 @@ class ClusterService:
                     self.cluster.port,
                     chunk,
                     self.progress,
+                    local=self._local_for(peer),
                 )
             except (bulk.BulkError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 self.progress.state, self.progress.error = "failed", str(exc)
