@@ -192,7 +192,7 @@ def render_status(st: dict[str, Any]) -> str:
         state = "ok" if lr.get("ok") else f"FAILED: {lr.get('error')}"
         lines.append(f"last apply: {state}, {lr.get('writes', 0)} map writes")
     if st.get("cluster"):
-        from carom.cli.cluster_cmds import render_cluster
+        from carom.cli.cluster_view import render_cluster
 
         lines += ["", *render_cluster(st["cluster"])]
     return "\n".join(lines)
