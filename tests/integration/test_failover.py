@@ -7,7 +7,9 @@ reals) and a new connection every 20 ms go through:
    served again within 0.5 s;
 3. the old active comes back: bulk resync first, then (preempt) takeover: 0
    lost, including 100 flows opened while the backup was active;
-4. planned switchover: 0 lost.
+4. planned switchover: 0 lost;
+2. the active host's link goes down (run last, on dir2 which is active after 4):
+   only flows served by that host may be lost, each listed.
 
 Every lost flow is listed (client, kind, port, the real it was on, the error):
 an unexplained loss fails the test. The scenarios run in order on one cluster.
@@ -81,3 +83,15 @@ def test_4_planned_switchover(run: ClusterRun) -> None:
     assert not res.lost, _explain(res)
     assert run.cluster(t.DIR2.name)["role"] == "active"
     assert run.cluster(t.DIR1.name)["role"] == "backup"
+
+
+def test_2_active_host_link_down(run: ClusterRun) -> None:
+    """After scenario 4 dir2 is active: its link goes down. Only flows served by
+    dir2 may be lost; dir1 takes over; dir2 comes back, resyncs, stays backup."""
+    res = run.scenario_host_down(t.DIR2.name)
+    assert not res.lost, "lost flows not served by the dead host:\n" + "\n".join(res.lost)
+    c1, c2 = run.cluster(t.DIR1.name), run.cluster(t.DIR2.name)
+    assert c1["role"] == "active", c1
+    assert c2["role"] == "backup" and c2["bulk"]["done"], c2
+    reasons = [x["reason"] for x in c2["transitions"]]
+    assert any("carom0" in r for r in reasons), reasons  # FAULT, with the interface named

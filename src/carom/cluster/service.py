@@ -22,8 +22,10 @@ import contextlib
 import functools
 import hashlib
 import logging
+import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +42,7 @@ log = logging.getLogger("carom.cluster")
 
 GRACE_S = 0.3  # forwarding after leaving the active role, while the router catches up
 BULK_RETRY_S = 0.5
+LINK_POLL_S = 0.1  # how often the served interfaces' state is read
 
 
 class Host(Protocol):
@@ -156,7 +159,7 @@ class ClusterService:
                 owner.set_active(True)
         elif t.new is State.RESIGNING:
             owner.announcing = False  # keep forwarding, let the peer announce
-        elif t.old in (State.ACTIVE, State.RESIGNING):
+        elif t.old in (State.ACTIVE, State.RESIGNING) and t.new is not State.FAULT:
             owner.announcing = False
             self._grace = asyncio.get_running_loop().call_later(GRACE_S, self._end_grace)
         else:
@@ -382,6 +385,7 @@ class ClusterService:
                 tg.create_task(self.batcher.run(), name="cluster-sync-batcher")
                 tg.create_task(self._events(), name="cluster-sync-events")
                 tg.create_task(self._count_conns(), name="cluster-conns")
+                tg.create_task(self._watch_links(), name="cluster-links")
         finally:
             for s in servers:
                 s.close()
@@ -389,6 +393,42 @@ class ClusterService:
                 self._pull.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pull
+
+    # --- interfaces: FAULT while one is down ---------------------------------------------
+    def link_down(self) -> list[str]:
+        """Served interfaces whose operational state is down (carrier lost, or
+        set down): this node cannot serve, and a peer must not count on it."""
+        down = []
+        for name in self.host.config.interfaces:
+            try:
+                state = Path(f"/sys/class/net/{name}/operstate").read_text().strip()
+            except OSError:
+                state = "missing"
+            if state not in ("up", "unknown"):
+                down.append(f"{name} {state}")
+        return down
+
+    def _fault_step(self, down: list[str]) -> None:
+        st = self.node.machine.state
+        if down and st is not State.FAULT:
+            t = self.node.machine.go(State.FAULT, f"interface {', '.join(down)}")
+            if t is not None:
+                self._on_role(t)
+        elif not down and st is State.FAULT:
+            t = self.node.machine.go(State.STARTING, "interfaces up again: starting over")
+            self.node.holddown_until = (
+                time.monotonic()
+                + self.node.members.dead_s
+                + random.uniform(0, 2 * self.node.interval)
+            )
+            self.bulk_done = False
+            if t is not None:
+                self._on_role(t)
+
+    async def _watch_links(self) -> None:
+        while True:
+            self._fault_step(await asyncio.to_thread(self.link_down))
+            await asyncio.sleep(LINK_POLL_S)
 
     async def _count_conns(self) -> None:
         while True:

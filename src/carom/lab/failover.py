@@ -330,6 +330,33 @@ class ClusterRun:
         self.say(f"  {res.notes[-1]}")
         return res
 
+    def scenario_host_down(self, active: str, down_s: float = 3.0) -> Result:
+        """2: the active host's links go down (the host is gone for the network):
+        only the flows served by that host may be lost, each one listed; then the
+        link comes back and the host rejoins as a backup after its resync."""
+        dead = self.dirs[active]
+        other = next(n for n in self.dirs if n != active)
+        on_dead = f" on {active}:"  # in every lost flow's description: the real it was on
+
+        def cut() -> None:
+            self.lab.exec(active, ["ip", "link", "set", "carom0", "down"], check=True)
+            self.wait_role(other, "active", timeout=5.0)
+
+        res = self._scenario("2 active host's link down", cut, watch_s=down_s)
+        unexplained = [x for x in res.lost if on_dead not in x]
+        explained = len(res.lost) - len(unexplained)
+        res.notes.append(
+            f"{explained} lost flows were served by {active} (a dead host: expected), "
+            f"{len(unexplained)} unexplained"
+        )
+        self.say(f"  {res.notes[-1]}")
+        res.lost = unexplained
+        self.lab.exec(active, ["ip", "link", "set", "carom0", "up"], check=True)
+        self.wait_role(active, "backup", timeout=15.0, bulk=True)
+        if dead.proc is None or dead.proc.poll() is not None:
+            raise RuntimeError(f"the daemon on {active} did not survive its link going down")
+        return res
+
     def scenario_switchover(self) -> Result:
         """4: planned switchover from the active to the backup."""
         d1, d2 = t.DIR1.name, t.DIR2.name
