@@ -282,8 +282,14 @@ def explain_state(
         elif tally[Counter.CONN_REAL_GONE]:
             steps.append(f"connection entry points at {desc(conn.real_id)}: rescheduled")
         else:
+            origin = (
+                "synced from the active director"
+                if conn.flags & abi.ConnFlags.SYNCED
+                else "made by this node's data plane"
+            )
             steps.append(
-                f"existing connection entry (last packet {age:.1f}s ago) -> {desc(conn.real_id)}"
+                f"existing connection entry ({origin}; last packet {age:.1f}s ago) -> "
+                f"{desc(conn.real_id)}"
             )
 
     if tally[Counter.CONN_CONFIRMED]:
