@@ -27,6 +27,7 @@ from carom.cluster.wire import ConnRecord, Op
 from carom.config.cluster import Cluster
 from carom.config.limits import Limits
 from carom.config.schema import Config
+from carom.daemon import explain
 from carom.daemon.reconcile import Reconciler
 
 pytestmark = pytest.mark.root
@@ -188,6 +189,12 @@ def test_join_resync_stream_switchover_takeover(tmp_path: Path, port: int) -> No
         assert lag < 0.1
         assert b.stats["gaps"] == 0 and not b.node.dropped
 
+        # explain tells a synced entry from a local one (b's role must be active to
+        # look at the entry: checked after the switchover below)
+        client = f"198.51.100.{0 % 200 + 1}:20000"
+        e = explain.explain(a_host.dp, client, f"{VIP}:80/tcp", False, {})
+        assert "made by this node's data plane" in explain.render(e, client, VIP), e
+
         # planned switchover: a resigns, b takes over, a stands down after the grace
         assert b.switchover()["ok"] is False  # only the active can hand over
         assert a.switchover()["ok"] is True
@@ -196,6 +203,8 @@ def test_join_resync_stream_switchover_takeover(tmp_path: Path, port: int) -> No
         assert a_host.role() == abi.Role.ACTIVE  # still forwarding during the grace
         await asyncio.sleep(GRACE_S + 0.1)
         assert a_host.role() == abi.Role.BACKUP and b_host.role() == abi.Role.ACTIVE
+        e = explain.explain(b_host.dp, client, f"{VIP}:80/tcp", False, {})
+        assert "synced from the active director" in explain.render(e, client, VIP), e
         await asyncio.sleep(0.5)
         assert a.node.machine.state is State.BACKUP  # no preempting straight back
 
