@@ -18,6 +18,14 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vrrp(args: argparse.Namespace) -> int:
+    reply = _ask(args, "vrrp", state=args.state)
+    if reply is None:
+        return 1
+    print(f"VRRP state {reply['vrrp']}: carom is {reply['role']}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _ask(args, "status")
     if reply is None:
@@ -39,6 +47,13 @@ def register(sub: Any) -> None:
     )
     _add_target(q)
     q.set_defaults(handler=_refusals(cmd_switchover))
+    q = csub.add_parser(
+        "vrrp",
+        help="keepalived mode: report the VRRP state (for notify_master/backup/fault scripts)",
+    )
+    _add_target(q)
+    q.add_argument("state", choices=["master", "backup", "fault"])
+    q.set_defaults(handler=_refusals(cmd_vrrp))
     q = csub.add_parser("status", help="role, peers, sync and bulk resync state")
     _add_target(q)
     q.add_argument("--json", action="store_true")

@@ -177,6 +177,9 @@ class HeartbeatNode:
         # planned switchover turns it off (the resigning node must not preempt
         # straight back).
         self.preempt = cluster.preempt
+        # keepalived mode: the VRRP state its notify scripts last reported
+        # ("master", "backup", "fault"); the election is not consulted.
+        self.vrrp: str | None = None
         self.machine = RoleMachine()
         self.members = Membership(cluster)
         self.epoch = time.time_ns() // 1_000_000
@@ -314,7 +317,11 @@ class HeartbeatNode:
             holddown_until=self.holddown_until,
             peers_alive=len(live),
             synced=self.synced(),
-            elected=winner == self.me.id,
+            elected=(
+                self.vrrp == "master" and not differ
+                if self.cluster.election == "keepalived"
+                else winner == self.me.id
+            ),
             peer_active=any(
                 p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE for p in live
             ),

@@ -348,9 +348,27 @@ class ClusterService:
             self.node.step()
 
     # --- commands -----------------------------------------------------------------------
+    def vrrp(self, state: str) -> dict[str, Any]:
+        """keepalived mode: a notify script reports the VRRP state; carom follows
+        (and still goes active only once it holds the connection table)."""
+        if self.cluster.election != "keepalived":
+            return {
+                "ok": False,
+                "error": "cluster.election is builtin: carom elects the active director itself",
+            }
+        want = state.lower()
+        if want not in ("master", "backup", "fault"):
+            return {"ok": False, "error": f"VRRP state {state!r}: expected master, backup or fault"}
+        old, self.node.vrrp = self.node.vrrp, want
+        log.info("keepalived reports VRRP state %s", want, extra={"previous": old})
+        self.node.step()
+        return {"ok": True, "vrrp": want, "role": self.node.machine.state.value}
+
     def switchover(self) -> dict[str, Any]:
         """Planned switchover: resign now; the best ready peer takes over."""
         st = self.node.machine.state
+        if self.cluster.election == "keepalived":
+            return {"ok": False, "error": "keepalived decides the roles: switch over with it"}
         if st is not State.ACTIVE:
             active = [
                 p.member.name
@@ -442,6 +460,8 @@ class ClusterService:
         st.update(
             {
                 "preempt": self.node.preempt,
+                "election": self.cluster.election,
+                "vrrp": self.node.vrrp,
                 "forwarding": self.forwarding,
                 "fingerprint": self.digest.hex(),
                 "fingerprints_agree": not self.node.mismatch,

@@ -510,6 +510,10 @@ class Daemon:
             if self.cluster is None:
                 return {"ok": False, "error": "no cluster section: this director is alone"}
             return self.cluster.switchover()
+        if cmd == "vrrp":
+            if self.cluster is None:
+                return {"ok": False, "error": "no cluster section: this director is alone"}
+            return self.cluster.vrrp(req["state"])
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _status_reply(self) -> bytes:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "stop": {"detach": (bool, False)},
     "explain": {"client": (str, True), "service": (str, True), "syn": (bool, False)},
     "switchover": {},
+    "vrrp": {"state": (str, True)},
 }
 
 

@@ -44,7 +44,7 @@ def write_key(state_dir: str | Path = t.DEFAULT_STATE_DIR) -> Path:
     return path
 
 
-def cluster_config(node: str, preempt: bool = True) -> dict[str, Any]:
+def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -> dict[str, Any]:
     """The config of one director: every service balanced over the three reals
     and both directors (each director's own entry is `local`), and the cluster
     section. The same file on both directors but for `node` and `local`."""
@@ -79,6 +79,7 @@ def cluster_config(node: str, preempt: bool = True) -> dict[str, Any]:
         "heartbeat_ms": HEARTBEAT_MS,
         "dead_after": DEAD_AFTER,
         "preempt": preempt,
+        "election": election,
     }
     return lab_config(node, services=services, cluster=cluster)
 
@@ -216,6 +217,7 @@ class ClusterRun:
         self.dirs = {d.name: Director(lab, d.name) for d in t.DIRECTORS}
         self.held: list[Held] = []
         self.prober: Prober | None = None
+        self.keepalived: list[Any] = []  # lab.keepalived.Keepalived, in keepalived mode
 
     # --- directors ----------------------------------------------------------------------
     def cluster(self, node: str) -> dict[str, Any]:
@@ -238,15 +240,26 @@ class ClusterRun:
             f"{node} did not become {role} in {timeout}s: {c}\n{self.dirs[node].log()[-3000:]}"
         )
 
-    def start(self, preempt: bool = True) -> None:
+    def start(self, preempt: bool = True, election: str = "builtin") -> None:
         write_key()
         for d in self.dirs.values():
             d.remove()
         d1, d2 = t.DIR1.name, t.DIR2.name
-        self.dirs[d1].start(cluster_config(d1, preempt))
-        self.wait_role(d1, "active")
-        self.dirs[d2].start(cluster_config(d2, preempt))
+        self.dirs[d1].start(cluster_config(d1, preempt, election))
+        if election == "builtin":
+            self.wait_role(d1, "active")
+        else:
+            self.wait_role(d1, "backup")  # keepalived has not spoken yet
+        self.dirs[d2].start(cluster_config(d2, preempt, election))
         self.wait_role(d2, "backup", bulk=True)
+        if election == "keepalived":
+            from carom.lab.keepalived import Keepalived
+
+            for node in t.DIRECTORS:
+                k = Keepalived(self.lab, node, PRIORITY[node.name])
+                self.keepalived.append(k)
+                k.start()
+            self.wait_role(d1, "active", timeout=10.0)
         self.say(f"cluster up: {t.DIR1.short} active, {t.DIR2.short} backup (synced)")
 
     def kill(self, node: str, sig: int = signal.SIGKILL) -> None:
@@ -259,6 +272,8 @@ class ClusterRun:
             d.pid_path.unlink(missing_ok=True)
 
     def stop(self) -> None:
+        for k in self.keepalived:
+            k.stop()
         for h in self.held:
             h.close()
         if self.prober:
