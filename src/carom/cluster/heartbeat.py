@@ -104,6 +104,9 @@ class Inputs:
     elected: bool  # the election picks this node
     peer_active: bool  # some live peer says it is active
     resign_expired: bool = False  # RESIGNING for longer than a peer needs to take over
+    # A better-ranked peer whose heartbeats are lost but which claimed the VIPs
+    # since (split brain: the sync path is cut, the peer is alive and active).
+    held_by: str | None = None
 
 
 def decide(i: Inputs) -> tuple[State, str] | None:
@@ -121,11 +124,18 @@ def decide(i: Inputs) -> tuple[State, str] | None:
             return State.BACKUP, "the peer died during the resync: nothing more to pull"
         return None
     if i.state is State.BACKUP:
+        if i.held_by:
+            return None
         if i.elected:
             why = "elected: no live active director" if not i.peer_active else "elected"
             return State.ACTIVE, why
         return None
     if i.state is State.ACTIVE:
+        if i.held_by:
+            return State.BACKUP, (
+                f"split brain: {i.held_by} ranks better and claims the VIPs although its "
+                "heartbeats are lost"
+            )
         if not i.elected:
             return State.BACKUP, "another director won the election"
         return None
@@ -163,6 +173,7 @@ class HeartbeatNode:
         fingerprint: Callable[[], bytes] = lambda: bytes(16),
         conns: Callable[[], int] = lambda: 0,
         on_message: Callable[[Peer, Header, bytes], None] | None = None,
+        held_by: Callable[[float], str | None] = lambda _now: None,
     ) -> None:
         self.cluster = cluster
         self.me = cluster.me
@@ -173,6 +184,8 @@ class HeartbeatNode:
         self.conns = conns
         # Sync and bulk messages, after authentication and the replay window.
         self.on_message = on_message
+        self.held_by = held_by
+        self.last_step: float | None = None  # a gap between steps is a stalled daemon
         # Whether this node takes the role back when better-ranked and ready; a
         # planned switchover turns it off (the resigning node must not preempt
         # straight back).
@@ -298,7 +311,19 @@ class HeartbeatNode:
     # --- deciding ---------------------------------------------------------------------
     def step(self, now: float | None = None) -> Transition | None:
         now = time.monotonic() if now is None else now
+        stalled = self.last_step is not None and now - self.last_step > self.members.dead_s
+        gap = now - self.last_step if self.last_step is not None else 0.0
+        self.last_step = now
         st = self.machine.state
+        if stalled and st not in (State.STARTING, State.FAULT):
+            # SIGSTOP, swap, a hang: our peers saw us dead and may have taken over;
+            # whatever we believed is stale. FAULT now, then start over (resync).
+            t = self.machine.go(
+                State.FAULT, f"this daemon stalled for {gap:.2f} s: peers may have taken over"
+            )
+            if t is not None:
+                self.on_role(t)
+            return t
         live = self.members.live_peers(now)
         # Tables that differ from a *live* peer's block readiness; a dead peer's
         # do not (refusing to take over from a dead active would be an outage).
@@ -326,6 +351,7 @@ class HeartbeatNode:
                 p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE for p in live
             ),
             resign_expired=now - self.resigned_at > 2 * self.members.dead_s,
+            held_by=self.held_by(now),
         )
         nxt = decide(inputs)
         if nxt is None:

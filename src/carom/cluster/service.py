@@ -32,7 +32,7 @@ import numpy as np
 
 from carom import abi
 from carom.bpf import libbpf
-from carom.cluster import bulk, codec, source, sync, wire
+from carom.cluster import bulk, codec, probe, source, sync, wire
 from carom.cluster.heartbeat import HeartbeatNode, Peer
 from carom.cluster.roles import State, Transition
 from carom.cluster.wire import ConnRecord, Header, MsgType, Op, WireError
@@ -43,6 +43,11 @@ log = logging.getLogger("carom.cluster")
 GRACE_S = 0.3  # forwarding after leaving the active role, while the router catches up
 BULK_RETRY_S = 0.5
 LINK_POLL_S = 0.1  # how often the served interfaces' state is read
+# Split brain: a better-ranked peer whose heartbeats are lost but which claimed
+# the VIPs after its last heartbeat holds this node back for HOLD_S after that
+# claim; while held, the node asks who answers for the VIPs every PROBE_S.
+HOLD_S = 1.5
+PROBE_S = 0.5
 
 
 class Host(Protocol):
@@ -102,7 +107,9 @@ class ClusterService:
             fingerprint=lambda: self.digest,
             conns=lambda: self.conns,
             on_message=self._on_message,
+            held_by=self._held_by,
         )
+        self.claims: dict[int, float] = {}  # peer id -> monotonic time of its last claim
         self.key = self.node.key
         self.bulk_done = False
         self.progress = bulk.Progress()
@@ -392,6 +399,8 @@ class ClusterService:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.config_changed()
+        if self.host.owner is not None:
+            self.host.owner.on_foreign_claim = self.on_claim
         servers = []
         for addr in self.cluster.me.addresses:
             servers.append(
@@ -404,6 +413,7 @@ class ClusterService:
                 tg.create_task(self._events(), name="cluster-sync-events")
                 tg.create_task(self._count_conns(), name="cluster-conns")
                 tg.create_task(self._watch_links(), name="cluster-links")
+                tg.create_task(self._probe_while_held(), name="cluster-vip-probe")
         finally:
             for s in servers:
                 s.close()
@@ -411,6 +421,57 @@ class ClusterService:
                 self._pull.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pull
+
+    # --- split brain: a peer's claims as a sign of life ----------------------------------
+    def _member_of_mac(self, mac: bytes) -> int | None:
+        """The member whose address this MAC belongs to (directors that are also
+        reals: the reconciler knows their MACs from the neighbour table)."""
+        rec = self.host.rec
+        rid = rec.current.real_macs.get(bytes(mac))
+        info = rec.current.reals.get(rid) if rid is not None else None
+        if info is None or not info.family:
+            return None
+        return self.node.members.by_address.get(info.addr.to_ip(info.family))
+
+    def on_claim(self, ev: Any) -> None:
+        """The ownership task saw another MAC claim one of our VIPs."""
+        pid = self._member_of_mac(ev.claim.mac)
+        if pid is not None:
+            self.claims[pid] = time.monotonic()
+            self.stats["peer_claims"] += 1
+            self.node.step()
+
+    def _held_by(self, now: float) -> str | None:
+        me = self.cluster.me
+        for p in self.node.members.peers.values():
+            seen = self.claims.get(p.member.id)
+            if (
+                seen is not None
+                and now - seen <= HOLD_S
+                and not self.node.members.alive(p, now)
+                and (p.last_seen is None or seen > p.last_seen)
+                and (-p.member.priority, p.member.id) < (-me.priority, me.id)
+            ):
+                return p.member.name
+        return None
+
+    async def _probe_while_held(self) -> None:
+        """Keep asking who answers for the VIPs while a silent peer holds us back:
+        its data plane answers only while its daemon lives, so the hold ends
+        HOLD_S after it really dies."""
+        while True:
+            await asyncio.sleep(PROBE_S)
+            if self._held_by(time.monotonic()) is None:
+                continue
+            owner = self.host.owner
+            me4 = [a for a in self.cluster.me.addresses if a.version == 4]
+            if not me4 or owner is None:
+                continue
+            try:
+                await asyncio.to_thread(probe.ask, owner.links, me4[0], owner.vips())
+                self.stats["vip_probes"] += 1
+            except OSError as exc:
+                log.warning("cannot ask who answers for the VIPs", extra={"error": str(exc)})
 
     # --- interfaces: FAULT while one is down ---------------------------------------------
     def link_down(self) -> list[str]:
@@ -475,6 +536,7 @@ class ClusterService:
                     "gaps": self.stats["gaps"],
                     "rejected": sum(self.node.dropped.values()),
                     "unknown_real": self.stats["unknown_real"],
+                    "peer_claims": self.stats["peer_claims"],
                     "batch_delay_ms": self.batcher.max_delay * 1000,
                 },
                 "bulk": {

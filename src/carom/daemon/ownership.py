@@ -162,9 +162,14 @@ class VipOwner:
         # False while a resigning director keeps forwarding until its peer has
         # taken over: lease kept, no announcements, no answer to the peer's claim.
         self.announcing = True
+        # Told of every foreign claim, in any role (the cluster reads a peer
+        # director's claims as a sign of life: carom.cluster.service).
+        self.on_foreign_claim: Callable[[ClaimEvent], None] | None = None
         self._role_changed = asyncio.Event()
 
     def _on_claim(self, ev: ClaimEvent) -> None:
+        if self.on_foreign_claim is not None:
+            self.on_foreign_claim(ev)
         self.claims_seen += 1
         self.last_claim = ev
         if not self.active or not self.announcing:
