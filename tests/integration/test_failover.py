@@ -8,8 +8,11 @@ reals) and a new connection every 20 ms go through:
 3. the old active comes back: bulk resync first, then (preempt) takeover: 0
    lost, including 100 flows opened while the backup was active;
 4. planned switchover: 0 lost;
-2. the active host's link goes down (run last, on dir2 which is active after 4):
-   only flows served by that host may be lost, each listed.
+2. the active host's link goes down (on dir2, active after 4): only flows
+   served by that host may be lost, each listed;
+5. the sync link is cut (both stay up), then the active daemon is frozen with
+   SIGSTOP and thawed: 0 lost, never two forwarders for a second or more
+   (scheduling counters of both data planes sampled every 100 ms).
 
 Every lost flow is listed (client, kind, port, the real it was on, the error):
 an unexplained loss fails the test. The scenarios run in order on one cluster.
@@ -95,3 +98,23 @@ def test_2_active_host_link_down(run: ClusterRun) -> None:
     assert c2["role"] == "backup" and c2["bulk"]["done"], c2
     reasons = [x["reason"] for x in c2["transitions"]]
     assert any("carom0" in r for r in reasons), reasons  # FAULT, with the interface named
+
+
+def test_5a_sync_link_cut(run: ClusterRun) -> None:
+    """dir1 is active after scenario 2; dir2 stops hearing it."""
+    res = run.scenario_sync_cut()
+    assert not res.lost, _explain(res)
+    assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
+    assert run.cluster(t.DIR1.name)["role"] == "active"
+    c2 = run.cluster(t.DIR2.name)
+    assert c2["role"] in ("backup", "syncing", "starting"), c2
+
+
+def test_5b_active_daemon_frozen(run: ClusterRun) -> None:
+    run.wait_role(t.DIR2.name, "backup", bulk=True)
+    res = run.scenario_freeze(t.DIR1.name)
+    assert not res.lost, _explain(res)
+    assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
+    assert run.cluster(t.DIR2.name)["role"] == "active"
+    reasons = [x["reason"] for x in run.cluster(t.DIR1.name)["transitions"]]
+    assert any("stalled" in r for r in reasons), reasons

@@ -8,11 +8,13 @@ Used by tests/integration/test_failover.py and `carom lab failover`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carom import abi
+from carom.bpf import libbpf
+from carom.bpf.maps import TypedMap
+from carom.config.cluster import DEFAULT_PORT
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
 from carom.lab.lab import Lab
@@ -205,6 +211,7 @@ class Result:
     lost: list[str] = field(default_factory=list)  # each lost one, described
     takeover_ms: float | None = None  # longest time without a new connection served
     failed_new: int = 0  # new connections that failed during it
+    two_forwarders_s: float | None = None  # longest time both directors scheduled traffic
     notes: list[str] = field(default_factory=list)
 
 
@@ -372,6 +379,51 @@ class ClusterRun:
             raise RuntimeError(f"the daemon on {active} did not survive its link going down")
         return res
 
+    def scenario_sync_cut(self, cut_s: float = 3.0) -> Result:
+        """5a: the directors cannot hear each other (heartbeat and sync port
+        dropped on dir2) while both stay up: the backup may take over for a
+        moment, must stand down when the better-ranked active answers for the
+        VIPs, and the two never both forward for more than a second."""
+        d2 = t.DIR2.name
+        rules = (
+            f"table inet carom_cut {{ chain i {{ type filter hook input priority 0; "
+            f"udp dport {DEFAULT_PORT} drop; udp sport {DEFAULT_PORT} drop; "
+            f"tcp dport {DEFAULT_PORT} drop; tcp sport {DEFAULT_PORT} drop; }} "
+            f"chain o {{ type filter hook output priority 0; "
+            f"udp dport {DEFAULT_PORT} drop; tcp dport {DEFAULT_PORT} drop; }} }}"
+        )
+        watch = ForwarderWatch()
+
+        def cut() -> None:
+            self.lab.exec(d2, ["nft", "-f", "-"], input=rules, check=True)
+            time.sleep(cut_s)
+            self.lab.exec(d2, ["nft", "delete", "table", "inet", "carom_cut"], check=True)
+
+        res = self._scenario("5a sync link cut", cut, watch_s=2.0)
+        res.two_forwarders_s = watch.stop()
+        self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
+        return res
+
+    def scenario_freeze(self, active: str, frozen_s: float = 2.0) -> Result:
+        """5b: the active daemon is frozen (SIGSTOP) and thawed: the peer takes
+        over; the frozen node's data plane stops within its lease; thawed, it
+        knows it stalled, goes FAULT and resyncs before it may be active again."""
+        d = self.dirs[active]
+        assert d.proc is not None
+        watch = ForwarderWatch()
+
+        def freeze() -> None:
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGSTOP)
+            time.sleep(frozen_s)
+            d.proc.send_signal(signal.SIGCONT)
+            self.wait_role(active, "backup", timeout=15.0, bulk=True)
+
+        res = self._scenario("5b active daemon frozen (SIGSTOP), thawed", freeze, watch_s=2.0)
+        res.two_forwarders_s = watch.stop()
+        self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
+        return res
+
     def scenario_switchover(self) -> Result:
         """4: planned switchover from the active to the backup."""
         d1, d2 = t.DIR1.name, t.DIR2.name
@@ -383,6 +435,52 @@ class ClusterRun:
             self.wait_role(d2, "active", timeout=5.0)
 
         return self._scenario("4 planned switchover", switch, watch_s=2.0)
+
+
+def forwarded(node: t.Node) -> int:
+    """Frames this director's data plane has scheduled (to a remote real or to its
+    own stack as a real), read from its pinned `stats` map: works whether or not
+    its daemon runs, or is frozen."""
+    fd = libbpf.obj_get(os.path.join(t.LAB_BPFFS, "carom", node.short, "stats"))
+    try:
+        info = libbpf.map_info(fd)
+        m = TypedMap("stats", fd, info.type, info.max_entries, ctypes.c_uint32, ctypes.c_uint64)
+        return sum(
+            int(m.sum(int(c)) or 0) for c in (abi.Counter.TX_DSR, abi.Counter.PASS_LOCAL_REAL)
+        )
+    finally:
+        os.close(fd)
+
+
+class ForwarderWatch:
+    """Samples both directors' scheduling counters every `every` s in a thread:
+    how long, at most, both scheduled traffic in the same windows."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self.every = every
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), forwarded(t.DIR1), forwarded(t.DIR2)))
+            time.sleep(self.every)
+
+    def stop(self) -> float:
+        """The longest stretch (seconds) of consecutive windows in which both
+        directors scheduled at least one frame."""
+        self._stop.set()
+        self._thread.join()
+        longest = run = 0.0
+        for (t0, a0, b0), (t1, a1, b1) in zip(self.samples, self.samples[1:], strict=False):
+            if a1 > a0 and b1 > b0:
+                run += t1 - t0
+                longest = max(longest, run)
+            else:
+                run = 0.0
+        return round(longest, 2)
 
 
 def run_failover(say: Callable[[str], None] = print, keep: bool = False) -> int:
