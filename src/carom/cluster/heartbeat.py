@@ -395,8 +395,9 @@ class HeartbeatNode:
         )
         try:
             while True:
-                self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
+                # step first: after a stall, the role we would announce is stale
                 self.step()
+                self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
                 await asyncio.sleep(self.interval)
         finally:
             for t in self.transports:

@@ -424,14 +424,16 @@ class ClusterService:
 
     # --- split brain: a peer's claims as a sign of life ----------------------------------
     def _member_of_mac(self, mac: bytes) -> int | None:
-        """The member whose address this MAC belongs to (directors that are also
-        reals: the reconciler knows their MACs from the neighbour table)."""
-        rec = self.host.rec
-        rid = rec.current.real_macs.get(bytes(mac))
-        info = rec.current.reals.get(rid) if rid is not None else None
-        if info is None or not info.family:
-            return None
-        return self.node.members.by_address.get(info.addr.to_ip(info.family))
+        """The member whose address has this MAC (directors that are also reals:
+        the reconciler knows their MACs from the neighbour table). One MAC may
+        carry several reals (IPv4 and IPv6 of one host): any of them counts."""
+        by_address = self.node.members.by_address
+        for info in self.host.rec.current.reals.values():
+            if info.family and bytes(info.mac) == bytes(mac):
+                pid = by_address.get(info.addr.to_ip(info.family))
+                if pid is not None:
+                    return pid
+        return None
 
     def on_claim(self, ev: Any) -> None:
         """The ownership task saw another MAC claim one of our VIPs."""

@@ -8,6 +8,7 @@ Used by tests/integration/test_failover.py and `carom lab failover`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -385,22 +386,36 @@ class ClusterRun:
         moment, must stand down when the better-ranked active answers for the
         VIPs, and the two never both forward for more than a second."""
         d2 = t.DIR2.name
-        rules = (
-            f"table inet carom_cut {{ chain i {{ type filter hook input priority 0; "
-            f"udp dport {DEFAULT_PORT} drop; udp sport {DEFAULT_PORT} drop; "
-            f"tcp dport {DEFAULT_PORT} drop; tcp sport {DEFAULT_PORT} drop; }} "
-            f"chain o {{ type filter hook output priority 0; "
-            f"udp dport {DEFAULT_PORT} drop; tcp dport {DEFAULT_PORT} drop; }} }}"
-        )
+        p = DEFAULT_PORT
+        rules = f"""table inet carom_cut {{
+  chain i {{
+    type filter hook input priority 0
+    udp dport {p} drop
+    udp sport {p} drop
+    tcp dport {p} drop
+    tcp sport {p} drop
+  }}
+  chain o {{
+    type filter hook output priority 0
+    udp dport {p} drop
+    tcp dport {p} drop
+  }}
+}}
+"""
         watch = ForwarderWatch()
 
         def cut() -> None:
             self.lab.exec(d2, ["nft", "-f", "-"], input=rules, check=True)
-            time.sleep(cut_s)
-            self.lab.exec(d2, ["nft", "delete", "table", "inet", "carom_cut"], check=True)
+            try:
+                time.sleep(cut_s)
+            finally:
+                self.lab.exec(d2, ["nft", "delete", "table", "inet", "carom_cut"], check=True)
 
-        res = self._scenario("5a sync link cut", cut, watch_s=2.0)
-        res.two_forwarders_s = watch.stop()
+        try:
+            res = self._scenario("5a sync link cut", cut, watch_s=2.0)
+        finally:
+            res_two = watch.stop()
+        res.two_forwarders_s = res_two
         self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
         return res
 
@@ -415,12 +430,24 @@ class ClusterRun:
         def freeze() -> None:
             assert d.proc is not None
             d.proc.send_signal(signal.SIGSTOP)
-            time.sleep(frozen_s)
-            d.proc.send_signal(signal.SIGCONT)
-            self.wait_role(active, "backup", timeout=15.0, bulk=True)
+            try:
+                time.sleep(frozen_s)
+            finally:
+                d.proc.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline:  # thawed: FAULT, resync, then backup
+                c = self.cluster(active)  # (or active again, if it preempts)
+                stalled = any("stalled" in x["reason"] for x in c["transitions"])
+                if stalled and c["bulk"]["done"] and c["role"] in ("backup", "active"):
+                    return
+                time.sleep(0.05)
+            raise RuntimeError(f"{active} did not resync after the thaw: {c}")
 
-        res = self._scenario("5b active daemon frozen (SIGSTOP), thawed", freeze, watch_s=2.0)
-        res.two_forwarders_s = watch.stop()
+        try:
+            res = self._scenario("5b active daemon frozen (SIGSTOP), thawed", freeze, watch_s=2.0)
+        finally:
+            res_two = watch.stop()
+        res.two_forwarders_s = res_two
         self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
         return res
 
@@ -465,7 +492,9 @@ class ForwarderWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), forwarded(t.DIR1), forwarded(t.DIR2)))
+            # a data plane being replaced or removed: no sample this time
+            with contextlib.suppress(OSError):
+                self.samples.append((time.monotonic(), forwarded(t.DIR1), forwarded(t.DIR2)))
             time.sleep(self.every)
 
     def stop(self) -> float:
