@@ -395,6 +395,25 @@ class ClusterService:
         self.node.resign()
         return {"ok": True, "resigned": True, "to": [p.member.name for p in ready]}
 
+    def _state(self) -> State:
+        return self.node.machine.state
+
+    async def leave(self, timeout: float = 2.0) -> None:
+        """Before the daemon stops: an active director hands over first (a
+        planned switchover), so stopping or restarting it moves no flow through
+        a failure detection. Returns when the peer is active, or at the timeout."""
+        if self.node.machine.state is not State.ACTIVE:
+            return
+        reply = self.switchover()
+        if not reply.get("ok"):
+            log.warning("stopping without a handover", extra={"why": reply.get("error")})
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._state() is State.RESIGNING:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(GRACE_S)  # frames the router still sends us are forwarded
+        log.info("handed over before stopping", extra={"role": self.node.machine.state.value})
+
     # --- running ------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -298,6 +298,8 @@ class Daemon:
                 if self.cluster is not None:
                     tasks.append(tg.create_task(self.cluster.run(), name="cluster"))
                 await self.stop_event.wait()
+                if self.cluster is not None:
+                    await self.cluster.leave()
                 for t in tasks:
                     t.cancel()
         finally:
