@@ -163,10 +163,21 @@ def ident_of(key: abi.SvcKey) -> SvcIdent:
 
 
 def addresses(config: Config) -> list[Address]:
-    """Remote reals whose MACs the daemon must resolve."""
+    """Remote reals and the other directors of the cluster: whose MACs the
+    daemon must resolve."""
     out: dict[Address, None] = {}
     for svc in config.services:
         for r in svc.reals:
             if not r.local:
                 out[r.address] = None
+    for a in peer_addresses(config):
+        out[a] = None
     return list(out)
+
+
+def peer_addresses(config: Config) -> list[Address]:
+    """The other directors' addresses (VIP frames from their MACs are never
+    scheduled: they were scheduled already, by the director that sent them)."""
+    if config.cluster is None:
+        return []
+    return [a for m in config.cluster.peers for a in m.addresses]
