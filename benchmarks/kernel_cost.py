@@ -60,7 +60,7 @@ def bench_state() -> State:
     k4 = [bytes([4]) + reals[i].address.packed for i in (1, 2, 3)]
     k6 = [bytes([6]) + reals[i].address.packed for i in (4, 5)]
     return State(
-        node=Node(maglev_size=SIZE),
+        node=Node(maglev_size=SIZE, lease_until_ns=2**64 - 1),  # a lease that never runs out
         if_macs={LOOPBACK_IFINDEX: abi.mac_bytes(DIR_MAC)},  # test runs arrive on lo
         reals=reals,
         services=[

@@ -37,6 +37,7 @@ from carom.daemon.image import (
     ApplyError,
     Desired,
     Image,
+    Inputs,
     MemberSet,
     RealView,
     ReconcileError,
@@ -231,9 +232,16 @@ class Reconciler:
         fresh[members] = t
         return t, True
 
-    def desired(self, config: Config, neighbours: dict[Address, Neighbour]) -> Desired:
-        """The image the config asks for. Changes nothing: ids and tables it
-        allocates become the reconciler's own only through commit()."""
+    def desired(
+        self,
+        config: Config,
+        neighbours: dict[Address, Neighbour],
+        inputs: Inputs | None = None,
+    ) -> Desired:
+        """The image the config (and the cluster and health `inputs`) ask for.
+        Changes nothing: ids and tables it allocates become the reconciler's own
+        only through commit()."""
+        inputs = inputs or Inputs()
         img = Image()
         img.node = abi.NodeCfg(
             role=int(
@@ -248,6 +256,7 @@ class Reconciler:
             tcp_idle_ns=config.timeouts.tcp_idle * 10**9,
             udp_idle_ns=config.timeouts.udp_idle * 10**9,
         )
+        img.node.set_peer_macs(inputs.peer_mac_bytes())
         views: dict[SvcIdent, list[RealView]] = {}
         fingerprints: dict[SvcIdent, str] = {}
         names: dict[SvcIdent, str] = {}
