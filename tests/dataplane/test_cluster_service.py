@@ -39,15 +39,22 @@ ADDR = {"a": "127.0.0.1", "b": "127.0.0.2"}
 
 
 class Owner:
-    """The ownership task's switches, recorded (it needs raw sockets on a real link)."""
+    """The ownership task's switches (it needs raw sockets on a real link): the
+    lease is written as the real one writes it, the rest is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, dp: Dataplane) -> None:
+        self.dp = dp
         self.active = False
         self.announcing = True
         self.announced = 0
+        self.links: list[object] = []
 
     def set_active(self, active: bool) -> None:
         self.active = active
+        self.dp["lease"].update(0, time.monotonic_ns() + 60 * 10**9 if active else 0)
+
+    def vips(self) -> list[object]:
+        return [ip(VIP)]
 
     def announce_now(self) -> None:
         self.announced += 1
@@ -86,7 +93,7 @@ class Host:
             }
         )
         self.rec = Reconciler(self.dp)
-        self.owner = Owner()
+        self.owner = Owner(self.dp)
 
     def apply(self) -> None:
         self.rec.apply(self.rec.desired(self.config, {}))

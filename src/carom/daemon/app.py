@@ -38,6 +38,7 @@ from carom.daemon.image import (
     ReconcileError,
     Transaction,
     addresses,
+    inputs_of,
 )
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
 from carom.daemon.reconcile import Reconciler
@@ -244,7 +245,7 @@ class Daemon:
         fault = self.fault
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours)
+            want = rec.desired(config, neighbours, inputs_of(config, neighbours))
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)

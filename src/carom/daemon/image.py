@@ -5,13 +5,14 @@ data and small pure helpers; the reconciler (reconcile.py) computes and writes."
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from carom import abi
 from carom.config.schema import Config, Service
+from carom.net.neighbours import Neighbour
 
 log = logging.getLogger("carom.reconcile")
 
@@ -204,6 +205,18 @@ def addresses(config: Config) -> list[Address]:
     for a in peer_addresses(config):
         out[a] = None
     return list(out)
+
+
+def inputs_of(config: Config, neighbours: Mapping[Address, Neighbour]) -> Inputs:
+    """The cluster's part of the desired image: the other directors' MACs, as
+    far as the neighbour table knows them (a later neighbour event fills in
+    the rest)."""
+    macs = []
+    for a in peer_addresses(config):
+        nb = neighbours.get(a)
+        if nb is not None and nb.mac:
+            macs.append(nb.mac)
+    return Inputs(peer_macs=macs)
 
 
 def peer_addresses(config: Config) -> list[Address]:
