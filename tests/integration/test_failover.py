@@ -63,6 +63,7 @@ def test_1_active_daemon_killed(run: ClusterRun) -> None:
     res = run.scenario_kill()
     assert not res.lost, _explain(res)
     assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res
+    assert res.peer_active_ms is not None and res.peer_active_ms <= TAKEOVER_MS, res
     c = run.cluster(t.DIR2.name)
     assert c["role"] == "active", c
     reasons = [x["reason"] for x in c["transitions"]]
