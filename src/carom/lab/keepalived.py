@@ -56,10 +56,10 @@ def write_config(node: t.Node, priority: int, state: Path) -> Path:
     sock = state / f"{node.name}.sock"
     _script(
         p["check"],
-        f"""# carom's daemon alive? fail as soon as it exits; succeed every 3 s while it runs
+        f"""# carom's daemon alive? fail as soon as it exits; succeed every 9 s while it runs
 pid=$(cat {pid_file} 2>/dev/null) || exit 1
 kill -0 "$pid" 2>/dev/null || exit 1
-timeout 3 tail --pid="$pid" -f /dev/null
+timeout 9 tail --pid="$pid" -f /dev/null
 [ $? -eq 124 ]
 """,
     )
