@@ -123,3 +123,35 @@ def test_bad_payload_is_refused_and_writes_nothing() -> None:
     with pytest.raises(wire.WireError):
         codec.apply_payload(b"\x01\x05" + bytes(22), 1, m, codec.RealMap.of(REALS), NOW)
     assert not m.d
+
+
+def test_ring_records_encode_like_table_entries() -> None:
+    """conn_events records (abi.ConnEventRecord, as the data plane writes them)
+    encode to the same records as the reference path, with idle 0."""
+    entries = _entries(100)
+    raw = b"".join(
+        bytes(abi.ConnEventRecord(key=k, real_id=v.real_id, kind=int(abi.ConnEventKind.NEW)))
+        for k, v in entries
+    )
+    reals = codec.RealMap.of(REALS)
+    enc = codec.encode_events(raw, reals, NOW)
+    got = wire.decode_records(enc.fast, enc.fast_count) + enc.slow
+    want = [
+        sync.record_of(Op.UPSERT, k, reals.by_id[v.real_id], 0)
+        for k, v in entries
+        if v.real_id in reals.by_id
+    ]
+    assert sorted(got, key=repr) == sorted(want, key=repr)
+    assert enc.unknown_real == sum(1 for _, v in entries if v.real_id not in reals.by_id)
+
+
+def test_raw_batcher_fills_datagrams_with_whole_records() -> None:
+    sent: list[tuple[bytes, int]] = []
+    b = sync.RawBatcher(lambda p, n: sent.append((p, n)), codec.REC4_DT.itemsize)
+    rec = bytes(range(24))
+    b.add(rec * 100, 100)  # one full datagram goes at once, the rest waits
+    assert [n for _, n in sent] == [b.per] and b.per == 56
+    assert all(len(p) == n * 24 for p, n in sent)
+    b.flush()
+    assert [n for _, n in sent] == [56, 44]
+    assert b.stats["records"] == 100 and not b.pending

@@ -12,6 +12,7 @@ through the reference path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class RealMap:
     def of(cls, real_ids: Mapping[Address, int]) -> RealMap:
         return cls({rid: a for a, rid in real_ids.items()}, dict(real_ids))
 
+    @functools.cached_property
     def v4_lut(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
         """id -> IPv4 address as an integer, and whether the id is an IPv4 real."""
         size = max(self.by_id, default=0) + 1
@@ -89,6 +91,7 @@ class RealMap:
                 ok[rid] = True
         return addr, ok
 
+    @functools.cached_property
     def v4_sorted(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
         """IPv4 real addresses sorted, and their ids in the same order."""
         pairs = sorted((int(a), rid) for a, rid in self.by_address.items() if a.version == 4)
@@ -117,7 +120,7 @@ def encode_entries(
     v = np.frombuffer(values, dtype=VAL_DT, count=count)
     idle_ns = np.maximum(np.int64(now_ns) - v["last_seen_ns"].astype(np.int64), 0)
     live = idle_ns <= idle_limit_ns
-    lut_addr, lut_ok = reals.v4_lut()
+    lut_addr, lut_ok = reals.v4_lut
     rid = v["real_id"].astype(np.int64)
     known_id = rid < len(lut_ok)
     rid_safe = np.where(known_id, rid, 0)
@@ -143,6 +146,23 @@ def encode_entries(
             continue
         slow.append(sync.record_of(Op.UPSERT, key, real, int(idle_ns[i]) // 1_000_000))
     return Encoded(out.tobytes(), len(out), slow, unknown)
+
+
+EVENT_DT = np.dtype(
+    [("key", "V40"), ("real_id", "<u4"), ("flags", "<u2"), ("kind", "u1"), ("ttl", "u1")]
+)
+assert EVENT_DT.itemsize == ctypes.sizeof(abi.ConnEventRecord)
+
+
+def encode_events(raw: bytes, reals: RealMap, now_ns: int) -> Encoded:
+    """conn_events ring-buffer records (packed, abi.ConnEventRecord) -> UPSERT
+    records: the same encoding as a table dump, one numpy pass per drain."""
+    n = len(raw) // EVENT_DT.itemsize
+    ev = np.frombuffer(raw, dtype=EVENT_DT, count=n)
+    vals = np.zeros(n, dtype=VAL_DT)
+    vals["real_id"] = ev["real_id"]
+    vals["last_seen_ns"] = now_ns
+    return encode_entries(ev["key"].tobytes(), vals.tobytes(), n, reals, now_ns, 1 << 62)
 
 
 def payloads(enc: Encoded, room: int) -> list[tuple[bytes, int]]:
@@ -206,7 +226,7 @@ def apply_payload(
         got = sync.apply_records(todo, conns, reals.by_address, now_ns)
         res.applied, res.unknown_real = got.applied, got.unknown_real
         return res
-    addrs, ids = reals.v4_sorted()
+    addrs, ids = reals.v4_sorted
     pos = np.searchsorted(addrs, r["real"].astype(np.uint32)) if len(addrs) else None
     if pos is None:
         known = np.zeros(count, dtype=bool)

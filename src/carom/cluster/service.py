@@ -115,13 +115,16 @@ class ClusterService:
         self.progress = bulk.Progress()
         self.live_keys: set[bytes] | None = None  # flows the stream touched during a pull
         self.gaps = sync.GapTracker()
-        self.batcher = sync.Batcher(self._send_batch)
-        self.source: source.Source | None = None
+        self.batcher = sync.Batcher(self._send_batch)  # records made one by one
+        self.raw_batcher = sync.RawBatcher(self._send_raw, codec.REC4_DT.itemsize)  # numpy-encoded
+        self.source: source.Source | source.RawRingSource | None = None
         self.conns = 0
         self.forwarding = False  # data plane role ACTIVE (active, resigning or in grace)
         self._grace: asyncio.TimerHandle | None = None
         self._pull: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._real_map: codec.RealMap | None = None
+        self._real_map_of: object = None
         self.server = bulk.BulkServer(
             self.key,
             cluster.me.id,
@@ -197,12 +200,32 @@ class ClusterService:
         if src is None:
             return
         try:
+            if isinstance(src, source.RawRingSource):
+                raw = src.drain_raw()
+                if raw and self.forwarding:
+                    self._queue_raw(raw)
+                return
             events = src.drain()
         except OSError as exc:
             self.stats["source_errors"] += 1
             log.error("reading connection events failed", extra={"error": str(exc)})
             return
         self._queue_events(events)
+
+    def _queue_raw(self, raw: bytes) -> None:
+        """A drain of ring-buffer records: one numpy pass, IPv4 into the raw
+        batcher, the rest (IPv6) through the record batcher."""
+        reals = self._reals()
+        enc = codec.encode_events(raw, reals, time.monotonic_ns())
+        self.stats["unknown_real_out"] += enc.unknown_real
+        self.raw_batcher.add(enc.fast, enc.fast_count)
+        for r in enc.slow:
+            self.batcher.add(r)
+
+    def _send_raw(self, payload: bytes, count: int) -> None:
+        self.node.send(MsgType.CONN_SYNC, payload, count, all_paths=False)
+        self.stats["sent_records"] += count
+        self.stats["sent_datagrams"] += 1
 
     async def _events(self) -> None:
         self.source = src = source.open_source(self.host.dp)
@@ -244,7 +267,11 @@ class ClusterService:
 
     # --- receiving ----------------------------------------------------------------------
     def _reals(self) -> codec.RealMap:
-        return codec.RealMap.of(self.host.rec.real_ids)
+        """This node's reals both ways; rebuilt only when an apply changed them."""
+        ids = self.host.rec.real_ids
+        if self._real_map is None or self._real_map_of is not ids:
+            self._real_map, self._real_map_of = codec.RealMap.of(ids), ids
+        return self._real_map
 
     def _on_message(self, peer: Peer, header: Header, payload: bytes) -> None:
         missing = self.gaps.see(header.sender, header.epoch, header.seq)
@@ -429,6 +456,7 @@ class ClusterService:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.node.run(), name="cluster-heartbeat")
                 tg.create_task(self.batcher.run(), name="cluster-sync-batcher")
+                tg.create_task(self.raw_batcher.run(), name="cluster-sync-raw-batcher")
                 tg.create_task(self._events(), name="cluster-sync-events")
                 tg.create_task(self._count_conns(), name="cluster-conns")
                 tg.create_task(self._watch_links(), name="cluster-links")

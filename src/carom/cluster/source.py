@@ -1,7 +1,8 @@
 """Where the sync sender learns about new connection entries.
 
 The data plane emits an event when an entry enters conn_table (the
-`conn_events` ring buffer, read by carom.cluster.events.ConnEvents). A data
+`conn_events` ring buffer; records of abi.ConnEventRecord, the layout
+carom.cluster.events decodes, kept as bytes here and encoded per drain). A data
 plane built without it (an older object) is scanned instead: conn_table is
 dumped every SCAN_S and entries not seen before are reported. The scan is a
 fallback: it costs a map dump per period and adds up to SCAN_S of sync lag, so
@@ -10,6 +11,7 @@ fallback: it costs a map dump per period and adds up to SCAN_S of sync lag, so
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +20,7 @@ import numpy as np
 
 from carom import abi
 from carom.bpf import libbpf
+from carom.bpf.ringbuf import RingBuffer
 from carom.cluster import codec
 
 log = logging.getLogger("carom.cluster")
@@ -47,27 +50,40 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class RingSource:
-    """The data plane's conn_events ring buffer (carom.cluster.events)."""
+class RawRingSource:
+    """The data plane's conn_events ring buffer, records kept as bytes: the
+    sender encodes a whole drain with numpy (codec.encode_events) instead of
+    making an object per event."""
 
     name = "ring buffer"
 
-    def __init__(self, events: Any) -> None:
-        self.events = events
+    def __init__(self, dp: Any) -> None:
+        self._buf: list[bytes] = []
+        self._ring = RingBuffer(dp.map_fd("conn_events"), self._buf.append)
         self.lost = 0
 
     def fileno(self) -> int | None:
-        return int(self.events.fileno())
+        return self._ring.fileno()
+
+    def drain_raw(self) -> bytes:
+        self._ring.consume()
+        raw = b"".join(self._buf)
+        self._buf.clear()
+        return raw
 
     def drain(self) -> list[Event]:
-        out = [Event(int(e.kind), e.key, int(e.real_id)) for e in self.events.drain()]
-        self.lost = int(getattr(self.events, "lost", 0) or 0)
+        raw = self.drain_raw()
+        size = ctypes.sizeof(abi.ConnEventRecord)
+        out = []
+        for off in range(0, len(raw), size):
+            rec = abi.ConnEventRecord.from_buffer_copy(raw, off)
+            out.append(
+                Event(int(rec.kind), abi.FlowKey.from_buffer_copy(bytes(rec.key)), int(rec.real_id))
+            )
         return out
 
     def close(self) -> None:
-        close = getattr(self.events, "close", None)
-        if close is not None:
-            close()
+        self._ring.close()
 
 
 class ScanSource:
@@ -108,13 +124,11 @@ class ScanSource:
         pass
 
 
-def open_source(dp: Any) -> Source:
+def open_source(dp: Any) -> Source | RawRingSource:
     """The ring buffer if the data plane has one, else the scan."""
     try:
-        from carom.cluster import events  # type: ignore[attr-defined,unused-ignore]
-
-        return RingSource(events.ConnEvents(dp))
-    except (ImportError, KeyError, AttributeError, OSError) as exc:
+        return RawRingSource(dp)
+    except (KeyError, AttributeError, OSError) as exc:
         log.warning(
             "the data plane emits no connection events; syncing from table scans "
             "(adds up to %d ms of sync lag)",
