@@ -5,7 +5,7 @@ data and small pure helpers; the reconciler (reconcile.py) computes and writes."
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +26,7 @@ STEPS = (
     "reals",
     "real_macs",
     "maglev",
+    "real_down",
     "services",
     "vip_addrs",
     "remove_vip_addrs",
@@ -81,6 +82,7 @@ class Image:
     vips: dict[tuple[Address, int], abi.VipInfo] = field(default_factory=dict)  # (vip, family)
     vip_filter: dict[int, int] = field(default_factory=dict)  # non-zero vip_filter words
     real_macs: dict[bytes, int] = field(default_factory=dict)
+    real_down: dict[int, int] = field(default_factory=dict)  # non-zero real_down words
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,13 @@ class Inputs:
     # MACs of the other directors (6 bytes or "aa:bb:..", at most abi.MAX_PEER_MACS):
     # VIP frames from them are never scheduled here (node_cfg.peer_macs).
     peer_macs: Sequence[bytes | str] = ()
+    # Per service: reals that are down (a failed health check, a dead director
+    # at takeover). They get no new flows (out of the Maglev row) and their
+    # established flows move to a live real at their next packet, unless the
+    # service is in keep_flows. Addresses the service does not have are ignored.
+    down: Mapping[SvcIdent, Set[Address]] = field(default_factory=dict)
+    # Services whose down reals keep their established flows (only no new ones).
+    keep_flows: Set[SvcIdent] = frozenset()
 
     def peer_mac_bytes(self) -> list[bytes]:
         """peer_macs as 6-byte values, de-duplicated in order; ReconcileError if
@@ -123,7 +132,7 @@ class RealView:
     weight: int
     local: bool
     mac: str | None
-    state: str  # up | local | unresolved | drained
+    state: str  # up | local | unresolved | drained | down
     detail: str
 
 
