@@ -99,6 +99,10 @@ def test_2_active_host_link_down(run: ClusterRun) -> None:
     assert c2["role"] == "backup" and c2["bulk"]["done"], c2
     reasons = [x["reason"] for x in c2["transitions"]]
     assert any("carom0" in r for r in reasons), reasons  # FAULT, with the interface named
+    # while dir2's host was gone, dir1 marked its reals down (flows moved, fast
+    # resets instead of a black hole); it is reachable again now
+    assert run.saw_down == {str(t.DIR2.main.addr4), str(t.DIR2.main.addr6)}, run.saw_down
+    assert c1["peer_hosts_down"] == [], c1
 
 
 def test_5a_sync_link_cut(run: ClusterRun) -> None:

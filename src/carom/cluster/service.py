@@ -48,6 +48,11 @@ LINK_POLL_S = 0.1  # how often the served interfaces' state is read
 # claim; while held, the node asks who answers for the VIPs every PROBE_S.
 HOLD_S = 1.5
 PROBE_S = 0.5
+# A peer silent on heartbeats while we are active: is its host gone too (its
+# reals' flows must move), or only its daemon (they must stay)? A TCP connect
+# to one of its service ports answers (accepted or refused: the host lives).
+HOST_PROBE_S = 0.5
+HOST_PROBE_TIMEOUT_S = 0.3
 
 
 class Host(Protocol):
@@ -57,6 +62,8 @@ class Host(Protocol):
     rec: Any  # Reconciler
     owner: Any  # ownership.VipOwner
     config: Any  # Config
+
+    async def reapply(self) -> None: ...  # apply the config again (inputs changed)
 
 
 def maglev_digest(rec: Any) -> bytes:
@@ -110,6 +117,7 @@ class ClusterService:
             held_by=self._held_by,
         )
         self.claims: dict[int, float] = {}  # peer id -> monotonic time of its last claim
+        self.down_hosts: set[Any] = set()  # addresses of peer hosts found gone
         self.key = self.node.key
         self.bulk_done = False
         self.progress = bulk.Progress()
@@ -461,6 +469,7 @@ class ClusterService:
                 tg.create_task(self._count_conns(), name="cluster-conns")
                 tg.create_task(self._watch_links(), name="cluster-links")
                 tg.create_task(self._probe_while_held(), name="cluster-vip-probe")
+                tg.create_task(self._watch_peer_hosts(), name="cluster-peer-hosts")
         finally:
             for s in servers:
                 s.close()
@@ -522,6 +531,70 @@ class ClusterService:
             except OSError as exc:
                 log.warning("cannot ask who answers for the VIPs", extra={"error": str(exc)})
 
+    # --- a dead peer's host: its reals' flows move ---------------------------------------
+    def _tcp_port_of(self, address: Any) -> int | None:
+        for svc in self.host.config.services:
+            if (
+                svc.protocol == "tcp"
+                and svc.port_number
+                and any(r.address == address for r in svc.reals)
+            ):
+                return int(svc.port_number)
+        return None
+
+    def _same_host(self, addresses: set[Any]) -> set[Any]:
+        """Reals that share a MAC with one of `addresses` (a host's IPv6 next to
+        its IPv4)."""
+        reals = self.host.rec.current.reals.values()
+        macs = {bytes(i.mac) for i in reals if i.family and i.addr.to_ip(i.family) in addresses} - {
+            bytes(6)
+        }
+        return {i.addr.to_ip(i.family) for i in reals if i.family and bytes(i.mac) in macs}
+
+    @staticmethod
+    async def _host_alive(address: Any, port: int) -> bool:
+        try:
+            _, w = await asyncio.wait_for(
+                asyncio.open_connection(str(address), port), HOST_PROBE_TIMEOUT_S
+            )
+        except ConnectionRefusedError:
+            return True  # a stack answered: the host lives
+        except (OSError, TimeoutError):
+            return False
+        w.close()
+        return True
+
+    async def _watch_peer_hosts(self) -> None:
+        """While active: the hosts of heartbeat-dead peers that do not answer are
+        down, so their reals get no new flows and their flows move (the data
+        plane resets them quickly from a live real instead of a black hole)."""
+        while True:
+            await asyncio.sleep(HOST_PROBE_S)
+            now = time.monotonic()
+            down: set[Any] = set()
+            if self.node.machine.state is State.ACTIVE:
+                for p in self.node.members.peers.values():
+                    if self.node.members.alive(p, now):
+                        continue
+                    for a in p.member.addresses:
+                        port = self._tcp_port_of(a)
+                        if port is not None and not await self._host_alive(a, port):
+                            down |= set(p.member.addresses)
+                down |= self._same_host(down)
+            if down != self.down_hosts:
+                log.warning(
+                    "peer director hosts unreachable: their reals are down, their flows move"
+                    if down
+                    else "peer director hosts reachable again",
+                    extra={"down": sorted(str(a) for a in down)},
+                )
+                self.down_hosts = down
+                try:
+                    await self.host.reapply()
+                except Exception as exc:  # the next round tries again
+                    log.error("applying the peers' host state failed", extra={"error": str(exc)})
+                    self.down_hosts = set()
+
     # --- interfaces: FAULT while one is down ---------------------------------------------
     def link_down(self) -> list[str]:
         """Served interfaces whose operational state is down (carrier lost, or
@@ -571,6 +644,7 @@ class ClusterService:
             {
                 "preempt": self.node.preempt,
                 "election": self.cluster.election,
+                "peer_hosts_down": sorted(str(a) for a in self.down_hosts),
                 "vrrp": self.node.vrrp,
                 "forwarding": self.forwarding,
                 "fingerprint": self.digest.hex(),

@@ -207,6 +207,12 @@ class Daemon:
             },
         )
 
+    async def reapply(self) -> None:
+        """Apply the current config again (the cluster's inputs changed)."""
+        async with self.lock:
+            assert self.config is not None
+            await self.apply(self.config, self.config)
+
     def _current_vips(self) -> list[abi.IPAddress]:
         return vips_of(self.config) if self.config is not None else []
 
@@ -242,10 +248,11 @@ class Daemon:
         rec, dp = self.rec, self.dp
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
+        down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours, inputs_of(config, neighbours))
+            want = rec.desired(config, neighbours, inputs_of(config, neighbours, down_hosts))
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)

@@ -216,16 +216,28 @@ def addresses(config: Config) -> list[Address]:
     return list(out)
 
 
-def inputs_of(config: Config, neighbours: Mapping[Address, Neighbour]) -> Inputs:
+def inputs_of(
+    config: Config,
+    neighbours: Mapping[Address, Neighbour],
+    down_hosts: Set[Address] = frozenset(),
+) -> Inputs:
     """The cluster's part of the desired image: the other directors' MACs, as
-    far as the neighbour table knows them (a later neighbour event fills in
-    the rest)."""
+    far as the neighbour table knows them (a later neighbour event fills in the
+    rest), and the reals of every service that live on a host known to be gone
+    (a dead peer director's own addresses: its flows move, no new ones go
+    there)."""
     macs = []
     for a in peer_addresses(config):
         nb = neighbours.get(a)
         if nb is not None and nb.mac:
             macs.append(nb.mac)
-    return Inputs(peer_macs=macs)
+    down: dict[SvcIdent, set[Address]] = {}
+    if down_hosts:
+        for svc in config.services:
+            gone = {r.address for r in svc.reals if r.address in down_hosts}
+            if gone:
+                down[svc_ident(svc)] = gone
+    return Inputs(peer_macs=macs, down=down)
 
 
 def peer_addresses(config: Config) -> list[Address]:

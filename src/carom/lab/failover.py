@@ -227,6 +227,9 @@ class ClusterRun:
         self.held: list[Held] = []
         self.prober: Prober | None = None
         self.keepalived: list[Any] = []  # lab.keepalived.Keepalived, in keepalived mode
+        self.saw_down: set[str] = (
+            set()
+        )  # scenario 2: the dead host's reals, as the peer marked them
 
     # --- directors ----------------------------------------------------------------------
     def cluster(self, node: str) -> dict[str, Any]:
@@ -377,6 +380,10 @@ class ClusterRun:
         def cut() -> None:
             self.lab.exec(active, ["ip", "link", "set", "carom0", "down"], check=True)
             self.wait_role(other, "active", timeout=5.0)
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and not self.saw_down:
+                self.saw_down = set(self.cluster(other)["peer_hosts_down"])
+                time.sleep(0.1)
 
         res = self._scenario("2 active host's link down", cut, watch_s=down_s)
         unexplained = [x for x in res.lost if on_dead not in x]
