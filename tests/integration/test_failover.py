@@ -74,6 +74,7 @@ def test_3_old_active_returns_after_resync(run: ClusterRun) -> None:
     run.hold(banner=25, http=25)  # opened while the backup is active
     res = run.scenario_return()
     assert not res.lost, _explain(res)
+    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     c = run.cluster(t.DIR1.name)
     assert c["role"] == "active" and c["bulk"]["done"], c
     # it pulled the table (the flows opened during the outage among them)
@@ -85,6 +86,7 @@ def test_3_old_active_returns_after_resync(run: ClusterRun) -> None:
 def test_4_planned_switchover(run: ClusterRun) -> None:
     res = run.scenario_switchover()
     assert not res.lost, _explain(res)
+    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     assert run.cluster(t.DIR2.name)["role"] == "active"
     assert run.cluster(t.DIR1.name)["role"] == "backup"
 
@@ -94,6 +96,8 @@ def test_2_active_host_link_down(run: ClusterRun) -> None:
     dir2 may be lost; dir1 takes over; dir2 comes back, resyncs, stays backup."""
     res = run.scenario_host_down(t.DIR2.name)
     assert not res.lost, "lost flows not served by the dead host:\n" + "\n".join(res.lost)
+    # the dead host's reals are marked down: new connections go elsewhere within ~1 s
+    assert res.takeover_ms is not None and res.takeover_ms <= 2000, res
     c1, c2 = run.cluster(t.DIR1.name), run.cluster(t.DIR2.name)
     assert c1["role"] == "active", c1
     assert c2["role"] == "backup" and c2["bulk"]["done"], c2
@@ -109,6 +113,7 @@ def test_5a_sync_link_cut(run: ClusterRun) -> None:
     """dir1 is active after scenario 2; dir2 stops hearing it."""
     res = run.scenario_sync_cut()
     assert not res.lost, _explain(res)
+    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
     assert run.cluster(t.DIR1.name)["role"] == "active"
     c2 = run.cluster(t.DIR2.name)
@@ -119,6 +124,7 @@ def test_5b_active_daemon_frozen(run: ClusterRun) -> None:
     run.wait_role(t.DIR2.name, "backup", bulk=True)
     res = run.scenario_freeze(t.DIR1.name)
     assert not res.lost, _explain(res)
+    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
     assert run.cluster(t.DIR2.name)["role"] == "active"
     reasons = [x["reason"] for x in run.cluster(t.DIR1.name)["transitions"]]

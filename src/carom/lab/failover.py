@@ -395,6 +395,10 @@ class ClusterRun:
         self.say(f"  {res.notes[-1]}")
         res.lost = unexplained
         self.lab.exec(active, ["ip", "link", "set", "carom0", "up"], check=True)
+        # the routes through the link went with it: back as the lab built them
+        seg = t.SERVER_SEGMENT
+        for fam, gw in (("-4", t.gateway4(seg)), ("-6", t.gateway6(seg))):
+            self.lab.exec(active, ["ip", fam, "route", "replace", "default", "via", str(gw)])
         self.wait_role(active, "backup", timeout=15.0, bulk=True)
         if dead.proc is None or dead.proc.poll() is not None:
             raise RuntimeError(f"the daemon on {active} did not survive its link going down")
