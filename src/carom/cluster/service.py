@@ -69,20 +69,18 @@ class Host(Protocol):
 def maglev_digest(rec: Any) -> bytes:
     """16 bytes over every service's Maglev table, with slots mapped to real
     *addresses* (ids are local to each director): equal on two directors iff
-    every service would send every flow to the same real."""
+    every service would send every flow to the same real. Reals no table uses
+    (draining ones, say) do not count."""
     last = rec.last
     if last is None:
         return bytes(16)
     img = last.image
-    addr_of = {rid: bytes(info.addr) + bytes([info.family]) for rid, info in img.reals.items()}
-    ranks = {a: i + 1 for i, a in enumerate(sorted(set(addr_of.values())))}
-    size = max(addr_of, default=0) + 1
-    lut = np.zeros(size, dtype=np.uint32)
-    for rid, a in addr_of.items():
-        lut[rid] = ranks[a]
+    size = max(img.reals, default=0) + 1
+    addr = np.zeros((size, 17), dtype=np.uint8)  # id -> 16 address bytes + family
+    for rid, info in img.reals.items():
+        addr[rid, :16] = np.frombuffer(bytes(info.addr), dtype=np.uint8)
+        addr[rid, 16] = info.family
     h = hashlib.blake2b(digest_size=16)
-    for a in sorted(ranks):
-        h.update(a)
     per_row: dict[int, bytes] = {}
     for ident in sorted(img.services, key=repr):
         sid = int(img.services[ident].id)
@@ -92,8 +90,8 @@ def maglev_digest(rec: Any) -> bytes:
             continue
         digest = per_row.get(id(row))
         if digest is None:
-            mapped = lut[np.minimum(row, size - 1)]
-            digest = hashlib.blake2b(mapped.astype("<u4").tobytes(), digest_size=16).digest()
+            mapped = addr[np.minimum(row, size - 1)]
+            digest = hashlib.blake2b(mapped.tobytes(), digest_size=16).digest()
             per_row[id(row)] = digest
         h.update(digest)
     return h.digest()

@@ -395,7 +395,13 @@ class ClusterRun:
         self.say(f"  {res.notes[-1]}")
         res.lost = unexplained
         self.lab.exec(active, ["ip", "link", "set", "carom0", "up"], check=True)
-        # the routes through the link went with it: back as the lab built them
+        # the link took its IPv6 address (keep_addr_on_down is off) and the routes
+        # through it: back as the lab built them
+        node = t.node(active)
+        self.lab.exec(
+            active,
+            ["ip", "-6", "addr", "replace", f"{node.main.addr6}/64", "dev", "carom0", "nodad"],
+        )
         seg = t.SERVER_SEGMENT
         for fam, gw in (("-4", t.gateway4(seg)), ("-6", t.gateway6(seg))):
             self.lab.exec(active, ["ip", fam, "route", "replace", "default", "via", str(gw)])
