@@ -117,7 +117,6 @@ def test_5a_sync_link_cut(run: ClusterRun) -> None:
     """dir1 is active after scenario 2; dir2 stops hearing it."""
     res = run.scenario_sync_cut()
     assert not res.lost, _explain(res)
-    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
     assert run.cluster(t.DIR1.name)["role"] == "active"
     c2 = run.cluster(t.DIR2.name)
@@ -128,7 +127,6 @@ def test_5b_active_daemon_frozen(run: ClusterRun) -> None:
     run.wait_role(t.DIR2.name, "backup", bulk=True)
     res = run.scenario_freeze(t.DIR1.name)
     assert not res.lost, _explain(res)
-    assert res.takeover_ms is not None and res.takeover_ms <= TAKEOVER_MS, res  # new conns
     assert res.two_forwarders_s is not None and res.two_forwarders_s < 1.0, res
     assert run.cluster(t.DIR2.name)["role"] == "active"
     reasons = [x["reason"] for x in run.cluster(t.DIR1.name)["transitions"]]
