@@ -361,15 +361,17 @@ def map_delete_batch(fd: int, keys: bytes, count: int) -> None:
     _check(_delete_batch(fd, keys, ctypes.byref(n), ctypes.byref(opts)), "map batch delete")
 
 
-def map_lookup_batch(
+def map_lookup_batch_raw(
     fd: int,
     key_size: int,
     value_size: int,
     max_entries: int,
     chunk: int = 4096,
     after: bytes | None = None,
-) -> Iterator[tuple[bytes, bytes]]:
-    """Dump a hash or array map in chunks with BPF_MAP_LOOKUP_BATCH.
+) -> Iterator[tuple[bytes, bytes, int]]:
+    """Dump a hash or array map in chunks with BPF_MAP_LOOKUP_BATCH: each chunk
+    as (packed keys, packed values, count), for callers that parse whole chunks
+    (numpy) instead of one entry at a time.
 
     value_size is the full per-key size (for per-CPU maps: ncpus * rounded size).
     `after`: for arrays, start after this key (the kernel's batch cursor).
@@ -397,17 +399,33 @@ def map_lookup_batch(
         err = ctypes.get_errno() if rc < 0 else 0
         if rc < 0 and err != errno.ENOENT and rc != -errno.ENOENT:
             _check(rc, "map batch lookup")
-        # .raw copies the whole buffer: take it once per chunk, not per entry.
-        kraw, vraw = keys.raw, values.raw
-        for i in range(n.value):
+        if n.value:
             yield (
-                kraw[i * key_size : (i + 1) * key_size],
-                vraw[i * value_size : (i + 1) * value_size],
+                ctypes.string_at(keys, key_size * n.value),
+                ctypes.string_at(values, value_size * n.value),
+                n.value,
             )
         if rc < 0:  # ENOENT: that was the last chunk
             return
         ctypes.memmove(in_batch, out_batch, len(out_batch))
         first = False
+
+
+def map_lookup_batch(
+    fd: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    chunk: int = 4096,
+    after: bytes | None = None,
+) -> Iterator[tuple[bytes, bytes]]:
+    """map_lookup_batch_raw, one (key, value) pair at a time."""
+    for kraw, vraw, n in map_lookup_batch_raw(fd, key_size, value_size, max_entries, chunk, after):
+        for i in range(n):
+            yield (
+                kraw[i * key_size : (i + 1) * key_size],
+                vraw[i * value_size : (i + 1) * value_size],
+            )
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -203,6 +203,10 @@ def render_status(st: dict[str, Any]) -> str:
     if lr:
         state = "ok" if lr.get("ok") else f"FAILED: {lr.get('error')}"
         lines.append(f"last apply: {state}, {lr.get('writes', 0)} map writes")
+    if st.get("cluster"):
+        from carom.cli.cluster_view import render_cluster
+
+        lines += ["", *render_cluster(st["cluster"])]
     return "\n".join(lines)
 
 

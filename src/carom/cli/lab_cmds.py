@@ -76,6 +76,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+def cmd_failover(args: argparse.Namespace) -> int:
+    from carom.lab.failover import run_failover
+
+    if not _need_root():
+        return 1
+    return run_failover(keep=args.keep)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _lab(args).status()
     if args.json:
@@ -171,6 +179,12 @@ def register(sub: Any) -> None:
     )
     demo.add_argument("--keep", action="store_true", help="leave the lab and daemon running")
     demo.set_defaults(handler=cmd_demo)
+    fo = lab_sub.add_parser(
+        "failover",
+        help="two directors as a cluster: kill, return, switchover under real TCP load",
+    )
+    fo.add_argument("--keep", action="store_true", help="leave the lab running")
+    fo.set_defaults(handler=cmd_failover)
     st = lab_sub.add_parser("status", help="nodes, addresses, services; exit 1 unless all up")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(handler=cmd_status)

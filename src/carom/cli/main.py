@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "carom.cli.import_cmds",
     "carom.cli.top",
     "carom.cli.doctor_cmds",
+    "carom.cli.cluster_cmds",
 )
 
 

@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -103,6 +104,9 @@ class Inputs:
     elected: bool  # the election picks this node
     peer_active: bool  # some live peer says it is active
     resign_expired: bool = False  # RESIGNING for longer than a peer needs to take over
+    # A better-ranked peer whose heartbeats are lost but which claimed the VIPs
+    # since (split brain: the sync path is cut, the peer is alive and active).
+    held_by: str | None = None
 
 
 def decide(i: Inputs) -> tuple[State, str] | None:
@@ -120,11 +124,18 @@ def decide(i: Inputs) -> tuple[State, str] | None:
             return State.BACKUP, "the peer died during the resync: nothing more to pull"
         return None
     if i.state is State.BACKUP:
+        if i.held_by:
+            return None
         if i.elected:
             why = "elected: no live active director" if not i.peer_active else "elected"
             return State.ACTIVE, why
         return None
     if i.state is State.ACTIVE:
+        if i.held_by:
+            return State.BACKUP, (
+                f"split brain: {i.held_by} ranks better and claims the VIPs although its "
+                "heartbeats are lost"
+            )
         if not i.elected:
             return State.BACKUP, "another director won the election"
         return None
@@ -137,6 +148,20 @@ def decide(i: Inputs) -> tuple[State, str] | None:
     return None
 
 
+RCVBUF = 8 << 20  # a burst of sync datagrams must not overflow the socket
+
+
+def _big_buffer(t: asyncio.DatagramTransport) -> None:
+    """Room for bursts of sync datagrams (SO_RCVBUFFORCE: root may pass rmem_max)."""
+    sock = t.get_extra_info("socket")
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+            return
+        except OSError:
+            continue
+
+
 class HeartbeatNode:
     """The running heartbeat protocol of one director."""
 
@@ -147,6 +172,8 @@ class HeartbeatNode:
         synced: Callable[[], bool] = lambda: True,
         fingerprint: Callable[[], bytes] = lambda: bytes(16),
         conns: Callable[[], int] = lambda: 0,
+        on_message: Callable[[Peer, Header, bytes], None] | None = None,
+        held_by: Callable[[float], str | None] = lambda _now: None,
     ) -> None:
         self.cluster = cluster
         self.me = cluster.me
@@ -155,6 +182,17 @@ class HeartbeatNode:
         self.synced = synced
         self.fingerprint = fingerprint
         self.conns = conns
+        # Sync and bulk messages, after authentication and the replay window.
+        self.on_message = on_message
+        self.held_by = held_by
+        self.last_step: float | None = None  # a gap between steps is a stalled daemon
+        # Whether this node takes the role back when better-ranked and ready; a
+        # planned switchover turns it off (the resigning node must not preempt
+        # straight back).
+        self.preempt = cluster.preempt
+        # keepalived mode: the VRRP state its notify scripts last reported
+        # ("master", "backup", "fault"); the election is not consulted.
+        self.vrrp: str | None = None
         self.machine = RoleMachine()
         self.members = Membership(cluster)
         self.epoch = time.time_ns() // 1_000_000
@@ -175,22 +213,32 @@ class HeartbeatNode:
         header = Header(mtype, self.me.id, self.epoch, self.seq, count)
         return wire.seal(self.key, header, payload)
 
+    def _differs(self) -> bool:
+        """Our tables differ from those of a live peer."""
+        now = time.monotonic()
+        return any(self.members.alive(self.members.peers[i], now) for i in self.mismatch)
+
     def heartbeat(self) -> Heartbeat:
         st = self.machine.state
         return Heartbeat(
             name=self.me.name,
             priority=self.me.priority,
             role=WIRE_ROLE[st],
-            ready=st in (State.BACKUP, State.ACTIVE),
-            preempt=self.cluster.preempt,
+            ready=st in (State.BACKUP, State.ACTIVE) and not self._differs(),
+            preempt=self.preempt,
             fingerprint=self.fingerprint(),
             conns=self.conns(),
         )
 
-    def send(self, mtype: MsgType, payload: bytes = b"", count: int = 0) -> None:
+    def send(
+        self, mtype: MsgType, payload: bytes = b"", count: int = 0, all_paths: bool = True
+    ) -> None:
+        """To every peer: over every path (heartbeats), or over the first path
+        only (sync: one copy, so a receiver does not count the others as replays)."""
         data = self._datagram(mtype, payload, count)
         for peer in self.members.peers.values():
-            for addr in peer.member.addresses:
+            addrs = peer.member.addresses if all_paths else peer.member.addresses[:1]
+            for addr in addrs:
                 for t in self.transports:
                     try:
                         t.sendto(data, (str(addr), self.cluster.port))
@@ -238,6 +286,8 @@ class HeartbeatNode:
         elif header.type is MsgType.RESIGN:
             peer.resigned = True
             log.info("peer resigned the active role", extra={"peer": peer.member.name})
+        elif self.on_message is not None:
+            self.on_message(peer, header, payload)
         self.step(now)
 
     def _check_fingerprint(self, peer: Peer, hb: Heartbeat) -> None:
@@ -261,15 +311,30 @@ class HeartbeatNode:
     # --- deciding ---------------------------------------------------------------------
     def step(self, now: float | None = None) -> Transition | None:
         now = time.monotonic() if now is None else now
+        stalled = self.last_step is not None and now - self.last_step > self.members.dead_s
+        gap = now - self.last_step if self.last_step is not None else 0.0
+        self.last_step = now
         st = self.machine.state
+        if stalled and st not in (State.STARTING, State.FAULT):
+            # SIGSTOP, swap, a hang: our peers saw us dead and may have taken over;
+            # whatever we believed is stale. FAULT now, then start over (resync).
+            t = self.machine.go(
+                State.FAULT, f"this daemon stalled for {gap:.2f} s: peers may have taken over"
+            )
+            if t is not None:
+                self.on_role(t)
+            return t
+        live = self.members.live_peers(now)
+        # Tables that differ from a *live* peer's block readiness; a dead peer's
+        # do not (refusing to take over from a dead active would be an outage).
+        differ = self.mismatch & {p.member.id for p in live}
         me = Candidate(
             self.me.id,
             self.me.priority,
             active=st is State.ACTIVE,
-            ready=st in (State.BACKUP, State.ACTIVE) and not self.mismatch,
-            preempt=self.cluster.preempt,
+            ready=st in (State.BACKUP, State.ACTIVE) and not differ,
+            preempt=self.preempt,
         )
-        live = self.members.live_peers(now)
         winner = elect(self.members.candidates(me, now))
         inputs = Inputs(
             state=st,
@@ -277,21 +342,22 @@ class HeartbeatNode:
             holddown_until=self.holddown_until,
             peers_alive=len(live),
             synced=self.synced(),
-            elected=winner == self.me.id,
+            elected=(
+                self.vrrp == "master" and not differ
+                if self.cluster.election == "keepalived"
+                else winner == self.me.id
+            ),
             peer_active=any(
                 p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE for p in live
             ),
             resign_expired=now - self.resigned_at > 2 * self.members.dead_s,
+            held_by=self.held_by(now),
         )
         nxt = decide(inputs)
         if nxt is None:
             return None
         t = self.machine.go(*nxt)
-        if t is not None:
-            log.info(
-                "role change",
-                extra={"from": t.old.value, "to": t.new.value, "reason": t.reason},
-            )
+        if t is not None:  # on_role logs it, with its reason
             self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
             self.on_role(t)
         return t
@@ -319,6 +385,7 @@ class HeartbeatNode:
             t, _ = await loop.create_datagram_endpoint(
                 Proto, local_addr=(str(addr), self.cluster.port)
             )
+            _big_buffer(t)
             self.transports.append(t)
         # Hold-down: listen for dead_after intervals plus a random part before
         # deciding anything, so two directors started together do not both find
@@ -328,8 +395,9 @@ class HeartbeatNode:
         )
         try:
             while True:
-                self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
+                # step first: after a stall, the role we would announce is stale
                 self.step()
+                self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
                 await asyncio.sleep(self.interval)
         finally:
             for t in self.transports:

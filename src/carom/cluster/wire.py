@@ -192,14 +192,15 @@ def decode_heartbeat(payload: bytes) -> Heartbeat:
     )
 
 
-def seal(key: bytes, header: Header, payload: bytes) -> bytes:
-    """Header + payload + truncated HMAC: one datagram."""
+def seal(key: bytes, header: Header, payload: bytes, limit: int = MAX_DATAGRAM) -> bytes:
+    """Header + payload + truncated HMAC: one datagram (or, with a larger
+    `limit`, one frame of the bulk-resync TCP stream)."""
     head = HEADER.pack(
         MAGIC, VERSION, header.type, 0, header.count, header.sender, header.epoch, header.seq
     )
     body = head + payload
-    if len(body) + MAC_LEN > MAX_DATAGRAM:
-        raise ValueError(f"datagram of {len(body) + MAC_LEN} bytes exceeds {MAX_DATAGRAM}")
+    if len(body) + MAC_LEN > limit:
+        raise ValueError(f"message of {len(body) + MAC_LEN} bytes exceeds {limit}")
     return body + hmac.new(key, body, hashlib.sha256).digest()[:MAC_LEN]
 
 

@@ -11,7 +11,7 @@ import os
 import stat
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
@@ -113,6 +113,14 @@ class Cluster(StrictModel):
         description="a peer missing this many heartbeats in a row is dead (100 ms x 3: "
         "a dead active is noticed within 0.3 s)",
         examples=[3],
+    )
+    election: Literal["builtin", "keepalived"] = Field(
+        default="builtin",
+        description="who decides the active director: carom's own election (heartbeats, "
+        "priority), or keepalived's VRRP, whose notify scripts call `carom cluster vrrp "
+        "master|backup|fault` (carom still syncs, resyncs and refuses to go active before "
+        "it holds the table)",
+        examples=["builtin"],
     )
     preempt: Annotated[bool, Strict()] = Field(
         default=False,

@@ -27,6 +27,7 @@ from typing import Any
 from carom import abi
 from carom.bpf import loader
 from carom.bpf.loader import Dataplane
+from carom.cluster.service import ClusterService
 from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
@@ -38,6 +39,7 @@ from carom.daemon.image import (
     ReconcileError,
     Transaction,
     addresses,
+    inputs_of,
 )
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
 from carom.daemon.reconcile import Reconciler
@@ -150,6 +152,7 @@ class Daemon:
         self.fault = fault_hook(fault) if fault else None
         self.owner: ownership.VipOwner | None = None
         self.ops = Ops(self)  # /metrics and the HTTP API; ops.metrics.register() adds metrics
+        self.cluster: ClusterService | None = None
 
     async def load(self) -> Config:
         """The new config: the incremental path in a thread when only a few
@@ -190,6 +193,7 @@ class Daemon:
         self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = rec = Reconciler(self.dp)
         rec.fault = self.fault
+        self.cluster = ClusterService.attach(self, config.cluster)
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
         await self.follower.open()
@@ -206,8 +210,13 @@ class Daemon:
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
         self.owner = ownership.VipOwner(
-            links, self._current_vips, self._write_lease, active=config.node.role == "active"
+            links,
+            self._current_vips,
+            self._write_lease,
+            active=config.node.role == "active" and self.cluster is None,
         )
+        if self.cluster is not None:
+            self.cluster.config_changed()
         self.last_reload = {
             "time": time.time(),
             "writes": writes,
@@ -227,6 +236,12 @@ class Daemon:
                 "tables_built": want.built,
             },
         )
+
+    async def reapply(self) -> None:
+        """Apply the current config again (the cluster's inputs changed)."""
+        async with self.lock:
+            assert self.config is not None
+            await self.apply(self.config, self.config)
 
     def _current_vips(self) -> list[abi.IPAddress]:
         return vips_of(self.config) if self.config is not None else []
@@ -263,10 +278,11 @@ class Daemon:
         rec, dp = self.rec, self.dp
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
+        down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours)
+            want = rec.desired(config, neighbours, inputs_of(config, neighbours, down_hosts))
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)
@@ -318,7 +334,11 @@ class Daemon:
                     tg.create_task(self.owner.run(), name="vip-ownership"),
                     tg.create_task(self.ops.serve(), name="ops-http"),
                 ]
+                if self.cluster is not None:
+                    tasks.append(tg.create_task(self.cluster.run(), name="cluster"))
                 await self.stop_event.wait()
+                if self.cluster is not None:
+                    await self.cluster.leave()
                 for t in tasks:
                     t.cancel()
         finally:
@@ -464,10 +484,12 @@ class Daemon:
         self.follower.forget_unused(addrs)
         if old_vips != vips_of(new):
             await self._vips_on_lo(new, old_vips)
-        if self.owner is not None:
+        if self.cluster is not None:
+            self.cluster.config_changed()
+        elif self.owner is not None:
             self.owner.set_active(new.node.role == "active")
-            if old_vips != vips_of(new):
-                self.owner.refresh_vips()
+        if self.owner is not None and old_vips != vips_of(new):
+            self.owner.refresh_vips()
         settle_heap()
         done = time.monotonic()
         took = done - started
@@ -527,6 +549,8 @@ class Daemon:
             problems.append("limits (map sizes)")
         if socket_of(new) != socket_of(old):
             problems.append("control_socket")
+        if new.cluster != old.cluster:
+            problems.append("cluster")
         if problems:
             raise ReloadError(
                 f"{', '.join(problems)} cannot change on reload: restart the daemon "
@@ -553,6 +577,14 @@ class Daemon:
                 "explain": e.to_dict(),
                 "text": explain.render(e, req["client"], req["service"]),
             }
+        if cmd == "switchover":
+            if self.cluster is None:
+                return {"ok": False, "error": "no cluster section: this director is alone"}
+            return self.cluster.switchover()
+        if cmd == "vrrp":
+            if self.cluster is None:
+                return {"ok": False, "error": "no cluster section: this director is alone"}
+            return self.cluster.vrrp(req["state"])
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _status_reply(self) -> bytes:
@@ -581,13 +613,16 @@ class Daemon:
             "instance": self.config.instance,
             "pid": os.getpid(),
             "config": self.config_path,
-            "role": self.config.node.role,
+            "role": self.cluster.node.machine.state.value
+            if self.cluster
+            else self.config.node.role,
             "uptime_s": round(time.time() - self.started, 1),
             **st,
             "last_reload": self.last_reload,
             "loop_lag_ms": self.lag.summary(),
             "neighbours": self.follower.summary(),
             "ownership": self.owner.status() if self.owner else None,
+            "cluster": self.cluster.status() if self.cluster else None,
         }
 
 

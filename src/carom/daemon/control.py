@@ -34,6 +34,8 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "reload": {},
     "stop": {"detach": (bool, False)},
     "explain": {"client": (str, True), "service": (str, True), "syn": (bool, False)},
+    "switchover": {},
+    "vrrp": {"state": (str, True)},
 }
 
 

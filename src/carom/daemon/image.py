@@ -12,6 +12,7 @@ import numpy as np
 
 from carom import abi
 from carom.config.schema import Config, Service
+from carom.net.neighbours import Neighbour
 
 log = logging.getLogger("carom.reconcile")
 
@@ -209,10 +210,45 @@ def ident_of(key: abi.SvcKey) -> SvcIdent:
 
 
 def addresses(config: Config) -> list[Address]:
-    """Remote reals whose MACs the daemon must resolve."""
+    """Remote reals and the other directors of the cluster: whose MACs the
+    daemon must resolve."""
     out: dict[Address, None] = {}
     for svc in config.services:
         for r in svc.reals:
             if not r.local:
                 out[r.address] = None
+    for a in peer_addresses(config):
+        out[a] = None
     return list(out)
+
+
+def inputs_of(
+    config: Config,
+    neighbours: Mapping[Address, Neighbour],
+    down_hosts: Set[Address] = frozenset(),
+) -> Inputs:
+    """The cluster's part of the desired image: the other directors' MACs, as
+    far as the neighbour table knows them (a later neighbour event fills in the
+    rest), and the reals of every service that live on a host known to be gone
+    (a dead peer director's own addresses: its flows move, no new ones go
+    there)."""
+    macs = []
+    for a in peer_addresses(config):
+        nb = neighbours.get(a)
+        if nb is not None and nb.mac:
+            macs.append(nb.mac)
+    down: dict[SvcIdent, set[Address]] = {}
+    if down_hosts:
+        for svc in config.services:
+            gone = {r.address for r in svc.reals if r.address in down_hosts}
+            if gone:
+                down[svc_ident(svc)] = gone
+    return Inputs(peer_macs=macs, down=down)
+
+
+def peer_addresses(config: Config) -> list[Address]:
+    """The other directors' addresses (VIP frames from their MACs are never
+    scheduled: they were scheduled already, by the director that sent them)."""
+    if config.cluster is None:
+        return []
+    return [a for m in config.cluster.peers for a in m.addresses]

@@ -165,11 +165,21 @@ class VipOwner:
         self._wake = asyncio.Event()
         self._last_reannounce = 0.0
         self.active = active
+        # False while a resigning director keeps forwarding until its peer has
+        # taken over: lease kept, no announcements, no answer to the peer's claim.
+        self.announcing = True
+        # Told of every foreign claim, in any role (the cluster reads a peer
+        # director's claims as a sign of life: carom.cluster.service).
+        self.on_foreign_claim: Callable[[ClaimEvent], None] | None = None
         self._role_changed = asyncio.Event()
 
     def _on_claim(self, ev: ClaimEvent) -> None:
+        if self.on_foreign_claim is not None:
+            self.on_foreign_claim(ev)
         self.claims_seen += 1
         self.last_claim = ev
+        if not self.active or not self.announcing:
+            return  # not ours to defend now
         now = time.monotonic()
         if now - self._last_reannounce >= REANNOUNCE_MIN_GAP_S:
             self._last_reannounce = now
@@ -199,7 +209,7 @@ class VipOwner:
             for i in range(BURST if reason != "refresh" else 1):
                 if i:
                     time.sleep(BURST_GAP_S)
-                if not self.active:
+                if not self.active or not self.announcing:
                     return
                 self.announcer.send(vips)  # type: ignore[arg-type]
         except OSError as exc:

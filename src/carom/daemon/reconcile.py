@@ -21,6 +21,7 @@ a persistence entry (keyed by service id and client) may still name it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,24 @@ class Reconciler:
         self.fresh = not dp.adopted
         # Test hook: called after each apply step, may raise to inject a failure.
         self.fault: Callable[[str], None] | None = None
+        # The role the cluster decided (carom.cluster.service); None: node.role of
+        # the config. Written from the event loop while a reload may be writing
+        # in the worker thread: the lock keeps the image and node_cfg agreeing.
+        self.role_override: abi.Role | None = None
+        self._role_lock = threading.Lock()
+
+    def set_role(self, role: abi.Role) -> None:
+        """Switch node_cfg.role now (one map write), ahead of any reload."""
+        with self._role_lock:
+            self.role_override = role
+            node = abi.NodeCfg.from_buffer_copy(bytes(self.current.node))
+            node.role = int(role)
+            self.dp["node_cfg"].update(0, node)
+            self.current.node = node
+
+    def _patch_role(self, node: abi.NodeCfg) -> None:
+        if self.role_override is not None:
+            node.role = int(self.role_override)
 
     # --- reading back a running data plane --------------------------------------------
     def adopt(self) -> None:
@@ -268,7 +287,13 @@ class Reconciler:
         inputs = inputs or Inputs()
         img = Image()
         img.node = abi.NodeCfg(
-            role=int(abi.Role.ACTIVE if config.node.role == "active" else abi.Role.BACKUP),
+            role=int(
+                self.role_override
+                if self.role_override is not None
+                else abi.Role.ACTIVE
+                if config.node.role == "active"
+                else abi.Role.BACKUP
+            ),
             flags=int(abi.CfgFlags.FRAG_PASS) if config.node.fragments == "pass" else 0,
             maglev_size=self.size,
             tcp_idle_ns=config.timeouts.tcp_idle * 10**9,
@@ -546,8 +571,10 @@ class Reconciler:
                     )
             done("vip_filter")
             # 5. node settings last
-            if bytes(cur.node) != bytes(new.node):
-                put("node_cfg", 0, new.node, cur.node)
+            with self._role_lock:
+                self._patch_role(new.node)
+                if bytes(cur.node) != bytes(new.node):
+                    put("node_cfg", 0, new.node, cur.node)
             done("node_cfg")
         except Exception as exc:
             writes = tx.writes
@@ -587,6 +614,8 @@ class Reconciler:
     def commit(self, want: Desired, tx: Transaction) -> None:
         """Make `want` the reconciler's state: what the maps now hold."""
         new = want.image
+        with self._role_lock:
+            self._patch_role(new.node)
         # rows of removed services stay in the map: remember what they hold
         for sid, row in self.current.rows.items():
             new.rows.setdefault(sid, row)
