@@ -172,3 +172,30 @@ def test_a_backup_never_answers_for_the_vips(lab: Lab, director: Director) -> No
         assert director.reload(cfg)["ok"]
     _forget(lab)
     assert _wait(lambda: all(_ping(lab, v) for v in t.VIPS), 5.0) is not None
+
+
+def test_detach_takes_the_vips_it_added_off_lo(lab: Lab, director: Director) -> None:
+    """node.vips_on_lo: the daemon puts the VIPs on lo at start and `carom stop
+    --detach` removes the ones it added (pyroute2 there runs off the event loop)."""
+    ns = t.DIR1.name
+
+    def on_lo() -> set[str]:
+        return {a.split("/")[0] for a in nodes.addresses(ns).get("lo", [])}
+
+    vips = {str(v) for v in t.VIPS}
+    director.stop(detach=True)
+    try:
+        for vip in t.VIPS:
+            plen = 32 if vip.version == 4 else 128
+            nodes.ip(ns, "addr", "del", f"{vip}/{plen}", "dev", "lo", check=False)
+        assert not vips & on_lo()
+        seen = len(director.log())
+        director.start(lab_config())
+        assert vips <= on_lo(), "the daemon puts every VIP on lo"
+        assert director.stop(detach=True) == 0
+        assert not vips & on_lo(), "stop --detach removes the VIPs it added"
+        log = director.log()[seen:]
+        assert "Traceback" not in log and "already running" not in log, log
+    finally:
+        nodes.realserver_up(t.DIR1)
+        director.start(lab_config())

@@ -399,7 +399,8 @@ class Daemon:
             log.info("data plane removed: XDP detached, maps unpinned")
             if self.config.node.vips_on_lo:
                 try:
-                    realserver.down(None, Path(vip_state_of(self.config)))
+                    # pyroute2 runs its own event loop: not on this one's thread
+                    await asyncio.to_thread(realserver.down, None, Path(vip_state_of(self.config)))
                 except (OSError, realserver.RealServerError) as exc:
                     log.warning("VIPs left on lo", extra={"error": str(exc)})
         elif self.owner is not None and self.owner.active and self.config.cluster is None:
