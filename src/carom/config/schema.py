@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_serializer, model_validator
 
-from carom.config.checks import Check, service_check_problems
+from carom.config.checks import Check, HealthSettings, service_check_problems, vip_path_problems
 from carom.config.cluster import Cluster
 from carom.config.fields import (
     MAGLEV_MAX,
@@ -160,6 +160,24 @@ class Service(_Model):
         "null: no check, reals are always up",
         examples=[{"kind": "http", "path": "/healthz"}],
     )
+    slow_start: Annotated[Int, _int_range(0, 3600, " seconds")] = Field(
+        default=0,
+        description="seconds over which a real that comes back up ramps from a tenth of "
+        "its weight to all of it, in steps (only new flows move); 0: at once",
+        examples=[30],
+    )
+    min_healthy: Annotated[Int, _int_range(0, 65535)] = Field(
+        default=0,
+        description="fewest usable reals with which the service takes new flows; below "
+        "it, none (docs/health.md); 0: no minimum",
+        examples=[0],
+    )
+    down_flows: Literal["reschedule", "keep"] = Field(
+        default="reschedule",
+        description="established flows of a real whose check fails: reschedule (their "
+        "packets go to a live real, which resets them) or keep (they stay on the real)",
+        examples=["reschedule"],
+    )
 
     @field_serializer("port")
     def _port_out(self, port: int) -> int | str:
@@ -197,6 +215,15 @@ class Service(_Model):
     @model_validator(mode="after")
     def _check_checks(self) -> Service:
         problems = service_check_problems(self.port, self.check, [r.check for r in self.reals])
+        if self.min_healthy > len(self.reals):
+            problems.append(
+                (
+                    ("min_healthy",),
+                    f"min_healthy {self.min_healthy} is more than the service's "
+                    f"{len(self.reals)} reals, so it would never take a new flow; use at most "
+                    f"{len(self.reals)}",
+                )
+            )
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -383,6 +410,11 @@ class Config(_Model):
     )
     limits: Limits = Field(default=Limits(), description="BPF map sizes", examples=[{}])
     timeouts: Timeouts = Field(default=Timeouts(), description="idle timeouts", examples=[{}])
+    health: HealthSettings = Field(
+        default=HealthSettings(),
+        description="node-wide health-check settings (the VIP path's probe namespace)",
+        examples=[{}],
+    )
     services: tuple[Service, ...] = Field(
         default=(), description="the virtual services", examples=[[]]
     )
@@ -390,6 +422,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _check_services(self) -> Config:
         problems = cross_service_problems(list(enumerate(self.services)), self.limits)
+        problems += vip_path_problems(list(enumerate(self.services)), self.health)
         if problems:
             raise ConfigProblems(problems)
         return self

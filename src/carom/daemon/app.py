@@ -29,7 +29,7 @@ from carom.bpf import loader
 from carom.bpf.loader import Dataplane
 from carom.config.load import ConfigError, load_config
 from carom.config.schema import Config
-from carom.daemon import control, explain, ownership
+from carom.daemon import control, explain, health_task, overrides, ownership
 from carom.daemon.follow import NeighbourFollower
 from carom.daemon.image import (
     ApplyError,
@@ -143,6 +143,7 @@ class Daemon:
         fault = os.environ.get(FAULT_ENV)
         self.fault = fault_hook(fault) if fault else None
         self.owner: ownership.VipOwner | None = None
+        self.health: health_task.HealthTask | None = None
 
     async def load(self) -> Config:
         loop = asyncio.get_running_loop()
@@ -170,6 +171,9 @@ class Daemon:
             await self.in_worker(rec.adopt)
         await self.follower.open()
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        saved = health_task.overrides_path(socket_of(config), config.instance)
+        self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
+        await self.health.plan(config)
         started = time.monotonic()
         await self._vips_on_lo(config, [])
         writes, want = await self.apply(config, None)
@@ -234,9 +238,10 @@ class Daemon:
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
         fault = self.fault
+        effective = self.health.effective(config) if self.health is not None else None
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours)
+            want = rec.desired(config, neighbours, effective)
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)
@@ -269,7 +274,7 @@ class Daemon:
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
         await self.start()
-        assert self.config is not None and self.owner is not None
+        assert self.config is not None and self.owner is not None and self.health is not None
         server = await control.serve(socket_of(self.config), self.handle)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.hups.put_nowait, None)
@@ -286,6 +291,7 @@ class Daemon:
                     tg.create_task(self._watch_counters(), name="counters"),
                     tg.create_task(self.lag.probe(), name="loop-lag"),
                     tg.create_task(self.owner.run(), name="vip-ownership"),
+                    tg.create_task(self.health.run(), name="health"),
                 ]
                 await self.stop_event.wait()
                 for t in tasks:
@@ -356,6 +362,8 @@ class Daemon:
                 "daemon stopped; the data plane keeps forwarding (a new daemon adopts "
                 "it; `carom stop --detach` removes it)"
             )
+        if self.health is not None:
+            await self.health.close()
         self.dp.close()
         await self.follower.close()
         self.worker.shutdown(wait=False)
@@ -408,6 +416,8 @@ class Daemon:
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)
+        if self.health is not None:
+            await self.health.plan(new)
         if old_vips != vips_of(new):
             await self._vips_on_lo(new, old_vips)
         if self.owner is not None:
@@ -483,6 +493,8 @@ class Daemon:
             self.stop_request = Stop(detach=bool(req.get("detach")))
             self.stop_event.set()
             return {"ok": True, "detach": self.stop_request.detach}
+        if cmd in health_task.COMMANDS and self.health is not None:
+            return await self.health.handle(req)
         if cmd == "explain":
             assert self.dp is not None and self.rec is not None
             fps = expected_fingerprints(self.rec)
@@ -507,6 +519,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         assert self.config is not None and self.dp is not None and self.rec is not None
         st = build_status(self.config, self.dp, self.rec)
+        if self.health is not None:
+            st |= self.health.annotate(st)
         return {
             "instance": self.config.instance,
             "pid": os.getpid(),

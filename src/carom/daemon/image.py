@@ -83,6 +83,21 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Effective:
+    """What health checks and manual overrides make of one real of one service
+    (daemon/health_task.py): an input of desired(), like the config."""
+
+    weight: int  # the Maglev weight now (0: no new flows)
+    state: str  # shown in status: up, down, drained, slow-start, held
+    detail: str  # why, in words (the check's last result, who drained it)
+    reschedule: bool = False  # the real's established flows leave it (down_flows)
+
+
+# (service key (vip, protocol, port_number), real address) -> Effective
+EffectiveMap = dict[tuple[tuple[Address, str, int], Address], Effective]
+
+
+@dataclass(frozen=True)
 class RealView:
     """One real of one service, for status and explain."""
 
@@ -91,7 +106,7 @@ class RealView:
     weight: int
     local: bool
     mac: str | None
-    state: str  # up | local | unresolved | drained
+    state: str  # up | local | unresolved | drained, or a health state (Effective.state)
     detail: str
 
 

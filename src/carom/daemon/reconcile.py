@@ -35,6 +35,8 @@ from carom.daemon.image import (
     Address,
     ApplyError,
     Desired,
+    Effective,
+    EffectiveMap,
     Image,
     MemberSet,
     RealView,
@@ -212,9 +214,16 @@ class Reconciler:
         fresh[members] = t
         return t, True
 
-    def desired(self, config: Config, neighbours: dict[Address, Neighbour]) -> Desired:
-        """The image the config asks for. Changes nothing: ids and tables it
-        allocates become the reconciler's own only through commit()."""
+    def desired(
+        self,
+        config: Config,
+        neighbours: dict[Address, Neighbour],
+        effective: EffectiveMap | None = None,
+    ) -> Desired:
+        """The image the config asks for, with health and manual overrides
+        (`effective`, per service and real) in place of configured weights.
+        Changes nothing: ids and tables it allocates become the reconciler's own
+        only through commit()."""
         img = Image()
         img.node = abi.NodeCfg(
             role=int(abi.Role.ACTIVE if config.node.role == "active" else abi.Role.BACKUP),
@@ -261,7 +270,9 @@ class Reconciler:
         used_svc_ids = {sid for ident, sid in svc_ids.items() if ident in wanted_svcs}
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
-        per_real: dict[tuple[Address, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
+        per_real: dict[
+            tuple[Address, int, Effective | None], tuple[tuple[bytes, int, int] | None, RealView]
+        ] = {}
         built = 0
         persist_flag = int(abi.SvcFlags.PERSIST)
         for svc in config.services:
@@ -278,11 +289,12 @@ class Reconciler:
             members = []
             view = []
             for r in svc.reals:
+                eff = effective.get((svc.key, r.address)) if effective else None
                 # many services share reals: work each (real, weight) out once
-                per = per_real.get((r.address, r.weight))
+                per = per_real.get((r.address, r.weight, eff))
                 if per is None:
-                    per = per_real[(r.address, r.weight)] = self._real_view(
-                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
+                    per = per_real[(r.address, r.weight, eff)] = self._real_view(
+                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours, eff
                     )
                 if per[0] is not None:
                     members.append(per[0])
@@ -311,13 +323,18 @@ class Reconciler:
         real_ids: dict[Address, int],
         img: Image,
         neighbours: dict[Address, Neighbour],
+        eff: Effective | None = None,
     ) -> tuple[tuple[bytes, int, int] | None, RealView]:
         """A real's Maglev member (None: no slots) and its status view."""
         rid = real_ids[address]
         rinfo = img.reals[rid]
         usable = not int(rinfo.flags) & int(abi.RealFlags.UNUSABLE)
         nb = neighbours.get(address)
-        if local:
+        if eff is not None:
+            weight = eff.weight
+        if eff is not None and eff.state != "up" and (usable or local):
+            state, detail = eff.state, eff.detail
+        elif local:
             state, detail = "local", "served by this node's own stack"
         elif not usable:
             state = "unresolved"

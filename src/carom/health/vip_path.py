@@ -21,6 +21,7 @@ so its own stack would deliver a probe to a VIP locally."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import socket
@@ -53,6 +54,8 @@ def socket_in(via: Via, family: int, kind: int) -> socket.socket:
     """A non-blocking socket created in `via.netns` and marked with `via.mark`.
     A socket keeps the namespace it was created in; the thread returns to its own
     namespace before this returns (even on error)."""
+    if not via.netns:
+        raise OSError(errno.ENOENT, "no probe namespace for via: vip (health.probe_source)")
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(os.path.join(NETNS_DIR, via.netns), os.O_RDONLY)
