@@ -1,0 +1,287 @@
+"""Health checks in a running director, in the lab, with real servers.
+
+The lab's reals run an extra HTTP server on port 8080 (started and stopped by
+these tests, by PID) and real2 an agent on port 10000 that answers with the
+contents of a file. Services:
+
+- web   192.0.2.100:80    http check via: vip (to the VIP, at the real's MAC)
+- hc    192.0.2.100:8080  http check via: real, slow_start 10 s; real2 has an
+                          agent check instead (weight 2)
+
+A client sends a steady stream of new connections (health_load.py) and the
+tests read who served each, and the director's status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carom.lab import Lab
+from carom.lab import topology as t
+from carom.lab.director import Director, lab_config
+from carom.lab.traffic import curl
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+HERE = Path(__file__).parent
+VIP = str(t.VIP4)
+R1, R2, R3 = (str(n.main.addr4) for n in t.REALS)
+NAMES = {R1: "carom-real1", R2: "carom-real2", R3: "carom-real3"}
+PROBE_SOURCE = "192.0.2.250/24"
+AGENT = (
+    "import socket, sys\n"
+    "s = socket.create_server(('0.0.0.0', 10000))\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    try:\n"
+    "        c.sendall(open(sys.argv[1], 'rb').read())\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    c.close()\n"
+)
+
+
+def config(agent_file: Path, **hc: Any) -> dict[str, Any]:
+    reals = [{"address": a} for a in (R1, R2, R3)]
+    hc_reals = [
+        {"address": R1},
+        {"address": R2, "weight": 2, "check": {"kind": "agent", "port": 10000}},
+        {"address": R3},
+    ]
+    services = [
+        {
+            "name": "web",
+            "vip": VIP,
+            "port": 80,
+            "check": {"kind": "http", "via": "vip"},
+            "reals": reals,
+        },
+        {
+            "name": "hc",
+            "vip": VIP,
+            "port": 8080,
+            "check": {"kind": "http"},
+            "slow_start": 10,
+            "reals": hc_reals,
+            **hc,
+        },
+    ]
+    return lab_config(services=services, health={"probe_source": PROBE_SOURCE})
+
+
+class Servers:
+    """The 8080 HTTP servers and the agent, by PID."""
+
+    def __init__(self, lab: Lab, agent_file: Path) -> None:
+        self.lab = lab
+        self.http: dict[str, subprocess.Popen[bytes]] = {}
+        self.agent_file = agent_file
+        agent_file.write_text("up\n")
+        self.agent = lab.popen("real2", [sys.executable, "-c", AGENT, str(agent_file)])
+
+    def start(self, real: str) -> None:
+        name = NAMES[real]
+        self.http[real] = self.lab.popen(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "carom.lab.servers",
+                "--name",
+                name,
+                "--http-port",
+                "8080",
+                "--banner-port",
+                "2600",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = self.lab.exec("client1", ["curl", "-s", "-m", "1", f"http://{real}:8080/"])
+            if name in r.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the 8080 server on {name} did not start")
+
+    def stop(self, real: str) -> float:
+        """Stop a server; returns the wall time it stopped listening."""
+        proc = self.http.pop(real)
+        proc.kill()
+        proc.wait(10)
+        return time.time()
+
+    def close(self) -> None:
+        for proc in [*self.http.values(), self.agent]:
+            proc.kill()
+            proc.wait(10)
+        self.http.clear()
+
+
+@pytest.fixture(scope="module")
+def servers(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    s = Servers(lab, tmp_path_factory.mktemp("agent") / "agent-real2")
+    try:
+        for real in (R1, R2, R3):
+            s.start(real)
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def director(lab: Lab, servers: Servers) -> Iterator[Director]:
+    d = Director(lab, "carom-dir1")
+    d.remove()
+    d.start(config(servers.agent_file))
+    try:
+        wait_for(d, lambda st: all(r["health"] for s in st["services"] for r in s["reals"]))
+        yield d
+    finally:
+        d.remove()
+        print(d.log()[-4000:])
+
+
+def real_of(st: dict[str, Any], service: str, address: str) -> dict[str, Any]:
+    svc = next(s for s in st["services"] if s["name"] == service)
+    real: dict[str, Any] = next(r for r in svc["reals"] if r["address"] == address)
+    return real
+
+
+def wait_for(d: Director, cond: Any, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = d.status()
+        if cond(st):
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {json.dumps(st)[:3000]}")
+        time.sleep(0.1)
+
+
+class Load:
+    """health_load.py in client1, read back when it ends."""
+
+    def __init__(self, lab: Lab, url: str, seconds: float, rate: float = 50) -> None:
+        self.proc = lab.popen(
+            "client1",
+            [sys.executable, str(HERE / "health_load.py"), url, str(seconds), str(rate)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def results(self) -> list[tuple[float, str | None, str]]:
+        out, _ = self.proc.communicate(timeout=120)
+        return [tuple(json.loads(line)) for line in out.splitlines()]  # type: ignore[misc]
+
+
+def test_a_stopped_server_is_out_within_3_s_and_slow_starts_back(
+    lab: Lab, director: Director, servers: Servers
+) -> None:
+    load = Load(lab, f"{VIP}:8080", 40)
+    time.sleep(3)
+    stopped = servers.stop(R1)
+    st = wait_for(director, lambda st: real_of(st, "hc", R1)["state"] == "down", 5)
+    r1 = real_of(st, "hc", R1)
+    detected = r1["health"]["since"] - stopped
+    assert r1["weight"] == 0 and r1["health"]["ok"] is False, r1
+    time.sleep(6)
+    servers.start(R1)
+    st = wait_for(director, lambda st: real_of(st, "hc", R1)["health"]["state"] == "up", 5)
+    back = real_of(st, "hc", R1)["health"]["since"]
+    assert real_of(st, "hc", R1)["state"] == "slow-start", real_of(st, "hc", R1)
+    results = load.results()
+
+    # out within 3 s: every request that started 3 s after the stop was served
+    late = [(ts, name, err) for ts, name, err in results if stopped + 3 <= ts < back - 0.5]
+    assert len(late) > 100, len(late)
+    assert all(name in ("carom-real2", "carom-real3") for _, name, _ in late), [
+        x for x in late if x[1] not in ("carom-real2", "carom-real3")
+    ][:5]
+    failed = [ts - stopped for ts, name, _ in results if name is None and ts >= stopped]
+    print(
+        f"detection {detected:.2f} s after the stop; last failed request at +"
+        f"{max(failed, default=0):.2f} s; {len(failed)} failed requests"
+    )
+    assert detected <= 3.0
+    assert max(failed, default=0) < 3.0
+
+    # slow start: real1's share of new flows grows over the 10 s ramp
+    def share(lo: float, hi: float) -> tuple[float, int]:
+        names = [n for ts, n, _ in results if back + lo <= ts < back + hi and n]
+        return (names.count("carom-real1") / len(names) if names else 0.0), len(names)
+
+    early, n_early = share(0, 3)
+    late_share, n_late = share(10.5, 25)
+    print(
+        f"real1 share: first 3 s of slow start {early:.3f} (n={n_early}), "
+        f"after it {late_share:.3f} (n={n_late})"
+    )
+    assert n_early > 50 and n_late > 200
+    # weights 1 (hc: real2 2, real3 1): the full share is 1/4; the first 3 s give
+    # 10%, 20%, 30% of it (about 0.03 to 0.08 of the flows)
+    assert early < 0.12, early
+    assert late_share > 0.15, late_share
+    assert early < late_share / 2
+
+
+def test_via_vip_takes_out_a_real_without_the_vip_a_plain_check_does_not(
+    lab: Lab, director: Director
+) -> None:
+    lab.exec("real3", ["ip", "addr", "del", f"{VIP}/32", "dev", "lo"], check=True)
+    try:
+        st = wait_for(director, lambda st: real_of(st, "web", R3)["state"] == "down", 6)
+        web3, hc3 = real_of(st, "web", R3), real_of(st, "hc", R3)
+        print("web (via vip):", web3["health"], "\nhc (via real):", hc3["health"])
+        assert "via vip" in web3["health"]["check"] and "timed out" in web3["health"]["last"]
+        assert hc3["state"] == "up" and hc3["health"]["ok"], hc3  # its own address answers
+        served = Counter(curl(lab, "client2", f"http://{VIP}/", 30))
+        assert sum(served.values()) == 30 and "carom-real3" not in served, served
+    finally:
+        lab.exec("real3", ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"], check=True)
+    wait_for(director, lambda st: real_of(st, "web", R3)["state"] == "up", 6)
+
+
+def test_agent_drives_drain_and_weight(director: Director, servers: Servers) -> None:
+    servers.agent_file.write_text("up 50%\n")
+    st = wait_for(director, lambda st: real_of(st, "hc", R2)["weight"] == 1, 5)
+    assert real_of(st, "hc", R2)["config_weight"] == 2
+    servers.agent_file.write_text("drain\n")
+    st = wait_for(director, lambda st: real_of(st, "hc", R2)["state"] == "drained", 5)
+    assert "agent: up, drain" in real_of(st, "hc", R2)["detail"]
+    servers.agent_file.write_text("up\n")
+    wait_for(
+        director,
+        lambda st: real_of(st, "hc", R2)["state"] in ("up", "slow-start"),
+        5,
+    )
+
+
+def test_drain_and_undrain_through_the_cli(lab: Lab, director: Director) -> None:
+    r = director.carom("real", "drain", "--socket", director.socket, R3, "--service", "web")
+    assert r.returncode == 0, r.stderr
+    st = director.status()
+    assert real_of(st, "web", R3)["state"] == "drained"
+    assert real_of(st, "hc", R3)["state"] != "drained"  # only in web
+    served = Counter(curl(lab, "client1", f"http://{VIP}/", 30))
+    assert "carom-real3" not in served and sum(served.values()) == 30, served
+    # a reload keeps it
+    assert director.reload(director.config_path.read_text())["ok"]
+    assert real_of(director.status(), "web", R3)["state"] == "drained"
+    text = director.carom("status", "--socket", director.socket).stdout
+    assert f"override: {R3} drained by hand in web" in text, text
+    bad = director.carom("real", "drain", "--socket", director.socket, "192.0.2.99")
+    assert bad.returncode == 1 and "not a real of any service" in bad.stderr
+    r = director.carom("real", "undrain", "--socket", director.socket, R3)
+    assert r.returncode == 0, r.stderr
+    st = director.status()
+    assert real_of(st, "web", R3)["state"] in ("up", "slow-start") and not st["overrides"]
