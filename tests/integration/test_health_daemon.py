@@ -181,7 +181,7 @@ class Load:
 
     def results(self) -> list[tuple[float, str | None, str]]:
         out, _ = self.proc.communicate(timeout=120)
-        return [tuple(json.loads(line)) for line in out.splitlines()]  # type: ignore[misc]
+        return [tuple(json.loads(line)) for line in out.splitlines()]
 
 
 def test_a_stopped_server_is_out_within_3_s_and_slow_starts_back(
@@ -285,3 +285,95 @@ def test_drain_and_undrain_through_the_cli(lab: Lab, director: Director) -> None
     assert r.returncode == 0, r.stderr
     st = director.status()
     assert real_of(st, "web", R3)["state"] in ("up", "slow-start") and not st["overrides"]
+
+
+def nft(lab: Lab, node: str, script: str) -> None:
+    r = lab.exec(node, ["nft", "-f", "-"], input=script)
+    assert r.returncode == 0, r.stderr
+
+
+LOSS = """
+table inet carom_hd_loss {
+    chain input {
+        type filter hook input priority 0;
+        tcp dport { 80, 8080, 10000 } numgen random mod 100 < 1 drop
+    }
+    chain output {
+        type filter hook output priority 0;
+        tcp sport { 80, 8080, 10000 } numgen random mod 100 < 1 drop
+    }
+}
+"""
+
+
+def probes(st: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (s["name"], r["address"]): r["health"]
+        for s in st["services"]
+        for r in s["reals"]
+        if r["health"]
+    }
+
+
+def test_one_percent_probe_loss_for_a_minute_does_not_flap(lab: Lab, director: Director) -> None:
+    """1% of the check's packets dropped each way on every real, for 60 s."""
+    before = probes(
+        wait_for(director, lambda st: all(p["state"] == "up" for p in probes(st).values()))
+    )
+    for node in ("real1", "real2", "real3"):
+        nft(lab, node, LOSS)
+    try:
+        downs = set()
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            now = probes(director.status())
+            downs |= {k for k, p in now.items() if p["state"] != "up"}
+            time.sleep(0.2)
+    finally:
+        for node in ("real1", "real2", "real3"):
+            lab.exec(node, ["nft", "delete", "table", "inet", "carom_hd_loss"])
+    after = probes(director.status())
+    failures = sum(after[k]["failures"] - before[k]["failures"] for k in after)
+    ran = sum(after[k]["probes"] - before[k]["probes"] for k in after)
+    print(f"1% loss each way, 60 s: {ran} probes, {failures} failed, states seen down: {downs}")
+    assert ran > 300
+    assert failures > 0, "no probe failed: the loss did not happen"
+    assert not downs
+    assert all(after[k]["flaps"] == before[k]["flaps"] for k in after), (before, after)
+
+
+def test_a_flapping_server_is_damped(lab: Lab, director: Director) -> None:
+    """real3's 8080 refuses and accepts in turn: after three downs within ~30 s
+    it is held down while its probes pass, and gets no new flows."""
+    reject = (
+        "table inet carom_hd_flap {\n chain input {\n"
+        "  type filter hook input priority 0;\n  tcp dport 8080 reject with tcp reset\n }\n}\n"
+    )
+    held = False
+    try:
+        for _ in range(4):
+            nft(lab, "real3", reject)
+            wait_for(director, lambda st: real_of(st, "hc", R3)["health"]["state"] == "down", 6)
+            lab.exec("real3", ["nft", "delete", "table", "inet", "carom_hd_flap"])
+            st = wait_for(
+                director,
+                lambda st: (
+                    real_of(st, "hc", R3)["health"]["state"] == "up"
+                    or real_of(st, "hc", R3)["health"]["held"]
+                ),
+                6,
+            )
+            if real_of(st, "hc", R3)["health"]["held"]:
+                held = True
+                break
+    finally:
+        lab.exec("real3", ["nft", "delete", "table", "inet", "carom_hd_flap"])
+    assert held, real_of(director.status(), "hc", R3)
+    time.sleep(3)  # the server answers all along now
+    st = director.status()
+    r3 = real_of(st, "hc", R3)
+    print("damped:", r3["health"], r3["detail"])
+    assert r3["state"] == "down" and r3["health"]["ok"] and r3["health"]["flaps"] >= 3, r3
+    assert "held down: flapping" in r3["detail"]
+    served = Counter(curl(lab, "client1", f"http://{VIP}:8080/", 20))
+    assert "carom-real3" not in served and sum(served.values()) == 20, served

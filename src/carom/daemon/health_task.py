@@ -193,7 +193,7 @@ class HealthTask:
             held = " (held down: flapping)" if st.state.suppressed else ""
             reason = last.reason if last is not None else "no result"
             return Effective(
-                0, "down", f"check: {reason}{held}", reschedule=svc.down_flows == "reschedule"
+                0, "down", f"down after: {reason}{held}", reschedule=svc.down_flows == "reschedule"
             )
         if last is not None and last.drain:
             return Effective(0, "drained", f"check: {last.reason}")

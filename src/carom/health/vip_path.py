@@ -102,7 +102,14 @@ class VipPath:
         """Create the namespace and its macvlan (idempotent: an existing one is reused)."""
         if not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
             _ip("netns", "add", self.netns)
-        links = json.loads(_ip("-j", "link", "show", netns=self.netns) or "[]")
+        try:
+            links = json.loads(_ip("-j", "link", "show", netns=self.netns) or "[]")
+        except RuntimeError:
+            # a name without a namespace behind it: left by a daemon that ran in
+            # a mount namespace that is gone (`ip netns exec`); make it anew
+            _ip("netns", "del", self.netns, check=False)
+            _ip("netns", "add", self.netns)
+            links = []
         if not any(link.get("ifname") == IFNAME for link in links):
             _ip("link", "add", IFNAME, "link", self.parent, "type", "macvlan", "mode", "bridge")
             _ip("link", "set", IFNAME, "netns", self.netns)
