@@ -103,7 +103,9 @@ class SocketEngine:
     def in_flight(self) -> int:
         return len(self._by_fd)
 
-    def start(self, key: ProbeKey, done: Done) -> SocketProbe:
+    def start(
+        self, key: ProbeKey, done: Done, sockaddr: tuple[str, int] | None = None
+    ) -> SocketProbe:
         """Start a probe; `done` gets its result exactly once (maybe before this
         returns, for a connection refused at once), unless it is aborted."""
         p = SocketProbe(key, done, self._clock())
@@ -117,7 +119,7 @@ class SocketEngine:
             self._finish(p, CheckResult(ok=False, reason=describe_error(exc)))
             return p
         p.sock, p.fd = sock, sock.fileno()
-        err = sock.connect_ex((str(target.address), target.port))
+        err = sock.connect_ex(sockaddr or (str(target.address), target.port))
         if err == 0:
             self._connected(p)
         elif err == errno.EINPROGRESS:

@@ -53,8 +53,11 @@ class ProbeStatus:
 
 @dataclass(eq=False)
 class _Key:
-    """The scheduler's own record of one key."""
+    """The scheduler's own record of one key (hashed by identity: cheaper on the
+    hot path than the nested frozen ProbeKey)."""
 
+    key: ProbeKey
+    sockaddr: tuple[str, int]  # where the probe connects, worked out once
     status: ProbeStatus
     gen: int  # its heap entries carry this; a removed key's entries are stale
     started: float = 0.0  # clock() at the start of the probe in flight (or the last)
@@ -87,10 +90,10 @@ class HealthScheduler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._keys: dict[ProbeKey, _Key] = {}
-        self._heap: list[tuple[float, int, int, ProbeKey]] = []  # due, seq, gen, key
+        self._heap: list[tuple[float, int, int, _Key]] = []  # due, seq, gen, key
         self._seq = itertools.count()
         self._gens = itertools.count(1)
-        self._waiting: collections.deque[tuple[int, ProbeKey]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, _Key]] = collections.deque()
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -109,8 +112,9 @@ class HealthScheduler:
         now = self._clock()
         for key in wanted - self._keys.keys():
             status = ProbeStatus(state=HealthState(), last=None, probes=0, failures=0)
-            k = self._keys[key] = _Key(status=status, gen=next(self._gens))
-            self._push(now + self._rng.uniform(0.0, key.check.timing.interval), k.gen, key)
+            sockaddr = (str(key.target.address), key.target.port)
+            k = self._keys[key] = _Key(key, sockaddr, status, gen=next(self._gens))
+            self._push(now + self._rng.uniform(0.0, key.check.timing.interval), k)
         self._arm()
 
     def status(self, key: ProbeKey) -> ProbeStatus | None:
@@ -148,8 +152,8 @@ class HealthScheduler:
 
     # --- timing -------------------------------------------------------------
 
-    def _push(self, due: float, gen: int, key: ProbeKey) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), gen, key))
+    def _push(self, due: float, k: _Key) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), k.gen, k))
 
     def _arm(self) -> None:
         """One timer for the earliest start, rounded up to the next TICK so that
@@ -170,25 +174,24 @@ class HealthScheduler:
         now = self._clock()
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, gen, key = heapq.heappop(heap)
-            k = self._keys.get(key)
-            if k is not None and k.gen == gen and not k.busy:
-                self._start(key, k)
+            _, _, gen, k = heapq.heappop(heap)
+            if k.gen == gen and not k.busy:  # a removed key's gen is -1
+                self._start(k)
         self._arm()
 
     # --- one probe ----------------------------------------------------------
 
-    def _start(self, key: ProbeKey, k: _Key) -> None:
+    def _start(self, k: _Key) -> None:
         if self._in_flight >= self._max:
-            self._waiting.append((k.gen, key))
+            self._waiting.append((k.gen, k))
             return
         self._in_flight += 1
         k.started = self._clock()
-        gen = k.gen
+        gen, key = k.gen, k.key
         if self._prober is None and engine.handles(key):
             if self._engine is None:
                 self._engine = engine.SocketEngine(self._clock)
-            probe = self._engine.start(key, lambda r: self._done(key, gen, r))
+            probe = self._engine.start(key, lambda r: self._done(k, gen, r), k.sockaddr)
             if probe.done is not None:  # else it ended at once and _done has run
                 k.probe = probe
             return
@@ -197,9 +200,9 @@ class HealthScheduler:
             _call(prober, key), name=f"health {_name(key)}"
         )
         k.task = task
-        task.add_done_callback(lambda t: self._task_done(key, gen, t))
+        task.add_done_callback(lambda t: self._task_done(k, gen, t))
 
-    def _task_done(self, key: ProbeKey, gen: int, task: asyncio.Task[CheckResult]) -> None:
+    def _task_done(self, k: _Key, gen: int, task: asyncio.Task[CheckResult]) -> None:
         if task.cancelled():
             return  # dropped (removed or closing): _drop gave its slot back
         exc = task.exception()
@@ -207,22 +210,20 @@ class HealthScheduler:
             result = CheckResult(ok=False, reason=f"prober error: {exc!r}"[:200])
         else:
             result = task.result()
-        self._done(key, gen, result)
+        self._done(k, gen, result)
 
-    def _done(self, key: ProbeKey, gen: int, result: CheckResult) -> None:
-        k = self._keys.get(key)
-        if k is None or k.gen != gen:
+    def _done(self, k: _Key, gen: int, result: CheckResult) -> None:
+        if k.gen != gen:
             return  # removed while it ran: _drop gave its slot back
         k.task = k.probe = None
         self._in_flight -= 1
-        self._record(key, k, result)
+        self._record(k.key, k, result)
         state = k.status.state
-        self._push(max(k.started + next_interval(state, key.check.timing), self._clock()), gen, key)
+        self._push(max(k.started + next_interval(state, k.key.check.timing), self._clock()), k)
         while self._waiting and self._in_flight < self._max:
-            wgen, wkey = self._waiting.popleft()
-            wk = self._keys.get(wkey)
-            if wk is not None and wk.gen == wgen and not wk.busy:
-                self._start(wkey, wk)
+            wgen, wk = self._waiting.popleft()
+            if wk.gen == wgen and not wk.busy:
+                self._start(wk)
         self._arm()
 
     def _drop(self, k: _Key) -> None:
