@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from carom import abi
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
@@ -49,7 +50,7 @@ AGENT = (
 )
 
 
-def config(agent_file: Path, **hc: Any) -> dict[str, Any]:
+def config(agent_file: Path | None = None, **hc: Any) -> dict[str, Any]:
     reals = [{"address": a} for a in (R1, R2, R3)]
     hc_reals = [
         {"address": R1},
@@ -377,3 +378,72 @@ def test_a_flapping_server_is_damped(lab: Lab, director: Director) -> None:
     assert "held down: flapping" in r3["detail"]
     served = Counter(curl(lab, "client1", f"http://{VIP}:8080/", 20))
     assert "carom-real3" not in served and sum(served.values()) == 20, served
+
+
+KEEPALIVE = r"""
+import json, socket, sys, time
+conns = []
+for i in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 8080), timeout=3)
+    conns.append(s)
+def ask(s):
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"served-by" not in data or not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                return "closed"
+            data += chunk
+        return data.decode().split("served-by ")[1].split()[0]
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps([ask(s) for s in conns]), flush=True)
+sys.stdin.readline()
+print(json.dumps([ask(s) for s in conns]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("policy", ["keep", "reschedule"])
+def test_established_flows_of_a_down_real_are_kept_or_rescheduled(
+    lab: Lab, director: Director, servers: Servers, policy: str
+) -> None:
+    """real1 refuses new connections to 8080 (its check fails) while keep-alive
+    connections to it stay open: `keep` leaves them on real1, `reschedule`
+    sends their next packets to a live real, which resets them."""
+    if policy == "reschedule" and "DOWN" not in abi.RealFlags.__members__:
+        pytest.skip("the data plane has no per-real down flag yet (branch clusterdp)")
+    assert director.reload(config(servers.agent_file, down_flows=policy))["ok"]
+    client = lab.popen(
+        "client1",
+        [sys.executable, "-c", KEEPALIVE, VIP, "12"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    refuse = (
+        "table inet carom_hd_new {\n chain input {\n  type filter hook input priority 0;\n"
+        "  tcp dport 8080 tcp flags syn reject with tcp reset\n }\n}\n"
+    )
+    try:
+        first = json.loads(client.stdout.readline())
+        assert "carom-real1" in first, f"no connection landed on real1: {first}"
+        nft(lab, "real1", refuse)
+        wait_for(director, lambda st: real_of(st, "hc", R1)["state"] == "down", 6)
+        client.stdin.write("again\n")
+        client.stdin.flush()
+        second = json.loads(client.stdout.readline())
+    finally:
+        lab.exec("real1", ["nft", "delete", "table", "inet", "carom_hd_new"])
+        client.kill()
+        client.wait(10)
+        assert director.reload(config(servers.agent_file))["ok"]
+    print(policy, first, second)
+    for before, after in zip(first, second, strict=True):
+        if before != "carom-real1":
+            assert after == before  # flows of live reals never move
+        elif policy == "keep":
+            assert after == "carom-real1"
+        else:
+            assert after in ("ConnectionResetError", "closed"), (before, after)
