@@ -4,7 +4,8 @@ The lab's reals run an extra HTTP server on port 8080 (started and stopped by
 these tests, by PID) and real2 an agent on port 10000 that answers with the
 contents of a file. Services:
 
-- web   192.0.2.100:80    http check via: vip (to the VIP, at the real's MAC)
+- web   192.0.2.100:80    http check via: vip (to the VIP, at the real's MAC);
+                          the director itself is a local real of it
 - hc    192.0.2.100:8080  http check via: real, slow_start 10 s; real2 has an
                           agent check instead (weight 2)
 
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.root, pytest.mark.integration]
 HERE = Path(__file__).parent
 VIP = str(t.VIP4)
 R1, R2, R3 = (str(n.main.addr4) for n in t.REALS)
+D1 = str(t.DIR1.main.addr4)  # the director, a local real of web
 NAMES = {R1: "carom-real1", R2: "carom-real2", R3: "carom-real3"}
 PROBE_SOURCE = "192.0.2.250/24"
 AGENT = (
@@ -51,7 +53,8 @@ AGENT = (
 
 
 def config(agent_file: Path | None = None, **hc: Any) -> dict[str, Any]:
-    reals = [{"address": a} for a in (R1, R2, R3)]
+    reals: list[dict[str, Any]] = [{"address": a} for a in (R1, R2, R3)]
+    reals.append({"address": D1, "local": True})
     hc_reals = [
         {"address": R1},
         {"address": R2, "weight": 2, "check": {"kind": "agent", "port": 10000}},
@@ -145,7 +148,9 @@ def director(lab: Lab, servers: Servers) -> Iterator[Director]:
     d.remove()
     d.start(config(servers.agent_file))
     try:
-        wait_for(d, lambda st: all(r["health"] for s in st["services"] for r in s["reals"]))
+        wait_for(  # every probe has a result
+            d, lambda st: all("last" in r["health"] for s in st["services"] for r in s["reals"])
+        )
         yield d
     finally:
         d.remove()
@@ -233,6 +238,23 @@ def test_a_stopped_server_is_out_within_3_s_and_slow_starts_back(
     assert early < 0.12, early
     assert late_share > 0.15, late_share
     assert early < late_share / 2
+
+
+def test_via_vip_checks_the_director_itself_through_its_own_stack(
+    lab: Lab, director: Director
+) -> None:
+    """The director is a local real of web: its via: vip check connects to the VIP
+    from its own namespace, and fails once the VIP is not on its lo."""
+    st = director.status()
+    assert real_of(st, "web", D1)["state"] == "local", real_of(st, "web", D1)
+    assert real_of(st, "web", D1)["health"]["ok"], real_of(st, "web", D1)
+    lab.exec("dir1", ["ip", "addr", "del", f"{VIP}/32", "dev", "lo"], check=True)
+    try:
+        st = wait_for(director, lambda st: real_of(st, "web", D1)["state"] == "down", 6)
+        print("director (local, via vip):", real_of(st, "web", D1)["health"])
+    finally:
+        lab.exec("dir1", ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"], check=True)
+    st = wait_for(director, lambda st: real_of(st, "web", D1)["state"] == "local", 6)
 
 
 def test_via_vip_takes_out_a_real_without_the_vip_a_plain_check_does_not(
