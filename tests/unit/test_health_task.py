@@ -219,3 +219,26 @@ def test_overrides_change_the_weights() -> None:
         await rig.task.close()
 
     run(main())
+
+
+def test_a_via_vip_probe_without_a_route_yet_fails_instead_of_going_astray() -> None:
+    """Before the probe namespace has a table for a real (a reload adds it: the
+    apply runs before the routes are synced), its probe must fail, not reach
+    whoever answers ARP for the VIP."""
+    from carom.health.plan import NO_PATH
+    from carom.health.vip_path import VipPath
+
+    cfg = parse_config(
+        "interfaces: [eth0]\n"
+        "health: {probe_source: 192.0.2.250/24}\n"
+        "services:\n"
+        "  - {name: web, vip: 192.0.2.100, port: 80, check: {kind: tcp, via: vip},\n"
+        "     reals: [{address: 192.0.2.11}, {address: 192.0.2.2, local: true}]}\n"
+    )
+    task = HealthTask(Host(cfg), overrides.OverrideStore())
+    task._vip_path = VipPath("t", "eth0", cfg.health.probe_source)  # type: ignore[arg-type]
+    keys = task.keys_of(cfg)
+    remote = keys[(cfg.services[0].key, R1)].target
+    local = keys[(cfg.services[0].key, IPv4Address("192.0.2.2"))].target
+    assert remote.address == IPv4Address("192.0.2.100") and remote.via == NO_PATH
+    assert local.address == IPv4Address("192.0.2.100") and local.via is None  # its own stack

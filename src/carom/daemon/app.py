@@ -344,6 +344,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         assert self.config is not None and self.dp is not None
+        if self.health is not None:  # first: probes stop, the probe namespace goes
+            await self.health.close()
         if self.stop_request.detach:
             for ifname in self.config.interfaces:
                 try:
@@ -362,8 +364,6 @@ class Daemon:
                 "daemon stopped; the data plane keeps forwarding (a new daemon adopts "
                 "it; `carom stop --detach` removes it)"
             )
-        if self.health is not None:
-            await self.health.close()
         self.dp.close()
         await self.follower.close()
         self.worker.shutdown(wait=False)

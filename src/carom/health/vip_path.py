@@ -177,8 +177,11 @@ class VipPath:
                 raise RuntimeError(f"ip -batch in {self.netns}: {'; '.join(errors[:3])}")
 
     def via(self, real: IPAddress) -> Via:
-        """The Via of `real` (after `sync` has given it a table)."""
-        return Via(netns=self.netns, mark=TABLE_BASE + self._numbers[real])
+        """The Via of `real`; before `sync` has given it a table, one that fails
+        (an unmarked socket in the namespace would reach the VIP's ARP owner,
+        the director, not the real)."""
+        n = self._numbers.get(real)
+        return Via(netns="", mark=0) if n is None else Via(netns=self.netns, mark=TABLE_BASE + n)
 
     def down(self) -> None:
         """Remove the namespace (and with it the macvlan, its tables and rules)."""
