@@ -56,6 +56,26 @@ from carom.sched import maglev
 log = logging.getLogger("carom.reconcile")
 
 
+# The data plane's per-real "down" flag (its established flows are scheduled
+# again), once the data plane has one (branch clusterdp); 0 until then.
+DOWN_FLAG = int(getattr(abi.RealFlags, "DOWN", 0))
+
+
+def reschedule_reals(config: Config, effective: EffectiveMap | None) -> set[Address]:
+    """Reals whose established flows must leave them: down with
+    `down_flows: reschedule` in every service that lists them (the flag is per
+    real, and a real that still serves another service keeps its flows there)."""
+    if not effective:
+        return set()
+    verdict: dict[Address, bool] = {}
+    for svc in config.services:
+        for r in svc.reals:
+            eff = effective.get((svc.key, r.address))
+            move = eff is not None and eff.reschedule
+            verdict[r.address] = verdict.get(r.address, True) and move
+    return {a for a, move in verdict.items() if move}
+
+
 def _discard(_: object) -> None:
     """Undo steps return nothing; this drops a call's result."""
 
@@ -241,6 +261,7 @@ class Reconciler:
             for r in svc.reals:
                 wanted[r.address] = (r.local, neighbours.get(r.address))
         real_ids, released = self._allocate_reals(config, set(wanted))
+        down = reschedule_reals(config, effective)
 
         for address, rid in real_ids.items():
             prev = self.current.reals.get(rid)
@@ -260,6 +281,8 @@ class Reconciler:
             ):
                 mac = bytes(prev.mac)  # still resolving: keep the MAC we had
             img.reals[rid] = real_info(address, mac, local, local or bool(mac))
+            if address in down and DOWN_FLAG:
+                img.reals[rid].flags |= DOWN_FLAG
             if mac and not local:
                 img.real_macs[mac] = rid
 
