@@ -238,7 +238,7 @@ class Daemon:
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
         fault = self.fault
-        effective = self.health.effective(config) if self.health is not None else None
+        effective = await self.health.weights(config) if self.health is not None else None
 
         def work() -> tuple[int, Desired]:
             want = rec.desired(config, neighbours, effective)

@@ -48,6 +48,9 @@ log = logging.getLogger("carom.health")
 
 RAMP_STEPS = 10  # slow start: weight raised in tenths
 Keys = dict[tuple[ServiceKey, IPAddress], ProbeKey]
+# one real of one service: its stable number (see _rows_of), address, configured
+# weight and probe (None: unchecked)
+Row = tuple[int, IPAddress, int, ProbeKey | None]
 # control commands this module answers (daemon/control.py COMMANDS has their arguments)
 COMMANDS = ("real-drain", "real-undrain", "real-weight")
 
@@ -84,10 +87,13 @@ class HealthTask:
         self._dirty = asyncio.Event()
         self._keys_for: tuple[Config | None, Keys] = (None, {})
         self._vip_path: VipPath | None = None
-        self._out: set[tuple[ServiceKey, IPAddress]] = set()  # not in rotation last time
-        self._ramp: dict[tuple[ServiceKey, IPAddress], tuple[float, float]] = {}  # start, S
+        self._rows_for: tuple[Config | None, list[tuple[Service, list[Row]]]] = (None, [])
+        self._pair_ids: dict[tuple[ServiceKey, IPAddress], int] = {}  # (service, real) -> n
+        # per (service, real) number:
+        self._out: set[int] = set()  # not in rotation last time
+        self._ramp: dict[int, tuple[float, float]] = {}  # slow start: start, span
+        self._shown: dict[int, str] = {}  # last logged state
         self._held: set[ServiceKey] = set()  # below min_healthy
-        self._shown: dict[tuple[ServiceKey, IPAddress], str] = {}  # last logged state
         self.applies = 0  # applies made for health or override changes
 
     # --- probes ----------------------------------------------------------------
@@ -108,7 +114,10 @@ class HealthTask:
         state of probes that stay is kept, so a reload never flaps a real."""
         await self._sync_vip_path(config)
         self._keys_for = (None, {})
-        keys = self.keys_of(config)
+        self._rows_for = (None, [])
+        pairs = {(svc.key, r.address) for svc in config.services for r in svc.reals}
+        self._pair_ids = {p: n for p, n in self._pair_ids.items() if p in pairs}
+        keys = await asyncio.to_thread(self.keys_of, config)
         self.scheduler.update(set(keys.values()))
         self._dirty.set()  # a probe that is gone may have held a real down
 
@@ -142,20 +151,47 @@ class HealthTask:
         self._dirty.set()
 
     # --- weights ---------------------------------------------------------------
+    def _rows_of(self, config: Config) -> list[tuple[Service, list[Row]]]:
+        """Per service, its reals with their probes and a number per (service,
+        real) that stays across reloads: effective() runs on the event loop for
+        every change, and hashing addresses is most of its cost, so it is done
+        once per config."""
+        cached_for, rows = self._rows_for
+        if cached_for is config:
+            return rows
+        keys = self.keys_of(config)
+        ids = self._pair_ids
+        rows = []
+        for svc in config.services:
+            skey = svc.key
+            mine: list[Row] = []
+            for r in svc.reals:
+                pair = (skey, r.address)
+                n = ids.setdefault(pair, len(ids))
+                mine.append((n, r.address, r.weight, keys.get(pair)))
+            rows.append((svc, mine))
+        self._rows_for = (config, rows)
+        return rows
+
+    async def weights(self, config: Config) -> EffectiveMap:
+        """effective(config), with the per-config work (probe keys, rows) done in
+        a thread first: for a big config it would hold the event loop."""
+        if self._rows_for[0] is not config:
+            await asyncio.to_thread(self._rows_of, config)
+        return self.effective(config)
+
     def effective(self, config: Config) -> EffectiveMap:
         """Every (service, real) whose weight or state is not the configured one.
         Runs on the event loop before an apply; remembers what it returned (for
         slow start, min_healthy hysteresis and the change log)."""
         now = self._clock()
-        keys = self.keys_of(config)
         out: EffectiveMap = {}
-        seen: set[tuple[ServiceKey, IPAddress]] = set()
-        for svc in config.services:
-            rows = [self._one(svc, r.address, r.weight, keys) for r in svc.reals]
+        seen: set[int] = set()
+        for svc, mine in self._rows_of(config):
+            rows = [self._one(svc, address, w, key) for _, address, w, key in mine]
             self._min_healthy(svc, rows)
-            self._slow_start(svc, rows, now)
-            for r, eff in zip(svc.reals, rows, strict=True):
-                k = (svc.key, r.address)
+            self._slow_start(svc, mine, rows, now)
+            for (k, address, weight, _), eff in zip(mine, rows, strict=True):
                 seen.add(k)
                 if eff.weight == 0:
                     self._out.add(k)
@@ -165,15 +201,15 @@ class HealthTask:
                     log.info(
                         "%s %s: %s -> %s: %s",
                         svc.display_name,
-                        r.address,
+                        address,
                         self._shown.get(k, "up"),
                         eff.state,
                         eff.detail,
-                        extra={"service": svc.display_name, "real": str(r.address)},
+                        extra={"service": svc.display_name, "real": str(address)},
                     )
                 self._shown[k] = eff.state
-                if eff.state != "up" or eff.weight != r.weight:
-                    out[k] = eff
+                if eff.state != "up" or eff.weight != weight:
+                    out[(svc.key, address)] = eff
         for gone in [k for k in self._shown if k not in seen]:
             self._shown.pop(gone)
             self._out.discard(gone)
@@ -181,10 +217,11 @@ class HealthTask:
         self._held &= {svc.key for svc in config.services}
         return out
 
-    def _one(self, svc: Service, address: IPAddress, weight: int, keys: Keys) -> Effective:
-        ov = self.overrides.for_real(address, svc.display_name)
+    def _one(
+        self, svc: Service, address: IPAddress, weight: int, key: ProbeKey | None
+    ) -> Effective:
+        ov = self.overrides.for_real(address, svc.display_name) if self.overrides else None
         base = ov.weight if ov is not None and ov.weight is not None else weight
-        key = keys.get((svc.key, address))
         st = self.scheduler.status(key) if key is not None else None
         last = st.last if st is not None else None
         if ov is not None and ov.drain:
@@ -242,11 +279,10 @@ class HealthTask:
                 if e.weight > 0:
                     rows[i] = Effective(0, "held", why)
 
-    def _slow_start(self, svc: Service, rows: list[Effective], now: float) -> None:
+    def _slow_start(self, svc: Service, mine: list[Row], rows: list[Effective], now: float) -> None:
         span = float(svc.slow_start)
         ramping: dict[int, int] = {}  # row -> step (1..RAMP_STEPS)
-        for i, (r, e) in enumerate(zip(svc.reals, rows, strict=True)):
-            k = (svc.key, r.address)
+        for i, ((k, _, _, _), e) in enumerate(zip(mine, rows, strict=True)):
             if e.weight == 0 or span <= 0:
                 self._ramp.pop(k, None)
                 continue
@@ -362,7 +398,7 @@ class HealthTask:
                 key = keys.get((svc.key, address))
                 st = self.scheduler.status(key) if key is not None else None
                 r["health"] = health_view(key, st, wall) if key is not None else None
-                ov = self.overrides.for_real(address, svc.display_name)
+                ov = self.overrides.for_real(address, svc.display_name) if self.overrides else None
                 r["override"] = asdict(ov) if ov is not None else None
         vp = self._vip_path
         return {

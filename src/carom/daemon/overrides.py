@@ -93,6 +93,9 @@ class OverrideStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def __iter__(self) -> Iterator[Override]:
         return iter(list(self._items.values()))
 
