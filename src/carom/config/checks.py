@@ -60,7 +60,9 @@ def _port(value: Any) -> Any:
 
 
 def _http_token(what: str, example: str) -> AfterValidator:
-    def check(value: str) -> str:
+    def check(value: str | None) -> str | None:
+        if value is None:  # host: null (a dump of the default) is valid
+            return value
         if not value or any(c.isspace() or not c.isprintable() for c in value):
             _fail(
                 f"{value!r} is not a valid {what}: no spaces or control characters; e.g. {example}"
