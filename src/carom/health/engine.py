@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import heapq
 import itertools
 import os
@@ -79,7 +80,7 @@ class SocketProbe:
         self.sock: socket.socket | None = None
         self.fd = -1
         check = key.check
-        self.request = build_request(check, key.target) if isinstance(check, HttpCheck) else None
+        self.request = _request(key) if isinstance(check, HttpCheck) else None
         self.reading = False  # HTTP: the request is sent, events are the reply
         self.buf = bytearray()
         self.status = 0  # HTTP status once the head passed, while the body is read
@@ -267,15 +268,8 @@ class SocketEngine:
         self._release(p)
         if done is not None:
             elapsed = self._clock() - p.started
-            done(
-                CheckResult(
-                    ok=result.ok,
-                    reason=result.reason,
-                    elapsed=elapsed,
-                    weight_percent=result.weight_percent,
-                    drain=result.drain,
-                )
-            )
+            # tcp and http results carry no agent fields: only the time is added
+            done(CheckResult(ok=result.ok, reason=result.reason, elapsed=elapsed))
 
     def _release(self, p: SocketProbe) -> None:
         sock, p.sock = p.sock, None
@@ -285,6 +279,13 @@ class SocketEngine:
         # the epoll set (one system call less per probe)
         self._by_fd.pop(p.fd, None)
         close_with_reset(sock)
+
+
+@functools.lru_cache(maxsize=65536)
+def _request(key: ProbeKey) -> bytes:
+    """A key's HTTP request: the same bytes every second, built once."""
+    assert isinstance(key.check, HttpCheck)
+    return build_request(key.check, key.target)
 
 
 def _family(key: ProbeKey) -> int:
