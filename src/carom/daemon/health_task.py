@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import math
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -112,7 +113,16 @@ class HealthTask:
     async def plan(self, config: Config) -> None:
         """Probe what `config` asks for (at start and after every reload); the
         state of probes that stay is kept, so a reload never flaps a real."""
-        await self._sync_vip_path(config)
+        try:
+            await self._sync_vip_path(config)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            # the checks still run; those through the VIP path fail (a real is
+            # never probed the wrong way), and the log says why
+            log.error(
+                "the probe namespace for via: vip checks cannot be set up; those "
+                "checks fail until it can (health.probe_source, health.probe_interface)",
+                extra={"error": str(exc)},
+            )
         self._keys_for = (None, {})
         self._rows_for = (None, [])
         pairs = {(svc.key, r.address) for svc in config.services for r in svc.reals}
@@ -137,7 +147,9 @@ class HealthTask:
             if vp is not None:
                 await asyncio.to_thread(vp.down)
             vp = VipPath(config.instance, parent, source)
+            self._vip_path = None
             await asyncio.to_thread(vp.up)
+            self._vip_path = vp  # from now on close() removes it
             log.info(
                 "probe namespace for via: vip checks is up",
                 extra={"netns": vp.netns, "parent": parent, "source": str(source)},
