@@ -14,13 +14,16 @@
 #include "parse.h"
 #include "vip_filter.h"
 #include "service.h"
+#include "clock.h"
+#include "lease.h"
 #include "sched.h"
 #include "forward_dsr.h"
 #include "ifmac.h"
 #include "arp_responder.h"
 #include "icmp.h"
 
-/* Referenced so the enums reach BTF, where user space checks them. */
+/* Referenced so the enums (and structs used only as locals, such as the
+ * conn_events record) reach BTF, where user space checks them. */
 struct carom_abi_enums {
 	enum carom_family family;
 	enum carom_role role;
@@ -30,7 +33,9 @@ struct carom_abi_enums {
 	enum carom_real_flags real_flags;
 	enum carom_method method;
 	enum carom_conn_flags conn_flags;
+	enum carom_conn_event_kind conn_event_kind;
 	enum carom_counter counter;
+	struct conn_event conn_event;
 };
 struct carom_abi_enums carom_abi_enums_anchor SEC(".carom_abi");
 
@@ -49,6 +54,7 @@ int carom_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	__u32 zero = 0, real_id = 0;
 	__u16 eth_proto = 0;
+	__u64 now;
 	int rc, tried;
 
 	rc = parse_eth(data, end, &p, &eth_proto);
@@ -79,9 +85,17 @@ int carom_xdp(struct xdp_md *ctx)
 			return finish(CAROM_CNT_PASS_NOT_VIP);
 	}
 
+	/* Only an active node with a running lease schedules, and never a frame
+	 * a peer director sent; the rest is the local stack's (lease.h). */
 	cfg = bpf_map_lookup_elem(&node_cfg, &zero);
-	if (!cfg || cfg->role != CAROM_ROLE_ACTIVE)
+	if (!cfg)
 		return finish(CAROM_CNT_PASS_BACKUP);
+	now = coarse_now();
+	rc = may_schedule(cfg, now);
+	if (rc)
+		return finish(rc);
+	if (cfg->peer_mac_count && from_peer_director(cfg, eth->h_source))
+		return finish(CAROM_CNT_PASS_PEER_DIRECTOR);
 
 	if (p.flow.family == CAROM_FAMILY_IPV6) {
 		rc = skip_ipv6_ext(data, end, &p);
@@ -113,7 +127,7 @@ int carom_xdp(struct xdp_md *ctx)
 	if (rc)
 		return finish(rc);
 
-	rc = schedule(&p, svc, cfg, eth->h_source, &real_id, &real);
+	rc = schedule(&p, svc, cfg, eth->h_source, now, &real_id, &real);
 	if (rc)
 		return finish(rc);
 

@@ -12,7 +12,6 @@
 #define CAROM_MAX_CONNS 65536
 #define CAROM_MAX_PERSIST 65536
 #define CAROM_MAX_VIPS 256
-#define CAROM_MAX_DIRECTORS 64
 #define CAROM_MAX_IPV6_EXT_HDRS 4
 #define CAROM_MAX_IFINDEX 65536 /* if_macs is an array indexed by ifindex */
 /* vip_filter: one bit per bucket of a 16-bit fold of the destination address
@@ -21,6 +20,11 @@
 #define CAROM_VIP_FILTER_WORDS (CAROM_VIP_FILTER_BITS / 64)
 /* pending: slots per CPU (a power of two: the slot is flow_hash & (slots - 1)). */
 #define CAROM_PENDING_SLOTS 16384
+/* node_cfg.peer_macs: MACs of the other directors of the cluster. */
+#define CAROM_MAX_PEER_MACS 4
+/* conn_events ring buffer: default size in bytes (a power of two, a multiple of
+ * the page size); the loader sets it from limits.conn_events_bytes. */
+#define CAROM_CONN_EVENTS_BYTES (4 << 20)
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {
@@ -28,7 +32,8 @@ enum carom_family {
 	CAROM_FAMILY_IPV6 = 6,
 };
 
-/* Role of this node (node_cfg.role). A backup never schedules VIP traffic. */
+/* Role of this node (node_cfg.role). A backup never schedules VIP traffic; an
+ * active node schedules only while its daemon's lease runs (lease.h). */
 enum carom_role {
 	CAROM_ROLE_ACTIVE = 0,
 	CAROM_ROLE_BACKUP = 1,
@@ -67,6 +72,12 @@ enum carom_method {
 /* conn_val.flags */
 enum carom_conn_flags {
 	CAROM_CONN_SYNCED = 1, /* entry learned from a peer director (reserved) */
+};
+
+/* conn_event.kind (conn_events.h) */
+enum carom_conn_event_kind {
+	CAROM_CONN_EVENT_NEW = 1,     /* an entry entered conn_table (the flow was confirmed) */
+	CAROM_CONN_EVENT_REPOINT = 2, /* an entry was rescheduled in place (SYN, idle, real gone or down) */
 };
 
 /* Index into the per-CPU `stats` map. Every packet increments exactly one
@@ -117,7 +128,12 @@ enum carom_counter {
 	CAROM_CNT_TX_ND_ADVERT = 33,
 	CAROM_CNT_TX_ICMP_ERROR = 34,        /* ICMP error forwarded (DSR) to the quoted flow's real */
 	CAROM_CNT_CONN_CONFIRMED = 35, /* a flow's second packet moved it from pending to conn_table */
-	CAROM_CNT__MAX = 36,
+	/* pass: not allowed to schedule (lease.h) */
+	CAROM_CNT_PASS_LEASE_EXPIRED = 36,  /* active, but the daemon's lease ran out */
+	CAROM_CNT_PASS_PEER_DIRECTOR = 37,  /* from a peer director's MAC: scheduled there already */
+	/* detail (conn_events.h) */
+	CAROM_CNT_CONN_EVENTS_DROPPED = 38, /* conn_events full: a NEW/REPOINT event was lost */
+	CAROM_CNT__MAX = 39,
 };
 
 #endif

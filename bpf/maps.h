@@ -17,9 +17,10 @@ struct {
 	__type(value, struct node_cfg);
 } node_cfg SEC(".maps");
 
-/* lease[0]: bpf_ktime_get_ns() deadline renewed by the daemon's ownership task;
- * ARP/NDP for the VIPs is answered only before it (0: never). A map of its own,
- * so the lease writer and the reconciler (node_cfg) never race each other. */
+/* lease[0]: CLOCK_MONOTONIC deadline in ns renewed by the daemon's ownership
+ * task; the node answers ARP/NDP for the VIPs and schedules only before it (0:
+ * never; lease.h). A map of its own, so the lease writer and the reconciler
+ * (node_cfg) never race each other. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -81,14 +82,6 @@ struct {
 	__type(value, __u32);
 } real_macs SEC(".maps");
 
-/* MACs of peer directors (reserved for HA: frames from a peer are never rescheduled). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CAROM_MAX_DIRECTORS);
-	__type(key, struct mac_key);
-	__type(value, __u32);
-} director_macs SEC(".maps");
-
 /* Own MAC of every interface the program is attached to: the source of ARP/NDP
  * answers, and the only destination MAC whose VIP frames are forwarded. An array
  * indexed by ifindex: the verifier inlines its lookup, which costs a few ns on
@@ -123,6 +116,13 @@ struct {
 	__type(key, struct persist_key);
 	__type(value, struct persist_val);
 } persist_table SEC(".maps");
+
+/* NEW and REPOINT records of conn_table entries, for connection sync
+ * (conn_events.h); read by the daemon (src/carom/cluster/events.py). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, CAROM_CONN_EVENTS_BYTES);
+} conn_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -19,7 +19,7 @@
 #ifndef CAROM_SCHED_H
 #define CAROM_SCHED_H
 
-#include "clock.h"
+#include "conn_events.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -136,6 +136,7 @@ static __always_inline void confirm(const struct packet *p, const struct svc_inf
 	struct conn_val cv = { .real_id = pend->real_id, .ttl = pend->ttl, .last_seen_ns = now };
 
 	bpf_map_update_elem(&conn_table, &p->flow, &cv, BPF_ANY);
+	conn_event(&p->flow, &cv, CAROM_CONN_EVENT_NEW);
 	if (svc->flags & CAROM_SVC_PERSIST) {
 		struct persist_key pk;
 		struct persist_val *pv, nv = { .real_id = pend->real_id, .last_seen_ns = now };
@@ -150,12 +151,12 @@ static __always_inline void confirm(const struct packet *p, const struct svc_inf
 	count(CAROM_CNT_CONN_CONFIRMED);
 }
 
-/* Returns 0 with *real_id and *real set, or the counter id of a drop. */
+/* Returns 0 with *real_id and *real set, or the counter id of a drop. `now` is
+ * coarse_now() (clock.h). */
 static __always_inline int schedule(const struct packet *p, const struct svc_info *svc,
-				    const struct node_cfg *cfg, const __u8 *src_mac,
+				    const struct node_cfg *cfg, const __u8 *src_mac, __u64 now,
 				    __u32 *real_id, struct real_info **real)
 {
-	__u64 now = coarse_now();
 	int syn = p->l4_proto == IPPROTO_TCP &&
 		  (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u64 idle = p->l4_proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
@@ -192,15 +193,18 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 			}
 			count(CAROM_CNT_CONN_REAL_GONE);
 		}
-		/* Rescheduled in place: the entry keeps its LRU slot. */
+		/* Rescheduled in place: the entry keeps its LRU slot. It is this
+		 * node's decision now, no longer a synced one. */
 		if (from_real(src_mac))
 			return CAROM_CNT_DROP_LOOP;
 		rc = choose(p, svc, cfg, flow_hash(&p->flow), now, &rid, real);
 		if (rc)
 			return rc;
 		conn->real_id = rid;
+		conn->flags = 0;
 		conn->ttl = p->ttl;
 		conn->last_seen_ns = now;
+		conn_event(&p->flow, conn, CAROM_CONN_EVENT_REPOINT);
 		*real_id = rid;
 		return 0;
 	}

@@ -24,13 +24,15 @@ static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes)
 }
 
 /* Every verdict goes through here: the reason's counter is its verdict's record.
- * Reasons up to PASS_LOCAL_REAL and PASS_NOT_OUR_MAC..PASS_ICMP_UNMATCHED pass;
- * TX_DSR and TX_ARP_REPLY..TX_ICMP_ERROR transmit; the rest drop. */
+ * Reasons up to PASS_LOCAL_REAL, PASS_NOT_OUR_MAC..PASS_ICMP_UNMATCHED and
+ * PASS_LEASE_EXPIRED..PASS_PEER_DIRECTOR pass; TX_DSR and
+ * TX_ARP_REPLY..TX_ICMP_ERROR transmit; the rest drop. */
 static __always_inline int finish(__u32 reason)
 {
 	count(reason);
 	if (reason <= CAROM_CNT_PASS_LOCAL_REAL ||
-	    (reason >= CAROM_CNT_PASS_NOT_OUR_MAC && reason <= CAROM_CNT_PASS_ICMP_UNMATCHED))
+	    (reason >= CAROM_CNT_PASS_NOT_OUR_MAC && reason <= CAROM_CNT_PASS_ICMP_UNMATCHED) ||
+	    (reason >= CAROM_CNT_PASS_LEASE_EXPIRED && reason <= CAROM_CNT_PASS_PEER_DIRECTOR))
 		return XDP_PASS;
 	if (reason == CAROM_CNT_TX_DSR ||
 	    (reason >= CAROM_CNT_TX_ARP_REPLY && reason <= CAROM_CNT_TX_ICMP_ERROR))

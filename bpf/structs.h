@@ -5,6 +5,7 @@
 #define CAROM_STRUCTS_H
 
 #include <linux/types.h>
+#include "consts.h"
 
 /* An IPv4 or IPv6 address: IPv4 in addr[0], the other words zero. Network order. */
 struct carom_addr {
@@ -47,7 +48,7 @@ struct real_info {
 	__u32 flags;  /* enum carom_real_flags */
 };
 
-/* real_macs and director_macs: MAC -> id. */
+/* real_macs: MAC -> id; node_cfg.peer_macs. */
 struct mac_key {
 	__u8 mac[6];
 	__u8 pad[2];
@@ -110,6 +111,20 @@ struct node_cfg {
 	__u32 reserved;
 	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
 	__u64 udp_idle_ns;   /* same for UDP */
+	__u32 peer_mac_count; /* entries of peer_macs in use (0..CAROM_MAX_PEER_MACS) */
+	__u32 reserved2;
+	/* The other directors' MACs: VIP frames from them are passed, never scheduled
+	 * (lease.h). Inline, so the check costs no lookup. */
+	struct mac_key peer_macs[CAROM_MAX_PEER_MACS];
+};
+
+/* conn_events records (conn_events.h): a conn_table entry created or re-pointed. */
+struct conn_event {
+	struct flow_key key; /* the entry's key */
+	__u32 real_id;       /* the real it points to now */
+	__u16 flags;         /* the entry's conn_val.flags */
+	__u8 kind;           /* enum carom_conn_event_kind */
+	__u8 ttl;            /* the entry's TTL of the flow's first packet */
 };
 
 /* if_macs: ifindex -> that interface's own MAC, written when XDP is attached. */

@@ -72,6 +72,13 @@ class ConnFlags(enum.IntFlag):
     SYNCED = 1
 
 
+class ConnEventKind(enum.IntEnum):
+    """enum carom_conn_event_kind: conn_event.kind."""
+
+    NEW = 1  # an entry entered conn_table (the flow was confirmed)
+    REPOINT = 2  # an entry was rescheduled in place (SYN, idle, real gone or down)
+
+
 class Counter(enum.IntEnum):
     """enum carom_counter: indices of the per-CPU `stats` map. The program counts
     each packet once, under its verdict's reason; RX is derived (with_rx)."""
@@ -112,9 +119,12 @@ class Counter(enum.IntEnum):
     TX_ND_ADVERT = 33
     TX_ICMP_ERROR = 34
     CONN_CONFIRMED = 35
+    PASS_LEASE_EXPIRED = 36
+    PASS_PEER_DIRECTOR = 37
+    CONN_EVENTS_DROPPED = 38
 
 
-COUNTER_MAX = 36  # CAROM_CNT__MAX
+COUNTER_MAX = 39  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -129,8 +139,10 @@ class Verdict(enum.IntEnum):
 
 def verdict_of(reason: Counter) -> Verdict:
     """The verdict a reason counter stands for (mirrors finish() in bpf/stats.h)."""
-    if reason <= Counter.PASS_LOCAL_REAL or (
-        Counter.PASS_NOT_OUR_MAC <= reason <= Counter.PASS_ICMP_UNMATCHED
+    if (
+        reason <= Counter.PASS_LOCAL_REAL
+        or Counter.PASS_NOT_OUR_MAC <= reason <= Counter.PASS_ICMP_UNMATCHED
+        or Counter.PASS_LEASE_EXPIRED <= reason <= Counter.PASS_PEER_DIRECTOR
     ):
         return Verdict.PASS
     if reason == Counter.TX_DSR or Counter.TX_ARP_REPLY <= reason <= Counter.TX_ICMP_ERROR:
@@ -149,6 +161,7 @@ DETAIL_COUNTERS = frozenset(
         Counter.CONN_EXPIRED,
         Counter.CONN_REAL_GONE,
         Counter.CONN_CONFIRMED,
+        Counter.CONN_EVENTS_DROPPED,
     }
 )
 VERDICT_REASONS = frozenset(Counter) - DETAIL_COUNTERS - {Counter.RX}
@@ -174,6 +187,7 @@ ENUMS: dict[str, tuple[type[enum.IntEnum] | type[enum.IntFlag], str]] = {
     "carom_real_flags": (RealFlags, "CAROM_REAL_"),
     "carom_method": (Method, "CAROM_METHOD_"),
     "carom_conn_flags": (ConnFlags, "CAROM_CONN_"),
+    "carom_conn_event_kind": (ConnEventKind, "CAROM_CONN_EVENT_"),
     "carom_counter": (Counter, "CAROM_CNT_"),
 }
 
@@ -330,6 +344,9 @@ class PersistVal(Struct):
     ]
 
 
+MAX_PEER_MACS = 4  # CAROM_MAX_PEER_MACS
+
+
 class NodeCfg(Struct):
     _c_name_ = "node_cfg"
     _fields_ = [
@@ -339,7 +356,26 @@ class NodeCfg(Struct):
         ("reserved", ctypes.c_uint32),
         ("tcp_idle_ns", ctypes.c_uint64),
         ("udp_idle_ns", ctypes.c_uint64),
+        ("peer_mac_count", ctypes.c_uint32),  # entries of peer_macs in use
+        ("reserved2", ctypes.c_uint32),
+        ("peer_macs", MacKey * MAX_PEER_MACS),  # VIP frames from these are never scheduled
     ]
+
+    def set_peer_macs(self, macs: Iterable[bytes]) -> None:
+        """Fill peer_macs and peer_mac_count (at most MAX_PEER_MACS, 6 bytes each)."""
+        macs = [mac_bytes(m) for m in macs]
+        if len(macs) > MAX_PEER_MACS:
+            raise ValueError(
+                f"{len(macs)} peer director MACs; the data plane holds at most {MAX_PEER_MACS}"
+            )
+        for i in range(MAX_PEER_MACS):
+            raw = macs[i] + b"\0\0" if i < len(macs) else bytes(8)
+            self.peer_macs[i] = MacKey.from_buffer_copy(raw)
+        self.peer_mac_count = len(macs)
+
+    def peer_mac_list(self) -> list[bytes]:
+        """The peer directors' MACs in use, 6 bytes each."""
+        return [bytes(self.peer_macs[i].mac) for i in range(int(self.peer_mac_count))]
 
 
 class IfMac(Struct):
@@ -355,6 +391,19 @@ class IfMac(Struct):
     @classmethod
     def of(cls, mac: bytes) -> IfMac:
         return cls.from_buffer_copy(mac_bytes(mac) + b"\x01\0")
+
+
+class ConnEventRecord(Struct):
+    """struct conn_event: one record of the conn_events ring buffer."""
+
+    _c_name_ = "conn_event"
+    _fields_ = [
+        ("key", FlowKey),
+        ("real_id", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),  # the entry's conn_val.flags
+        ("kind", ctypes.c_uint8),  # ConnEventKind
+        ("ttl", ctypes.c_uint8),  # the entry's TTL of the flow's first packet
+    ]
 
 
 class TrafficCounter(Struct):
@@ -378,6 +427,7 @@ STRUCTS: tuple[type[Struct], ...] = (
     PersistVal,
     NodeCfg,
     IfMac,
+    ConnEventRecord,
     TrafficCounter,
 )
 
@@ -394,7 +444,6 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "maglev": (U32, U32),
     "reals": (U32, RealInfo),
     "real_macs": (MacKey, U32),
-    "director_macs": (MacKey, U32),
     "if_macs": (U32, IfMac),
     "conn_table": (FlowKey, ConnVal),
     "pending": (U32, PendingConn),
@@ -403,6 +452,10 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "svc_stats": (U32, TrafficCounter),
     "real_stats": (U32, TrafficCounter),
 }
+
+
+# Ring buffers: no key or value, only a size (limits); read with carom.bpf.ringbuf.
+RINGBUFS: dict[str, type[Struct]] = {"conn_events": ConnEventRecord}  # name -> record type
 
 
 PROTOCOLS = {"tcp": 6, "udp": 17}  # config names -> IP protocol numbers

@@ -46,9 +46,9 @@ def test_loader_sizes_maps_from_limits_and_estimate_matches_kernel(limits: Limit
     dp = Dataplane.load(limits)
     try:
         wanted = limits.map_entries()
-        assert {n: dp[n].max_entries for n in wanted} == wanted
+        assert {n: dp.map_size(n) for n in wanted} == wanted
         for m in limits.memory():
-            kernel = _memlock(dp[m.name].fd)
+            kernel = _memlock(dp.map_fd(m.name))
             # the kernel adds a fixed header per map (struct bpf_array / bpf_htab)
             assert abs(kernel - m.bytes) <= max(0.02 * kernel, 2048), (m.name, kernel, m.bytes)
     finally:

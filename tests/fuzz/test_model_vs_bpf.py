@@ -54,6 +54,7 @@ def assert_same(runner: TestRunner, state: State, frame: bytes) -> None:
     assert got.conns == want.conns
     assert got.persist == want.persist
     assert got.pending == want.pending
+    assert got.events == want.events
 
 
 @given(data=st.binary(min_size=14, max_size=160))
@@ -115,6 +116,8 @@ def test_mutated_cases(bpf_runner: TestRunner, case, flips, cut, extend) -> None
     ttl=st.sampled_from([64, 63, 62, 1, 255]),
     entry_ttl=st.sampled_from([0, 64]),
     from_real=st.booleans(),
+    peer=st.sampled_from(["none", "listed", "sender"]),
+    lease_s=st.sampled_from([None, -5.0, 5.0]),
 )
 @FUZZ
 def test_structured_flows(  # type: ignore[no-untyped-def]
@@ -136,6 +139,8 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
     ttl,
     entry_ttl,
     from_real,
+    peer,
+    lease_s,
 ) -> None:
     if v6:
         l3 = IPv6(src=str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), dst=VIP6, hlim=ttl)
@@ -143,11 +148,19 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
         l3 = IP(src=str(ipaddress.IPv4Address(client)), dst=vip, ttl=ttl)
     l4 = UDP(sport=sport, dport=dport) if udp else TCP(sport=sport, dport=dport, flags=flags)
     src_mac = REALS[3][1] if from_real else ROUTER_MAC
+    peer_mac = "02:ca:00:00:00:02"
+    if peer == "sender":
+        src_mac = peer_mac
     frame = bytes(Ether(src=src_mac, dst=DIRECTOR_MAC) / l3 / l4 / payload)
     state = base_state()
     assert state.node is not None
     state.node.role = role
+    if peer != "none":
+        state.node.peer_macs = (abi.mac_bytes(peer_mac),)
     import time
+
+    if lease_s is not None:  # else the base state's lease that never runs out
+        state.node.lease_until_ns = time.monotonic_ns() + int(lease_s * 1e9)
 
     # The data plane's clock is up to a tick behind (bpf/clock.h): ages within
     # a few ms of the 1 s refresh granularity may fall either way.

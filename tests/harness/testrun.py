@@ -17,6 +17,7 @@ from carom import abi
 from carom.bpf import libbpf
 from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
+from carom.cluster.events import ConnEvent, ConnEvents
 from carom.config.limits import Limits
 from carom.model.state import State
 
@@ -35,6 +36,16 @@ class Outcome:
     persist: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # real, seen
     # pending cache slots in use: slot -> (flow key, real, ttl, seen)
     pending: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
+    # conn_events records, in order: (kind, flow key, real, flags, ttl)
+    events: list[tuple[int, bytes, int, int, int]] = field(default_factory=list)
+
+
+EventTuple = tuple[int, bytes, int, int, int]
+
+
+def event_tuple(ev: ConnEvent | abi.ConnEventRecord) -> EventTuple:
+    """A conn event as comparable plain values."""
+    return (int(ev.kind), bytes(ev.key), int(ev.real_id), int(ev.flags), int(ev.ttl))
 
 
 def _stamps(state: State) -> dict[object, int]:
@@ -73,15 +84,18 @@ class TestRunner:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         self._pending_written: dict[int, abi.PendingConn] = {}
         self._if_slots: set[int] = set()  # if_macs slots written by write_state
+        self.events = ConnEvents(self.dp)
 
     @classmethod
     def on(cls, dp: Dataplane, limits: Limits) -> TestRunner:
         """A runner over an already loaded data plane (e.g. one just migrated)."""
         r = cls.__new__(cls)
         r.limits, r.dp, r._if_slots, r._pending_written = limits, dp, set(), {}
+        r.events = ConnEvents(dp)
         return r
 
     def close(self) -> None:
+        self.events.close()
         self.dp.close()
 
     def write_state(self, state: State) -> None:
@@ -91,7 +105,6 @@ class TestRunner:
             "services",
             "vip_addrs",
             "real_macs",
-            "director_macs",
             "conn_table",
             "persist_table",
         ):
@@ -123,8 +136,6 @@ class TestRunner:
         )
         for mk, rid in state.real_macs().items():
             dp["real_macs"].update(abi.MacKey.from_bytes(mk), rid)
-        for mac in state.director_macs:
-            dp["director_macs"].update(abi.MacKey.from_buffer_copy(mac + b"\0\0"), 1)
         for ifindex in self._if_slots - state.if_macs.keys():  # an array: zero, not delete
             dp["if_macs"].update(ifindex, abi.IfMac())
         for ifindex, mac in state.if_macs.items():
@@ -136,6 +147,7 @@ class TestRunner:
             dp["persist_table"].update(abi.PersistKey.from_bytes(k), pv)
         self.write_pending(state.pending)
         self.zero_counters()
+        self.events.drain()  # events of earlier runs are not this state's
 
     def write_pending(self, slots: dict[int, abi.PendingConn]) -> None:
         """Every CPU's pending cache := `slots` (clearing what the last write left)."""
@@ -202,6 +214,7 @@ class TestRunner:
         before = _stamps(state)
         verdict, out, _ = self.run(frame)
         result = Outcome(verdict=verdict, frame=out, counters=self.counters())
+        result.events = [event_tuple(e) for e in self.events.drain()]
         for name, target in (
             ("svc_stats", result.svc_traffic),
             ("real_stats", result.real_traffic),
@@ -258,4 +271,5 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
             k: (v.real_id, seen_marker(v.last_seen_ns, before.get(("persist", k))))
             for k, v in state.persist.items()
         },
+        events=[event_tuple(e) for e in d.events],
     )

@@ -22,6 +22,7 @@ VERDICTS = {
     C.DROP_NO_REAL: "drop",
     C.PASS_NOT_VIP: "pass",
     C.PASS_BACKUP: "pass",
+    C.PASS_LEASE_EXPIRED: "pass",
     C.PASS_NO_SERVICE: "pass",
 }
 

@@ -83,6 +83,27 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
         assert entry[1:] == (want_real, ttl_of(case.frame), -1), "pending entry of this run"
     else:
         assert {i: v[:2] for i, v in out.pending.items()} == seeded_pending, "pending unchanged"
+    assert out.events == expected_events(case, state), f"{name}: conn_events records"
+
+
+REPOINTED = (C.SYN_RESCHEDULE, C.CONN_EXPIRED, C.CONN_REAL_GONE)
+
+
+def expected_events(case: PacketCase, state: State) -> list[tuple[int, bytes, int, int, int]]:
+    """conn_events records of a case: NEW when the flow entered conn_table (its
+    pending entry's TTL), REPOINT when its entry was rescheduled in place (this
+    packet's TTL; flags 0: a local decision); none for anything else."""
+    if not case.conn_created:
+        return []
+    key = flow_key(case.frame)
+    real = expected_real(case, state)
+    assert real is not None
+    if C.CONN_CONFIRMED in case.extra:
+        ttl = next(v.ttl for v in state.pending.values() if bytes(v.key) == key)
+        return [(int(abi.ConnEventKind.NEW), key, real, 0, ttl)]
+    if any(c in case.extra for c in REPOINTED):
+        return [(int(abi.ConnEventKind.REPOINT), key, real, 0, ttl_of(case.frame))]
+    return []
 
 
 def test_table_covers_every_verdict_reason() -> None:

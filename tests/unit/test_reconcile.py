@@ -17,7 +17,7 @@ from carom import abi
 from carom.bpf.loader import Dataplane, Limits
 from carom.config.load import parse_config
 from carom.config.schema import Config
-from carom.daemon.image import STEPS, ApplyError, ReconcileError, real_key
+from carom.daemon.image import STEPS, ApplyError, Inputs, ReconcileError, real_key
 from carom.daemon.reconcile import Reconciler
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
@@ -125,6 +125,32 @@ def test_one_real_changed_rebuilds_and_writes_only_that_service(dp: Dataplane) -
     # the slot diff, one new reals entry and its MAC: nothing else
     assert writes == slots + 2
     assert slots <= 2 * SIZE / 3 + 2  # within 2x of the replaced real's share
+
+
+def test_peer_macs_reach_node_cfg_in_one_write(dp: Dataplane) -> None:
+    """The cluster's peer directors are an input of the desired image: written into
+    node_cfg (the last step of an apply), changed with one write, refused whole
+    when the data plane cannot hold them."""
+    rec = Reconciler(dp)
+    cfg = config([A])
+    rec.apply(rec.desired(cfg, neighbours(cfg)))
+    assert dp["node_cfg"].lookup(0).peer_mac_list() == []
+    peers = Inputs(peer_macs=["02:ca:00:00:00:02", bytes.fromhex("02ca00000003")])
+    assert rec.apply(rec.desired(cfg, neighbours(cfg), peers)) == 1
+    node = dp["node_cfg"].lookup(0)
+    assert node.peer_mac_list() == [bytes.fromhex("02ca00000002"), bytes.fromhex("02ca00000003")]
+    assert int(node.maglev_size) == SIZE  # the rest of node_cfg as the config says
+    assert rec.apply(rec.desired(cfg, neighbours(cfg), peers)) == 0
+    before = snapshot(dp)
+    five = Inputs(peer_macs=[f"02:ca:00:00:00:{i:02x}" for i in range(5)])
+    with pytest.raises(ReconcileError, match=r"5 peer director MACs .* at most 4"):
+        rec.desired(cfg, neighbours(cfg), five)
+    with pytest.raises(ReconcileError, match="peer director MAC 'zz' is not a MAC address"):
+        rec.desired(cfg, neighbours(cfg), Inputs(peer_macs=["zz"]))
+    assert snapshot(dp) == before
+    # back to a lone director: the list is emptied
+    assert rec.apply(rec.desired(cfg, neighbours(cfg))) == 1
+    assert dp["node_cfg"].lookup(0).peer_mac_list() == []
 
 
 def test_mac_change_touches_the_reals_entry_only(dp: Dataplane) -> None:

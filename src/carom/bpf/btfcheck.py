@@ -14,6 +14,8 @@ from carom.bpf import libbpf
 from carom.bpf.layout import Layout, LayoutError, Record, Scalar, describe
 from carom.bpf.libbpf import Btf
 
+BPF_MAP_TYPE_RINGBUF = 27
+
 
 class AbiMismatch(Exception):
     """The Python ABI definitions disagree with the compiled data plane."""
@@ -79,6 +81,14 @@ def _check_maps(btf: Btf, maps: list[libbpf.BpfMap]) -> list[str]:
     problems = []
     names = {m.name for m in maps}
     problems += [f"map {n}: in abi.MAPS, not in the object" for n in abi.MAPS if n not in names]
+    problems += [
+        f"map {m.name}: abi.RINGBUFS names it, but it is map type {m.map_type}, not a ring buffer"
+        for m in maps
+        if m.name in abi.RINGBUFS and m.map_type != BPF_MAP_TYPE_RINGBUF
+    ]
+    problems += [
+        f"ring {n}: in abi.RINGBUFS, not in the object" for n in abi.RINGBUFS.keys() - names
+    ]
     for m in maps:
         if m.name not in abi.MAPS:
             continue

@@ -96,6 +96,8 @@ class Dataplane:
     pin_dir: str | None
     adopted: bool  # maps came from a previous instance's pins
     maps: dict[str, TypedMap] = field(default_factory=dict)
+    # ring buffers (abi.RINGBUFS) by name: (fd, size in bytes); read with bpf.ringbuf
+    rings: dict[str, tuple[int, int]] = field(default_factory=dict)
     attachments: dict[str, Attachment] = field(default_factory=dict)
     # Pins of an older layout being carried over; finish_migration() ends it.
     migration: Migration | None = None
@@ -139,6 +141,8 @@ class Dataplane:
                 raise
             dp = cls(obj=obj, limits=limits, pin_dir=pin_dir, adopted=adopted)
             for m in obj.maps():
+                if m.name in abi.RINGBUFS:
+                    dp.rings[m.name] = (m.fd, m.max_entries)
                 if m.name not in abi.MAPS or m.name.startswith("."):
                     continue
                 key, value = abi.MAPS[m.name]
@@ -177,6 +181,14 @@ class Dataplane:
 
     def __getitem__(self, name: str) -> TypedMap:
         return self.maps[name]
+
+    def map_fd(self, name: str) -> int:
+        """The fd of any map by name, ring buffers included."""
+        return self.rings[name][0] if name in self.rings else self.maps[name].fd
+
+    def map_size(self, name: str) -> int:
+        """max_entries of any map by name (a ring buffer's: its bytes)."""
+        return self.rings[name][1] if name in self.rings else self.maps[name].max_entries
 
     def attach(self, ifname: str, mode: str = "auto") -> Attachment:
         """Attach to an interface, atomically replacing an older carom program.

@@ -26,6 +26,7 @@ from carom.config.fields import (
     Int,
     StrictModel,
     check_maglev_size,
+    fail,
     int_range,
 )
 
@@ -37,7 +38,7 @@ MAX_SERVICES = 4096
 MAX_REALS = 65536
 MAX_VIPS = 65536
 
-MapKind = Literal["array", "percpu_array", "hash", "lru_hash"]
+MapKind = Literal["array", "percpu_array", "hash", "lru_hash", "ringbuf"]
 
 # The maps whose size comes from the limits, and their kernel map type (bpf/maps.h).
 MAP_KINDS: dict[str, MapKind] = {
@@ -50,12 +51,26 @@ MAP_KINDS: dict[str, MapKind] = {
     "real_macs": "hash",
     "conn_table": "lru_hash",
     "persist_table": "lru_hash",
+    "conn_events": "ringbuf",
 }
 
 # Kernel bookkeeping on x86-64 (kernel/bpf/hashtab.c): struct htab_elem before
 # each key, and one struct bucket per power-of-two hash slot.
 HTAB_ELEM_BYTES = 48
 HTAB_BUCKET_BYTES = 16
+# kernel/bpf/ringbuf.c: a ring buffer maps its data pages twice (a page pointer
+# each) behind a few pages of header and consumer/producer positions.
+PAGE_SIZE = 4096
+RINGBUF_META_PAGES = 3
+CONN_EVENT_BYTES = ctypes.sizeof(abi.ConnEventRecord) + 8  # record + ring header
+
+
+def check_ring_size(value: int) -> int:
+    """A ring buffer's size: the kernel wants a power of two of whole pages."""
+    if value & (value - 1):
+        lower = 1 << (value.bit_length() - 1)
+        fail(f"{value} is not a power of two; a ring buffer needs one: use {lower} or {lower * 2}")
+    return value
 
 
 class Limits(StrictModel):
@@ -81,6 +96,16 @@ class Limits(StrictModel):
         default=65536, description="entries of the LRU client-persistence table", examples=[65536]
     )
 
+    conn_events_bytes: Annotated[
+        Int, int_range(1 << 16, 1 << 30), AfterValidator(check_ring_size)
+    ] = Field(
+        default=4 << 20,
+        description="bytes of the conn_events ring buffer (a power of two); 56 bytes per "
+        "new or re-pointed connection, so the default holds about 75,000 events, 0.75 s of "
+        "100k new flows/s, if connection sync stops reading them",
+        examples=[4194304],
+    )
+
     def map_entries(self) -> dict[str, int]:
         """max_entries of every map the limits size, by map name."""
         return {
@@ -93,6 +118,7 @@ class Limits(StrictModel):
             "real_macs": self.max_reals,
             "conn_table": self.conn_table_size,
             "persist_table": self.persist_table_size,
+            "conn_events": self.conn_events_bytes,
         }
 
     def memory(self, cpus: int | None = None) -> list[MapMemory]:
@@ -137,6 +163,8 @@ class MapMemory:
     shape: str = ""  # how the entries come about, e.g. "64 rows x 65537 slots"
 
     def describe(self) -> str:
+        if self.kind == "ringbuf":
+            return f"{self.name} {format_bytes(self.bytes)} (ring buffer of {self.entries} bytes)"
         shape = f" ({self.shape})" if self.shape else ""
         return (
             f"{self.name} {format_bytes(self.bytes)} = {self.entries} entries{shape} x "
@@ -153,8 +181,12 @@ def _sizeof(tp: object) -> int:
 
 
 def map_memory(name: str, kind: MapKind, entries: int, cpus: int) -> MapMemory:
-    """The kernel's own sum for one map (kernel/bpf/arraymap.c, hashtab.c: their
-    map_mem_usage), to within its small fixed headers."""
+    """The kernel's own sum for one map (kernel/bpf/arraymap.c, hashtab.c,
+    ringbuf.c: their map_mem_usage), to within its small fixed headers."""
+    if kind == "ringbuf":
+        pages = entries // PAGE_SIZE
+        total = entries + RINGBUF_META_PAGES * PAGE_SIZE + (RINGBUF_META_PAGES + 2 * pages) * 8
+        return MapMemory(name, kind, entries, 1, total, shape="ring buffer: entries are bytes")
     key_t, value_t = abi.MAPS[name]
     key, value = _round8(_sizeof(key_t)), _round8(_sizeof(value_t))
     if kind == "array":

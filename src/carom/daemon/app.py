@@ -34,6 +34,7 @@ from carom.daemon.follow import NeighbourFollower
 from carom.daemon.image import (
     ApplyError,
     Desired,
+    Inputs,
     ReconcileError,
     Transaction,
     addresses,
@@ -238,10 +239,10 @@ class Daemon:
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
         fault = self.fault
-        effective = await self.health.weights(config) if self.health is not None else None
+        inputs = Inputs(health=await self.health.weights(config) if self.health else {})
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours, effective)
+            want = rec.desired(config, neighbours, inputs)
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)
@@ -359,10 +360,24 @@ class Daemon:
                     realserver.down(None, Path(vip_state_of(self.config)))
                 except (OSError, realserver.RealServerError) as exc:
                     log.warning("VIPs left on lo", extra={"error": str(exc)})
+        elif self.owner is not None and self.owner.active and self.config.cluster is None:
+            # A lone director: keep scheduling long enough for a new daemon to
+            # adopt the data plane (the lease gates scheduling, bpf/lease.h).
+            grace = ownership.RESTART_GRACE_S
+            try:
+                self._write_lease(time.monotonic_ns() + int(grace * 1e9))
+            except OSError as exc:
+                log.error("cannot extend the lease for a restart", extra={"error": str(exc)})
+            log.info(
+                "daemon stopped; the data plane keeps forwarding for %.0f s (its lease), "
+                "enough for a new daemon to adopt it; `carom stop --detach` removes it",
+                grace,
+            )
         else:
             log.info(
-                "daemon stopped; the data plane keeps forwarding (a new daemon adopts "
-                "it; `carom stop --detach` removes it)"
+                "daemon stopped; this node stops scheduling within %.0f s as its lease "
+                "runs out; a new daemon adopts the data plane",
+                ownership.LEASE_S,
             )
         self.dp.close()
         await self.follower.close()

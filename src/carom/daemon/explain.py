@@ -36,6 +36,9 @@ _WHY = {
     Counter.PASS_NOT_VIP: "{vip} is not a VIP here: the kernel gets the packet untouched",
     Counter.PASS_BACKUP: "this node is a backup: VIP traffic goes to its own stack, "
     "never scheduled",
+    Counter.PASS_LEASE_EXPIRED: "this node is active but its daemon's lease has run out "
+    "(daemon stopped, frozen or just starting): VIP traffic goes to its own stack, never "
+    "scheduled",
     Counter.PASS_NO_SERVICE: "no service for port {port}/{proto} on {vip}: passed to this "
     "node's stack",
 }
@@ -155,6 +158,8 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
             maglev_size=cfg.maglev_size,
             tcp_idle_ns=cfg.tcp_idle_ns,
             udp_idle_ns=cfg.udp_idle_ns,
+            lease_until_ns=int(dp["lease"].lookup(0) or 0),
+            peer_macs=tuple(cfg.peer_mac_list()),
         )
     size = node.maglev_size if node else 0
     wanted = {k.to_bytes() for k in _candidates(flow)}
@@ -219,11 +224,13 @@ def explain(
 
 
 def _src_mac(state: State) -> bytes:
-    """A source MAC that is no real's (a real's would be a forwarding loop)."""
+    """A source MAC that is no real's (a real's would be a forwarding loop) and no
+    peer director's (its frames are never scheduled)."""
     macs = state.real_macs()
+    peers = state.node.peer_macs if state.node is not None else ()
     for last in range(256):
         mac = b"\x02\x00\x00\x00\x00" + bytes([last])
-        if mac + b"\0\0" not in macs:
+        if mac + b"\0\0" not in macs and mac not in peers:
             return mac
     raise ValueError("no free source MAC")  # 256 reals with these MACs: not a real setup
 
@@ -362,7 +369,9 @@ def _new_connection(state: State, flow: Flow, now: int) -> str:
         d = _decide(state, Flow(flow.client, flow.cport, flow.vip, flow.vport, 6, True), now)
     else:  # UDP has no SYN: ask again without the entry
         fresh = copy.deepcopy(state)
-        del fresh.conns[flow.key().to_bytes()]
+        fkey = flow.key().to_bytes()
+        fresh.conns.pop(fkey, None)  # the flow may be known only as pending
+        fresh.pending = {i: v for i, v in fresh.pending.items() if bytes(v.key) != fkey}
         d = _decide(fresh, flow, now)
     if d.reason not in _VERDICTS:
         return "dropped: no usable real"

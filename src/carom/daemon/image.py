@@ -5,7 +5,7 @@ data and small pure helpers; the reconciler (reconcile.py) computes and writes."
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +95,40 @@ class Effective:
 
 # (service key (vip, protocol, port_number), real address) -> Effective
 EffectiveMap = dict[tuple[tuple[Address, str, int], Address], Effective]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the desired image depends on besides the config and the neighbour
+    table: the cluster's state (and, later, health). Passed to
+    Reconciler.desired() on every apply; the default is a lone director."""
+
+    # MACs of the other directors (6 bytes or "aa:bb:..", at most abi.MAX_PEER_MACS):
+    # VIP frames from them are never scheduled here (node_cfg.peer_macs).
+    peer_macs: Sequence[bytes | str] = ()
+    # health checks and manual overrides per (service, real) (daemon/health_task.py):
+    # weights in place of the configured ones; absent pairs keep the config's
+    health: EffectiveMap = field(default_factory=dict)
+
+    def peer_mac_bytes(self) -> list[bytes]:
+        """peer_macs as 6-byte values, de-duplicated in order; ReconcileError if
+        one is not a MAC or there are more than the data plane holds."""
+        out: list[bytes] = []
+        for m in self.peer_macs:
+            try:
+                raw = abi.mac_bytes(m)
+            except ValueError:
+                raise ReconcileError(
+                    f"peer director MAC {m!r} is not a MAC address (6 bytes or 'aa:bb:cc:dd:ee:ff')"
+                ) from None
+            if raw not in out:
+                out.append(raw)
+        if len(out) > abi.MAX_PEER_MACS:
+            raise ReconcileError(
+                f"{len(out)} peer director MACs ({', '.join(abi.mac_str(m) for m in out)}); "
+                f"the data plane checks at most {abi.MAX_PEER_MACS} (CAROM_MAX_PEER_MACS)"
+            )
+        return out
 
 
 @dataclass(frozen=True)

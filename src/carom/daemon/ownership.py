@@ -32,6 +32,12 @@ log = logging.getLogger("carom.ownership")
 # LEASE_REFRESH_S, so a daemon that stops refreshing falls silent within LEASE_S.
 LEASE_S = 1.0
 LEASE_REFRESH_S = 0.2
+# A lone director's daemon that stops without --detach leaves a lease this long,
+# so a new daemon (a restart, an upgrade) adopts a data plane that still
+# schedules: the lease gates scheduling too (bpf/lease.h), and a new daemon
+# takes longer than LEASE_S to start. A cluster member leaves none: its peer
+# takes over within a lease.
+RESTART_GRACE_S = 30.0
 # Announcement schedule on taking ownership (field note 6): a burst, then
 # again after 1 s and 5 s, then a refresh every ANNOUNCE_REFRESH_S.
 BURST = 3

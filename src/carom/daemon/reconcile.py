@@ -38,6 +38,7 @@ from carom.daemon.image import (
     Effective,
     EffectiveMap,
     Image,
+    Inputs,
     MemberSet,
     RealView,
     ReconcileError,
@@ -238,12 +239,14 @@ class Reconciler:
         self,
         config: Config,
         neighbours: dict[Address, Neighbour],
-        effective: EffectiveMap | None = None,
+        inputs: Inputs | None = None,
     ) -> Desired:
-        """The image the config asks for, with health and manual overrides
-        (`effective`, per service and real) in place of configured weights.
-        Changes nothing: ids and tables it allocates become the reconciler's own
-        only through commit()."""
+        """The image the config asks for, with the cluster's state and the health
+        view (`inputs`: health checks and manual overrides per service and real,
+        in place of configured weights). Changes nothing: ids and tables it
+        allocates become the reconciler's own only through commit()."""
+        inputs = inputs or Inputs()
+        effective = inputs.health
         img = Image()
         img.node = abi.NodeCfg(
             role=int(abi.Role.ACTIVE if config.node.role == "active" else abi.Role.BACKUP),
@@ -252,6 +255,7 @@ class Reconciler:
             tcp_idle_ns=config.timeouts.tcp_idle * 10**9,
             udp_idle_ns=config.timeouts.udp_idle * 10**9,
         )
+        img.node.set_peer_macs(inputs.peer_mac_bytes())
         views: dict[SvcIdent, list[RealView]] = {}
         fingerprints: dict[SvcIdent, str] = {}
         names: dict[SvcIdent, str] = {}

@@ -28,6 +28,7 @@ IPV6_EXT_OFF_LIMIT = 14 + 40 + 512
 NSEC_PER_SEC = 10**9
 LAST_SEEN_GRANULARITY_NS = NSEC_PER_SEC
 U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
 TCP_SYN, TCP_ACK = 0x02, 0x10
 ETH_P_ARP = 0x0806
 # BPF_PROG_TEST_RUN runs the program on the loopback device's receive queue.
@@ -45,6 +46,8 @@ class Decision:
     svc_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (pkts, bytes)
     real_traffic: dict[int, tuple[int, int]] = field(default_factory=dict)
     real_id: int = 0  # chosen real, 0 if none
+    # conn_events records written, in order (conn_events.h)
+    events: list[abi.ConnEventRecord] = field(default_factory=list)
 
 
 class _Verdict(Exception):
@@ -237,12 +240,32 @@ def _choose(  # sched.h choose
     return rid, real
 
 
-def _confirm(  # sched.h confirm
-    state: State, p: _Packet, svc: Service, pend: abi.PendingConn, now: int, tally: Tally[Counter]
+def _event(  # conn_events.h conn_event
+    events: list[abi.ConnEventRecord], key: bytes, cv: abi.ConnVal, kind: abi.ConnEventKind
 ) -> None:
-    state.conns[p.flow_key()] = abi.ConnVal(
-        real_id=pend.real_id, flags=0, ttl=pend.ttl, last_seen_ns=now
+    events.append(
+        abi.ConnEventRecord(
+            key=abi.FlowKey.from_buffer_copy(key),
+            real_id=cv.real_id,
+            flags=cv.flags,
+            kind=int(kind),
+            ttl=cv.ttl,
+        )
     )
+
+
+def _confirm(  # sched.h confirm
+    state: State,
+    p: _Packet,
+    svc: Service,
+    pend: abi.PendingConn,
+    now: int,
+    tally: Tally[Counter],
+    events: list[abi.ConnEventRecord],
+) -> None:
+    cv = abi.ConnVal(real_id=pend.real_id, flags=0, ttl=pend.ttl, last_seen_ns=now)
+    state.conns[p.flow_key()] = cv
+    _event(events, p.flow_key(), cv, abi.ConnEventKind.NEW)
     if svc.persist_timeout_s > 0:
         pk = _persist_key(p, svc)
         pv = state.persist.get(pk)
@@ -254,7 +277,13 @@ def _confirm(  # sched.h confirm
 
 
 def _schedule(  # sched.h schedule
-    state: State, p: _Packet, svc: Service, src_mac: bytes, now: int, tally: Tally[Counter]
+    state: State,
+    p: _Packet,
+    svc: Service,
+    src_mac: bytes,
+    now: int,
+    tally: Tally[Counter],
+    events: list[abi.ConnEventRecord],
 ) -> tuple[int, Real]:
     assert state.node is not None
     node = state.node
@@ -283,11 +312,12 @@ def _schedule(  # sched.h schedule
                             pv.last_seen_ns = now
                 return conn.real_id, real
             tally[Counter.CONN_REAL_GONE] += 1
-        # rescheduled in place
+        # rescheduled in place: this node's decision now, no longer a synced one
         if from_real:
             raise _Verdict(Counter.DROP_LOOP)
         rid, real = _choose(state, p, svc, flow_hash(fkey), now, tally)
-        conn.real_id, conn.ttl, conn.last_seen_ns = rid, p.ttl, now
+        conn.real_id, conn.flags, conn.ttl, conn.last_seen_ns = rid, 0, p.ttl, now
+        _event(events, fkey, conn, abi.ConnEventKind.REPOINT)
         return rid, real
 
     fhash = flow_hash(fkey)
@@ -303,7 +333,7 @@ def _schedule(  # sched.h schedule
             raise _Verdict(Counter.DROP_LOOP)
         real = _usable(state, pend.real_id)
         if not syn and real is not None:
-            _confirm(state, p, svc, pend, now, tally)
+            _confirm(state, p, svc, pend, now, tally, events)
             return pend.real_id, real
 
     if from_real:
@@ -411,8 +441,14 @@ def _decide(  # carom.bpf.c
     vip = state.vip_infos().get(vip_key)
     if vip is None:
         raise _Verdict(Counter.PASS_NOT_VIP)
+    # lease.h: only an active node with a running lease schedules, and never a
+    # frame from a peer director (the map holds a u64: a negative deadline wraps)
     if state.node is None or state.node.role != abi.Role.ACTIVE:
         raise _Verdict(Counter.PASS_BACKUP)
+    if not now < state.node.lease_until_ns & U64:
+        raise _Verdict(Counter.PASS_LEASE_EXPIRED)
+    if frame[6:12] in state.node.peer_macs[: abi.MAX_PEER_MACS]:
+        raise _Verdict(Counter.PASS_PEER_DIRECTOR)
     if p.family == abi.Family.IPV6:
         _skip_ipv6_ext(frame, p)
     if p.fragment:
@@ -432,7 +468,7 @@ def _decide(  # carom.bpf.c
 
     _frame_checks(frame, state, ifindex)
 
-    rid, real = _schedule(state, p, svc, frame[6:12], now, tally)
+    rid, real = _schedule(state, p, svc, frame[6:12], now, tally, result.events)
     result.real_id = rid
     n = len(frame)
     result.svc_traffic[svc.svc_id] = (1, n)

@@ -23,18 +23,24 @@ class Node:
     tcp_idle_ns: int = 900 * 10**9  # idle TCP entries are rescheduled
     udp_idle_ns: int = 300 * 10**9  # idle UDP entries are rescheduled
     # CLOCK_MONOTONIC deadline renewed by the daemon: ARP/NDP for the VIPs is
-    # answered only before it (0: never), so a wedged daemon stops claiming them.
-    # In the data plane it is the `lease` map, not a node_cfg field.
+    # answered, and VIP traffic scheduled, only before it (0: never), so a wedged
+    # daemon stops claiming and scheduling. In the data plane it is the `lease`
+    # map, not a node_cfg field.
     lease_until_ns: int = 0
+    # MACs of the peer directors (6 bytes each, at most abi.MAX_PEER_MACS): VIP
+    # frames from them go to the local stack, never scheduled.
+    peer_macs: tuple[bytes, ...] = ()
 
     def to_abi(self) -> abi.NodeCfg:
-        return abi.NodeCfg(
+        cfg = abi.NodeCfg(
             role=int(self.role),
             flags=int(abi.CfgFlags.FRAG_PASS) if self.frag_pass else 0,
             maglev_size=self.maglev_size,
             tcp_idle_ns=self.tcp_idle_ns,
             udp_idle_ns=self.udp_idle_ns,
         )
+        cfg.set_peer_macs(self.peer_macs)
+        return cfg
 
 
 @dataclass
@@ -97,7 +103,6 @@ class State:
     persist: dict[bytes, abi.PersistVal] = field(default_factory=dict)
     # pending: slot -> flow seen once (one CPU's cache: the model is one CPU)
     pending: dict[int, abi.PendingConn] = field(default_factory=dict)
-    director_macs: set[bytes] = field(default_factory=set)
     # if_macs: ifindex -> the interface's own MAC (6 bytes)
     if_macs: dict[int, bytes] = field(default_factory=dict)
 
