@@ -191,7 +191,12 @@ class HealthScheduler:
         if self._prober is None and engine.handles(key):
             if self._engine is None:
                 self._engine = engine.SocketEngine(self._clock)
-            probe = self._engine.start(key, lambda r: self._done(k, gen, r), k.sockaddr)
+            try:
+                probe = self._engine.start(key, lambda r: self._done(k, gen, r), k.sockaddr)
+            except Exception as exc:  # a bug must fail one probe, not stop the timer
+                log.exception("health: probe of %s failed to start", _name(key))
+                self._done(k, gen, CheckResult(ok=False, reason=f"probe error: {exc!r}"[:200]))
+                return
             if probe.done is not None:  # else it ended at once and _done has run
                 k.probe = probe
             return
