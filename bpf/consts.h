@@ -22,6 +22,8 @@
 #define CAROM_PENDING_SLOTS 16384
 /* node_cfg.peer_macs: MACs of the other directors of the cluster. */
 #define CAROM_MAX_PEER_MACS 4
+/* real_down: one bit per (service, real id); default rows of CAROM_MAX_REALS bits. */
+#define CAROM_REAL_DOWN_WORDS (CAROM_MAX_SERVICES * CAROM_MAX_REALS / 64)
 /* conn_events ring buffer: default size in bytes (a power of two, a multiple of
  * the page size); the loader sets it from limits.conn_events_bytes. */
 #define CAROM_CONN_EVENTS_BYTES (4 << 20)
@@ -46,7 +48,8 @@ enum carom_cfg_flags {
 
 /* svc_info.flags */
 enum carom_svc_flags {
-	CAROM_SVC_PERSIST = 1, /* client-IP persistence (IPVS -p) */
+	CAROM_SVC_PERSIST = 1,   /* client-IP persistence (IPVS -p) */
+	CAROM_SVC_REAL_DOWN = 2, /* some real's flows must move: consult real_down (real_state.h) */
 };
 
 /* vip_info.flags: which protocols have an all-ports service on the VIP, so the
@@ -133,7 +136,8 @@ enum carom_counter {
 	CAROM_CNT_PASS_PEER_DIRECTOR = 37,  /* from a peer director's MAC: scheduled there already */
 	/* detail (conn_events.h) */
 	CAROM_CNT_CONN_EVENTS_DROPPED = 38, /* conn_events full: a NEW/REPOINT event was lost */
-	CAROM_CNT__MAX = 39,
+	CAROM_CNT_CONN_REAL_DOWN = 39,      /* entry's real down for its service: rescheduled */
+	CAROM_CNT__MAX = 40,
 };
 
 #endif

@@ -104,7 +104,7 @@ static __always_inline struct real_info *quoted_real(const struct flow_key *fk,
 
 	if (conn) {
 		real = usable_real(conn->real_id);
-		if (real) {
+		if (real && !real_down_for(cfg, svc, conn->real_id)) {
 			*real_id = conn->real_id;
 			return real;
 		}
@@ -116,7 +116,7 @@ static __always_inline struct real_info *quoted_real(const struct flow_key *fk,
 		pv = bpf_map_lookup_elem(&persist_table, &pk);
 		if (pv) {
 			real = usable_real(pv->real_id);
-			if (real) {
+			if (real && !real_down_for(cfg, svc, pv->real_id)) {
 				*real_id = pv->real_id;
 				return real;
 			}

@@ -100,6 +100,15 @@ struct {
 	__type(value, struct conn_val);
 } conn_table SEC(".maps");
 
+/* Per (service, real id) "down, move its flows" bits (real_state.h): word
+ * svc_id * node_cfg.real_down_words + real_id / 64, bit real_id % 64. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CAROM_REAL_DOWN_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} real_down SEC(".maps");
+
 /* Flows seen once (sched.h). A direct-mapped cache per CPU: writing a slot is a
  * store, not an LRU insert, and a flood of one-packet flows (spoofed SYNs) only
  * overwrites other one-packet flows, never an established flow in conn_table. */

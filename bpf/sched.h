@@ -20,6 +20,7 @@
 #define CAROM_SCHED_H
 
 #include "conn_events.h"
+#include "real_state.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -101,7 +102,7 @@ static __always_inline int choose(const struct packet *p, const struct svc_info 
 		pv = bpf_map_lookup_elem(&persist_table, &pk);
 		if (pv && age_of(now, pv->last_seen_ns) <= (__u64)svc->persist_timeout_s * NSEC_PER_SEC) {
 			*real = usable_real(pv->real_id);
-			if (*real) {
+			if (*real && !real_down_for(cfg, svc, pv->real_id)) {
 				*rid = pv->real_id;
 				pv->last_seen_ns = now;
 				count(CAROM_CNT_PERSIST_HIT);
@@ -177,7 +178,9 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 			count(CAROM_CNT_CONN_EXPIRED);
 		} else {
 			*real = usable_real(conn->real_id);
-			if (*real) {
+			if (*real && real_down_for(cfg, svc, conn->real_id)) {
+				count(CAROM_CNT_CONN_REAL_DOWN);
+			} else if (*real) {
 				*real_id = conn->real_id;
 				count(CAROM_CNT_CONN_HIT);
 				if (age_of(now, conn->last_seen_ns) > LAST_SEEN_GRANULARITY_NS) {
@@ -190,8 +193,9 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 					}
 				}
 				return 0;
+			} else {
+				count(CAROM_CNT_CONN_REAL_GONE);
 			}
-			count(CAROM_CNT_CONN_REAL_GONE);
 		}
 		/* Rescheduled in place: the entry keeps its LRU slot. It is this
 		 * node's decision now, no longer a synced one. */
@@ -219,12 +223,12 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 		if (looped(p, pend->ttl))
 			return CAROM_CNT_DROP_LOOP;
 		*real = usable_real(pend->real_id);
-		if (!syn && *real) {
+		if (!syn && *real && !real_down_for(cfg, svc, pend->real_id)) {
 			*real_id = pend->real_id;
 			confirm(p, svc, pend, now);
 			return 0;
 		}
-		/* A SYN again (a retransmission), or its real is gone: a new flow. */
+		/* A SYN again (a retransmission), or its real gone or down: a new flow. */
 	}
 
 	/* A new flow. One from a real's MAC is a loop (field note 2); only new

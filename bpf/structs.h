@@ -112,7 +112,7 @@ struct node_cfg {
 	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
 	__u64 udp_idle_ns;   /* same for UDP */
 	__u32 peer_mac_count; /* entries of peer_macs in use (0..CAROM_MAX_PEER_MACS) */
-	__u32 reserved2;
+	__u32 real_down_words; /* 64-bit words per service row of real_down (max_reals / 64, up) */
 	/* The other directors' MACs: VIP frames from them are passed, never scheduled
 	 * (lease.h). Inline, so the check costs no lookup. */
 	struct mac_key peer_macs[CAROM_MAX_PEER_MACS];

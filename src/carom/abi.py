@@ -42,6 +42,7 @@ class SvcFlags(enum.IntFlag):
     """enum carom_svc_flags: svc_info.flags."""
 
     PERSIST = 1
+    REAL_DOWN = 2  # some real's flows must move: consult real_down
 
 
 class VipFlags(enum.IntFlag):
@@ -122,9 +123,10 @@ class Counter(enum.IntEnum):
     PASS_LEASE_EXPIRED = 36
     PASS_PEER_DIRECTOR = 37
     CONN_EVENTS_DROPPED = 38
+    CONN_REAL_DOWN = 39
 
 
-COUNTER_MAX = 39  # CAROM_CNT__MAX
+COUNTER_MAX = 40  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -162,6 +164,7 @@ DETAIL_COUNTERS = frozenset(
         Counter.CONN_REAL_GONE,
         Counter.CONN_CONFIRMED,
         Counter.CONN_EVENTS_DROPPED,
+        Counter.CONN_REAL_DOWN,
     }
 )
 VERDICT_REASONS = frozenset(Counter) - DETAIL_COUNTERS - {Counter.RX}
@@ -357,7 +360,7 @@ class NodeCfg(Struct):
         ("tcp_idle_ns", ctypes.c_uint64),
         ("udp_idle_ns", ctypes.c_uint64),
         ("peer_mac_count", ctypes.c_uint32),  # entries of peer_macs in use
-        ("reserved2", ctypes.c_uint32),
+        ("real_down_words", ctypes.c_uint32),  # words per service row of real_down
         ("peer_macs", MacKey * MAX_PEER_MACS),  # VIP frames from these are never scheduled
     ]
 
@@ -447,6 +450,7 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "if_macs": (U32, IfMac),
     "conn_table": (FlowKey, ConnVal),
     "pending": (U32, PendingConn),
+    "real_down": (U32, U64),
     "persist_table": (PersistKey, PersistVal),
     "stats": (U32, U64),
     "svc_stats": (U32, TrafficCounter),
@@ -482,6 +486,21 @@ def vip_key(vip: IPAddress) -> VipKey:
 
 VIP_FILTER_BITS = 65536  # CAROM_VIP_FILTER_BITS
 PENDING_SLOTS = 16384  # CAROM_PENDING_SLOTS: per CPU, a power of two
+
+
+def real_down_words(max_reals: int) -> int:
+    """node_cfg.real_down_words: 64-bit words per service row of real_down."""
+    return (max_reals + 63) // 64
+
+
+def real_down_bits(down: Iterable[tuple[int, int]], words_per_row: int) -> dict[int, int]:
+    """The non-zero words of real_down for these (service id, real id) pairs
+    (bpf/real_state.h: word svc_id * words + real_id / 64, bit real_id % 64)."""
+    out: dict[int, int] = {}
+    for sid, rid in down:
+        word = sid * words_per_row + rid // 64
+        out[word] = out.get(word, 0) | (1 << (rid % 64))
+    return out
 
 
 def vip_filter_bit(address: IPAddress) -> int:

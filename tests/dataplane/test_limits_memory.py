@@ -38,6 +38,7 @@ def _memlock(fd: int) -> int:
             maglev_table_size=1021,
             conn_table_size=1024,
             persist_table_size=70000,
+            conn_events_bytes=1 << 16,
         ),
     ],
     ids=["mid", "small"],

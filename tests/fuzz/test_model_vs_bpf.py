@@ -118,6 +118,7 @@ def test_mutated_cases(bpf_runner: TestRunner, case, flips, cut, extend) -> None
     from_real=st.booleans(),
     peer=st.sampled_from(["none", "listed", "sender"]),
     lease_s=st.sampled_from([None, -5.0, 5.0]),
+    down=st.sets(st.sampled_from(list(REALS))),
 )
 @FUZZ
 def test_structured_flows(  # type: ignore[no-untyped-def]
@@ -141,6 +142,7 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
     from_real,
     peer,
     lease_s,
+    down,
 ) -> None:
     if v6:
         l3 = IPv6(src=str(ipaddress.IPv6Address((0x20010DB8 << 96) | client)), dst=VIP6, hlim=ttl)
@@ -161,6 +163,8 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
 
     if lease_s is not None:  # else the base state's lease that never runs out
         state.node.lease_until_ns = time.monotonic_ns() + int(lease_s * 1e9)
+    for svc in state.services:  # down for every service; tables unchanged (mid-reload)
+        svc.down = frozenset(down)
 
     # The data plane's clock is up to a tick behind (bpf/clock.h): ages within
     # a few ms of the 1 s refresh granularity may fall either way.
@@ -185,6 +189,8 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
         )
     for rid in unusable:
         state.reals[rid].usable = False
+    for svc in state.services:
+        svc.down = frozenset(down)
     assert_same(bpf_runner, state, frame)
     _ = CLIENT
 
@@ -200,6 +206,7 @@ def test_structured_flows(  # type: ignore[no-untyped-def]
     quote_len=st.integers(0, 60),
     seeded_real=st.one_of(st.none(), st.sampled_from(list(REALS)), st.just(99)),
     unusable=st.sets(st.sampled_from(list(REALS))),
+    down=st.sets(st.sampled_from(list(REALS))),
 )
 @FUZZ
 def test_icmp_errors_quoting_flows(  # type: ignore[no-untyped-def]
@@ -214,6 +221,7 @@ def test_icmp_errors_quoting_flows(  # type: ignore[no-untyped-def]
     quote_len,
     seeded_real,
     unusable,
+    down,
 ) -> None:
     """ICMP errors (and non-errors) to a VIP quoting a reply of some flow, with
     or without its connection entry: the model and the program agree."""
@@ -239,4 +247,6 @@ def test_icmp_errors_quoting_flows(  # type: ignore[no-untyped-def]
         state.conns[key] = abi.ConnVal(real_id=seeded_real, last_seen_ns=0)
     for rid in unusable:
         state.reals[rid].usable = False
+    for svc in state.services:
+        svc.down = frozenset(down)
     assert_same(bpf_runner, state, frame)

@@ -112,7 +112,9 @@ class TestRunner:
         if state.node is None:
             dp["node_cfg"].update(0, abi.NodeCfg(role=int(abi.Role.BACKUP)))
         else:
-            dp["node_cfg"].update(0, state.node.to_abi())
+            cfg = state.node.to_abi()
+            cfg.real_down_words = abi.real_down_words(self.limits.max_reals)
+            dp["node_cfg"].update(0, cfg)
         dp["lease"].update(0, state.node.lease_until_ns if state.node else 0)
         size = self.limits.maglev_table_size
         zeros = np.zeros(self.limits.max_services * size, dtype=np.uint32)
@@ -128,6 +130,11 @@ class TestRunner:
         )
         for svc in state.services:
             dp["services"].update(svc.key(), svc.info())
+        words = abi.real_down_words(self.limits.max_reals)
+        down = abi.real_down_bits(((s.svc_id, r) for s in state.services for r in s.down), words)
+        dp["real_down"].update_batch(
+            (i, down.get(i, 0)) for i in range(self.limits.max_services * words)
+        )
         for vk, vinfo in state.vip_infos().items():
             dp["vip_addrs"].update(abi.VipKey.from_bytes(vk), vinfo)
         filter_words = abi.vip_filter_words(s.vip for s in state.services)

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from carom import abi
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
@@ -433,8 +432,6 @@ def test_established_flows_of_a_down_real_are_kept_or_rescheduled(
     """real1 refuses new connections to 8080 (its check fails) while keep-alive
     connections to it stay open: `keep` leaves them on real1, `reschedule`
     sends their next packets to a live real, which resets them."""
-    if policy == "reschedule" and "DOWN" not in abi.RealFlags.__members__:
-        pytest.skip("the data plane has no per-real down flag yet (branch clusterdp)")
     assert director.reload(config(servers.agent_file, down_flows=policy))["ok"]
     client = lab.popen(
         "client1",

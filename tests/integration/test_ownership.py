@@ -16,6 +16,7 @@ import pytest
 from carom.lab import Lab, nodes
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
+from carom.lab.traffic import curl
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -130,6 +131,30 @@ def test_a_frozen_daemon_stops_answering_within_its_lease(lab: Lab, director: Di
         os.kill(pid, signal.SIGCONT)
     _forget(lab)
     assert _wait(lambda: all(_ping(lab, v) for v in t.VIPS), 5.0) is not None
+
+
+def test_a_frozen_daemon_stops_scheduling_within_its_lease(lab: Lab, director: Director) -> None:
+    """Issue 9: the data plane acts as active only while its daemon proves it is
+    alive. Frozen (SIGSTOP), the director stops scheduling within the lease: the
+    router still sends VIP traffic to it (its ARP entry has not expired), and the
+    director, a real server too, serves it from its own stack (pass_lease_expired)
+    instead of forwarding it. SIGCONT: scheduled to the reals again."""
+    url = f"http://{t.VIP4}/"
+    assert _ping(lab, t.VIP4)  # the router's entry for the VIP is our MAC
+    reals = {n.name for n in t.REALS}
+    assert set(curl(lab, "client1", url, 6)) <= reals
+    assert director.proc is not None
+    pid = director.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # the lease (1 s) runs out
+        assert nodes.vip_neighbours(t.ROUTER.name).get(str(t.VIP4)) == DIR1_MAC
+        served = curl(lab, "client1", url, 6)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert served == [t.DIR1.name] * 6, served
+    assert director.status()["counters"].get("pass_lease_expired", 0) >= 6
+    assert _wait(lambda: set(curl(lab, "client1", url, 3)) <= reals, 5.0) is not None
 
 
 def test_a_backup_never_answers_for_the_vips(lab: Lab, director: Director) -> None:

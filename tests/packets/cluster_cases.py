@@ -20,13 +20,16 @@ from tests.packets.cases import (
     SYN,
     UDP4,
     VIP,
+    VIP_PERSIST,
     PacketCase,
     Setup,
     _conn,
     _drop_real_from_table,
     _pending,
+    _persist,
     _seq,
     _set_node,
+    table_of,
     tcp4,
 )
 
@@ -209,5 +212,81 @@ CLUSTER_CASES: list[PacketCase] = [
         _from(REALS[1][1], ACK),
         C.DROP_LOOP,
         setup=_set_node(peer_macs=PEERS),
+    ),
+]
+
+
+# --- reals down for a service (bpf/real_state.h): their flows move ---
+def _down(svc_id: int, *real_ids: int, keep_flows: bool = False) -> Setup:
+    """Reals `real_ids` went down for service `svc_id`: out of its Maglev row, and
+    (unless the service keeps the flows of down reals) flagged in real_down."""
+
+    def setup(state: State, now: int) -> None:
+        svc = next(s for s in state.services if s.svc_id == svc_id)
+        members = {0: [1, 2, 3], 1: [1, 2], 4: [1, 2, 3]}[svc_id]
+        svc.table = table_of([r for r in members if r not in real_ids])
+        if not keep_flows:
+            svc.down = frozenset(real_ids)
+
+    return setup
+
+
+ACK_DOWN = tcp4(flags="A", sport=40030, payload=b"data")
+ACK_KEEP = tcp4(flags="A", sport=40031, payload=b"data")
+ACK_PENDING_DOWN = tcp4(flags="A", sport=40032, payload=b"data")
+PERSIST_ACK = tcp4(dst=VIP_PERSIST, dport=443, flags="A", sport=40033, payload=b"x")
+
+CLUSTER_CASES += [
+    PacketCase(
+        "conn-to-a-down-real-is-rescheduled",
+        ACK_DOWN,
+        C.TX_DSR,
+        setup=_seq(_conn(ACK_DOWN, 3), _down(0, 3)),
+        real="maglev",
+        svc_id=0,
+        extra={C.CONN_REAL_DOWN: 1, C.NEW_FLOW: 1},
+        conn_created=True,
+        note="the client gets a quick reset from a live real, not a black hole; REPOINT",
+    ),
+    PacketCase(
+        "service-that-keeps-flows-of-down-reals",
+        ACK_KEEP,
+        C.TX_DSR,
+        setup=_seq(_conn(ACK_KEEP, 3), _down(0, 3, keep_flows=True)),
+        real=3,
+        svc_id=0,
+        extra={C.CONN_HIT: 1},
+        conn_created=True,
+    ),
+    PacketCase(
+        "real-down-for-another-service-keeps-this-ones-flows",
+        UDP4,
+        C.TX_DSR,
+        setup=_seq(_conn(UDP4, 1), _down(0, 1)),
+        real=1,
+        svc_id=1,
+        extra={C.CONN_HIT: 1},
+        conn_created=True,
+        note="down is per (service, real): real 1 failed service 0's check, not service 1's",
+    ),
+    PacketCase(
+        "pending-entry-of-a-down-real-is-scheduled-again",
+        ACK_PENDING_DOWN,
+        C.TX_DSR,
+        setup=_seq(_pending(ACK_PENDING_DOWN, 3), _down(0, 3)),
+        real="maglev",
+        svc_id=0,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
+    ),
+    PacketCase(
+        "persistence-entry-of-a-down-real-is-not-used",
+        PERSIST_ACK,
+        C.TX_DSR,
+        setup=_seq(_persist(CLIENT, 4, 2, 10), _down(4, 2)),
+        real="maglev-client",
+        svc_id=4,
+        extra={C.NEW_FLOW: 1},
+        pending_created=True,
     ),
 ]

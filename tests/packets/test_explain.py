@@ -11,10 +11,18 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from carom import abi
 from carom.abi import Counter as C
 from carom.daemon import explain
 from tests.harness.testrun import TestRunner
-from tests.packets.cases import CASES, ROUTER_MAC, PacketCase, expected_real, prepared
+from tests.packets.cases import (
+    CASES,
+    ROUTER_MAC,
+    PacketCase,
+    expected_real,
+    flow_key,
+    prepared,
+)
 
 VERDICTS = {
     C.TX_DSR: "forward",
@@ -60,6 +68,9 @@ def check(case: PacketCase, e: explain.Explanation) -> None:
         assert e.real == str(state.reals[want].address)
     if C.CONN_HIT in case.extra:
         assert e.path == "connection"
+        synced = state.conns[flow_key(case.frame)].flags & abi.ConnFlags.SYNCED
+        assert e.entry == ("synced" if synced else "local")
+        assert any("synced from a peer director" in s for s in e.steps) == bool(synced), e.steps
     elif C.CONN_CONFIRMED in case.extra:
         assert e.path == "pending"
     elif C.PERSIST_HIT in case.extra:
@@ -75,6 +86,7 @@ def test_the_table_has_explainable_cases() -> None:
     assert {c.reason for c in EXPLAINABLE} == set(VERDICTS)  # every verdict explained
     paths = {k for c in EXPLAINABLE for k in c.extra}
     assert {C.CONN_HIT, C.PERSIST_HIT, C.SYN_RESCHEDULE, C.CONN_EXPIRED, C.CONN_REAL_GONE} <= paths
+    assert C.CONN_REAL_DOWN in paths
 
 
 @pytest.mark.parametrize("case", EXPLAINABLE, ids=lambda c: c.name)

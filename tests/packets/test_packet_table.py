@@ -86,7 +86,7 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
     assert out.events == expected_events(case, state), f"{name}: conn_events records"
 
 
-REPOINTED = (C.SYN_RESCHEDULE, C.CONN_EXPIRED, C.CONN_REAL_GONE)
+REPOINTED = (C.SYN_RESCHEDULE, C.CONN_EXPIRED, C.CONN_REAL_GONE, C.CONN_REAL_DOWN)
 
 
 def expected_events(case: PacketCase, state: State) -> list[tuple[int, bytes, int, int, int]]:

@@ -242,23 +242,3 @@ def test_a_via_vip_probe_without_a_route_yet_fails_instead_of_going_astray() -> 
     local = keys[(cfg.services[0].key, IPv4Address("192.0.2.2"))].target
     assert remote.address == IPv4Address("192.0.2.100") and remote.via == NO_PATH
     assert local.address == IPv4Address("192.0.2.100") and local.via is None  # its own stack
-
-
-def test_a_real_is_rescheduled_only_when_down_with_reschedule_in_every_service() -> None:
-    from carom.daemon.image import Effective
-    from carom.daemon.reconcile import reschedule_reals
-
-    cfg = parse_config(
-        "interfaces: [eth0]\n"
-        "services:\n"
-        "  - {name: a, vip: 192.0.2.100, port: 80, reals: [{address: 192.0.2.11},"
-        " {address: 192.0.2.12}]}\n"
-        "  - {name: b, vip: 192.0.2.100, port: 81, reals: [{address: 192.0.2.11}]}\n"
-    )
-    a, b = (s.key for s in cfg.services)
-    down = Effective(0, "down", "x", reschedule=True)
-    kept = Effective(0, "down", "x", reschedule=False)
-    assert reschedule_reals(cfg, None) == set()
-    assert reschedule_reals(cfg, {(a, R1): down, (b, R1): down, (a, R2): down}) == {R1, R2}
-    assert reschedule_reals(cfg, {(a, R1): down}) == set()  # b still serves it
-    assert reschedule_reals(cfg, {(a, R1): down, (b, R1): kept}) == set()

@@ -73,7 +73,7 @@ def snapshot(dp: Dataplane) -> dict[str, Any]:
             (bytes(k) if not isinstance(k, int) else k, bytes(v) if not isinstance(v, int) else v)
             for k, v in dp[name].items()
         )
-        for name in ("services", "reals", "real_macs", "vip_addrs", "node_cfg")
+        for name in ("services", "reals", "real_macs", "vip_addrs", "node_cfg", "real_down")
     }
     raw = dp["maglev"].read_range(0, 16 * SIZE)
     out["maglev"] = hashlib.blake2b(raw, digest_size=8).hexdigest()
@@ -153,6 +153,89 @@ def test_peer_macs_reach_node_cfg_in_one_write(dp: Dataplane) -> None:
     assert dp["node_cfg"].lookup(0).peer_mac_list() == []
 
 
+def _flow_to_vip(port: int, sport: int = 40000) -> tuple[bytes, abi.FlowKey]:
+    """A TCP ACK from a client to 192.0.2.100:port, addressed to MAC 02:ca::1, and its key."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    frame = bytes(
+        Ether(src="02:ca:00:00:00:fe", dst="02:ca:00:00:00:01")
+        / IP(src="198.51.100.10", dst="192.0.2.100")
+        / TCP(sport=sport, dport=port, flags="A")
+    )
+    key = abi.FlowKey(
+        src=abi.Addr.of(ipaddress.ip_address("198.51.100.10")),
+        dst=abi.Addr.of(ipaddress.ip_address("192.0.2.100")),
+        sport=abi.port_be(sport),
+        dport=abi.port_be(port),
+        proto=6,
+        family=4,
+    )
+    return frame, key
+
+
+def test_down_reals_leave_the_table_and_their_flows_move(dp: Dataplane) -> None:
+    """Inputs.down: the real leaves the service's Maglev row; unless the service
+    keeps flows, its real_down bit and the service flag are set, and the kernel
+    then re-points a connection entry to it at the next packet. Per service: the
+    same real down for one service keeps serving another."""
+    from carom.bpf import libbpf
+
+    rec = Reconciler(dp)
+    cfg = config([A, A])  # ports 1000 and 1001, same reals
+    rec.apply(rec.desired(cfg, neighbours(cfg)))
+    web, other = (
+        (ipaddress.ip_address("192.0.2.100"), 6, 1000),
+        (
+            ipaddress.ip_address("192.0.2.100"),
+            6,
+            1001,
+        ),
+    )
+    dead = ipaddress.ip_address("10.0.0.2")
+    rid = rec.real_ids[dead]
+    want = rec.desired(cfg, neighbours(cfg), Inputs(down={web: {dead}}))
+    rec.apply(want)
+    sid, oid = int(rec.current.services[web].id), int(rec.current.services[other].id)
+    rows = {
+        i: np.frombuffer(dp["maglev"].read_range(i * SIZE, SIZE), dtype=np.uint32)
+        for i in (sid, oid)
+    }
+    assert rid not in rows[sid] and rid in rows[oid]
+    assert int(dp["services"].lookup(abi.svc_key(*web)).flags) & abi.SvcFlags.REAL_DOWN
+    assert not int(dp["services"].lookup(abi.svc_key(*other)).flags) & abi.SvcFlags.REAL_DOWN
+    words = abi.real_down_words(6)
+    assert int(dp["node_cfg"].lookup(0).real_down_words) == words
+    assert {i: w for i, w in dp["real_down"].items() if w} == {sid * words: 1 << rid}
+    assert [v.state for v in want.service_views[web] if v.address == str(dead)] == ["down"]
+
+    # the kernel: flows of both services on the dead real; only web's move
+    dp["lease"].update(0, time.monotonic_ns() + 60 * 10**9)
+    dp["if_macs"].update(1, abi.IfMac.of(bytes.fromhex("02ca00000001")))
+    now = time.monotonic_ns()
+    flows = {port: _flow_to_vip(port) for port in (1000, 1001)}
+    for _, key in flows.values():
+        dp["conn_table"].update(key, abi.ConnVal(real_id=rid, ttl=64, last_seen_ns=now))
+    for frame, _ in flows.values():
+        assert libbpf.prog_test_run(dp.prog_fd, frame)[0] == abi.Verdict.TX
+    assert int(dp["conn_table"].lookup(flows[1000][1]).real_id) not in (0, rid)
+    assert int(dp["conn_table"].lookup(flows[1001][1]).real_id) == rid
+    assert dp["stats"].sum(int(abi.Counter.CONN_REAL_DOWN)) == 1
+
+    # keep_flows: out of the table, no bit, no flag
+    rec.apply(rec.desired(cfg, neighbours(cfg), Inputs(down={web: {dead}}, keep_flows={web})))
+    assert not any(w for _, w in dp["real_down"].items())
+    assert not int(dp["services"].lookup(abi.svc_key(*web)).flags) & abi.SvcFlags.REAL_DOWN
+    assert rid not in np.frombuffer(dp["maglev"].read_range(sid * SIZE, SIZE), dtype=np.uint32)
+    # back up: in the table again, nothing flagged; an adopting reconciler agrees
+    rec.apply(rec.desired(cfg, neighbours(cfg)))
+    assert rid in np.frombuffer(dp["maglev"].read_range(sid * SIZE, SIZE), dtype=np.uint32)
+    rec.apply(rec.desired(cfg, neighbours(cfg), Inputs(down={web: {dead}})))
+    again = Reconciler(dp)
+    again.adopt()
+    assert again.current.real_down == rec.current.real_down != {}
+
+
 def test_mac_change_touches_the_reals_entry_only(dp: Dataplane) -> None:
     rec = Reconciler(dp)
     cfg = config([A, A])
@@ -218,11 +301,16 @@ def test_failure_after_any_step_restores_the_maps(dp: Dataplane, step: str) -> N
         "  - {vip: 192.0.2.100, port: 1000, reals: [{address: 10.0.0.1}, {address: 10.0.0.2}]}\n",
         "new.yaml",
     )
+    # a real down (flows moving) too, so the real_down step writes
+    down = Inputs(
+        down={(ipaddress.ip_address("192.0.2.100"), 6, 1000): {ipaddress.ip_address("10.0.0.2")}}
+    )
     with pytest.raises(ApplyError, match=f"injected after {step}") as err:
-        rec.apply(rec.desired(new, neighbours(new)))
+        rec.apply(rec.desired(new, neighbours(new), down))
     assert err.value.clean and err.value.step == step
     assert snapshot(dp) == before
     assert rec.current is image
     rec.fault = None
-    assert rec.apply(rec.desired(new, neighbours(new))) > 0  # the same change applies
+    assert rec.apply(rec.desired(new, neighbours(new), down)) > 0  # the same change applies
+    assert any(w for _, w in dp["real_down"].items())
     assert snapshot(dp) != before

@@ -52,6 +52,7 @@ MAP_KINDS: dict[str, MapKind] = {
     "conn_table": "lru_hash",
     "persist_table": "lru_hash",
     "conn_events": "ringbuf",
+    "real_down": "array",
 }
 
 # Kernel bookkeeping on x86-64 (kernel/bpf/hashtab.c): struct htab_elem before
@@ -119,6 +120,7 @@ class Limits(StrictModel):
             "conn_table": self.conn_table_size,
             "persist_table": self.persist_table_size,
             "conn_events": self.conn_events_bytes,
+            "real_down": self.max_services * abi.real_down_words(self.max_reals),
         }
 
     def memory(self, cpus: int | None = None) -> list[MapMemory]:
@@ -130,6 +132,8 @@ class Limits(StrictModel):
         ]
         rows = f"{self.max_services} rows x {self.maglev_table_size} slots"
         out = [replace(m, shape=rows) if m.name == "maglev" else m for m in out]
+        bits = f"{self.max_services} rows x {abi.real_down_words(self.max_reals)} words"
+        out = [replace(m, shape=bits) if m.name == "real_down" else m for m in out]
         return sorted(out, key=lambda m: -m.bytes)
 
     @model_validator(mode="after")

@@ -239,7 +239,7 @@ class Daemon:
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
         fault = self.fault
-        inputs = Inputs(health=await self.health.weights(config) if self.health else {})
+        inputs = await self.health.inputs(config) if self.health else Inputs()
 
         def work() -> tuple[int, Desired]:
             want = rec.desired(config, neighbours, inputs)

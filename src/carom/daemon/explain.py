@@ -135,6 +135,9 @@ class Explanation:
     slot: int | None = None
     fingerprint: str | None = None
     new_connection: str | None = None  # what a SYN from this tuple would get
+    # the flow's connection entry: "local" (this node's data plane created it),
+    # "synced" (written by connection sync from a peer director), None: no entry
+    entry: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +182,11 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
                 persist_timeout_s=info.persist_timeout_s
                 if info.flags & abi.SvcFlags.PERSIST
                 else 0,
+                down=_down_reals(dp, cfg, int(info.id))
+                if key.to_bytes() in wanted
+                and cfg is not None
+                and info.flags & abi.SvcFlags.REAL_DOWN
+                else frozenset(),
             )
         )
         if key.to_bytes() in wanted and info.flags & abi.SvcFlags.PERSIST:
@@ -209,6 +217,16 @@ def read_state(dp: Dataplane, flow: Flow) -> State:
     if mine:
         state.pending[slot] = max(mine, key=lambda v: int(v.seen_ns))
     return state
+
+
+def _down_reals(dp: Dataplane, cfg: abi.NodeCfg, svc_id: int) -> frozenset[int]:
+    """Real ids whose flows move for this service (its real_down row)."""
+    words = int(cfg.real_down_words)
+    raw = dp["real_down"].read_range(svc_id * words, words) if words else b""
+    row = np.frombuffer(raw, dtype="<u8")
+    return frozenset(
+        int(w) * 64 + b for w in np.flatnonzero(row) for b in range(64) if int(row[w]) >> b & 1
+    )
 
 
 def explain(
@@ -288,9 +306,20 @@ def explain_state(
             steps.append(f"connection entry idle for {age:.0f}s (> {idle / 1e9:.0f}s): rescheduled")
         elif tally[Counter.CONN_REAL_GONE]:
             steps.append(f"connection entry points at {desc(conn.real_id)}: rescheduled")
-        else:
+        elif tally[Counter.CONN_REAL_DOWN]:
             steps.append(
-                f"existing connection entry (last packet {age:.1f}s ago) -> {desc(conn.real_id)}"
+                f"connection entry points at {desc(conn.real_id)}, which is down for this "
+                "service (its flows move): rescheduled"
+            )
+        else:
+            origin = (
+                "synced from a peer director"
+                if conn.flags & abi.ConnFlags.SYNCED
+                else "created by this node"
+            )
+            steps.append(
+                f"existing connection entry ({origin}; last packet {age:.1f}s ago) -> "
+                f"{desc(conn.real_id)}"
             )
 
     if tally[Counter.CONN_CONFIRMED]:
@@ -310,6 +339,8 @@ def explain_state(
             _VERDICTS.get(d.reason, "drop"), _addr(state, d.real_id), d.real_id, "connection", steps
         )
         e.new_connection = _new_connection(state, flow, now)
+        assert conn is not None
+        e.entry = "synced" if conn.flags & abi.ConnFlags.SYNCED else "local"
         return e
 
     slot = fp = None

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from carom.config.schema import Config, Service
 from carom.daemon import overrides
-from carom.daemon.image import Desired, Effective, EffectiveMap
+from carom.daemon.image import Desired, Effective, EffectiveMap, Inputs, SvcIdent, svc_ident
 from carom.health.damping import Health, HealthState
 from carom.health.plan import IPAddress, ServiceKey, probe_keys
 from carom.health.scheduler import HealthScheduler, ProbeStatus
@@ -185,12 +185,22 @@ class HealthTask:
         self._rows_for = (config, rows)
         return rows
 
-    async def weights(self, config: Config) -> EffectiveMap:
-        """effective(config), with the per-config work (probe keys, rows) done in
-        a thread first: for a big config it would hold the event loop."""
+    async def inputs(self, config: Config) -> Inputs:
+        """The reconciler's health inputs for `config`: the effective weights,
+        the reals down per service (out of the Maglev row; their established
+        flows move unless the service says `down_flows: keep`). The per-config
+        work (probe keys, rows) is done in a thread first: for a big config it
+        would hold the event loop."""
         if self._rows_for[0] is not config:
             await asyncio.to_thread(self._rows_of, config)
-        return self.effective(config)
+        effective = self.effective(config)
+        idents = {svc.key: svc_ident(svc) for svc in config.services}
+        down: dict[SvcIdent, set[IPAddress]] = {}
+        for (skey, address), eff in effective.items():
+            if eff.state == "down":
+                down.setdefault(idents[skey], set()).add(address)
+        keep = {svc_ident(svc) for svc in config.services if svc.down_flows == "keep"}
+        return Inputs(health=effective, down=down, keep_flows=frozenset(keep))
 
     def effective(self, config: Config) -> EffectiveMap:
         """Every (service, real) whose weight or state is not the configured one.

@@ -5,7 +5,7 @@ data and small pure helpers; the reconciler (reconcile.py) computes and writes."
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,7 @@ STEPS = (
     "reals",
     "real_macs",
     "maglev",
+    "real_down",
     "services",
     "vip_addrs",
     "remove_vip_addrs",
@@ -80,6 +81,7 @@ class Image:
     vips: dict[tuple[Address, int], abi.VipInfo] = field(default_factory=dict)  # (vip, family)
     vip_filter: dict[int, int] = field(default_factory=dict)  # non-zero vip_filter words
     real_macs: dict[bytes, int] = field(default_factory=dict)
+    real_down: dict[int, int] = field(default_factory=dict)  # non-zero real_down words
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,13 @@ class Inputs:
     # health checks and manual overrides per (service, real) (daemon/health_task.py):
     # weights in place of the configured ones; absent pairs keep the config's
     health: EffectiveMap = field(default_factory=dict)
+    # Per service: reals that are down (a failed health check, a dead director
+    # at takeover). They get no new flows (out of the Maglev row) and their
+    # established flows move to a live real at their next packet, unless the
+    # service is in keep_flows. Addresses the service does not have are ignored.
+    down: Mapping[SvcIdent, Set[Address]] = field(default_factory=dict)
+    # Services whose down reals keep their established flows (only no new ones).
+    keep_flows: Set[SvcIdent] = frozenset()
 
     def peer_mac_bytes(self) -> list[bytes]:
         """peer_macs as 6-byte values, de-duplicated in order; ReconcileError if
@@ -140,7 +149,7 @@ class RealView:
     weight: int
     local: bool
     mac: str | None
-    state: str  # up | local | unresolved | drained, or a health state (Effective.state)
+    state: str  # up | local | unresolved | drained | down, or a health state (Effective.state)
     detail: str
 
 

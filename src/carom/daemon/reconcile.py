@@ -36,7 +36,6 @@ from carom.daemon.image import (
     ApplyError,
     Desired,
     Effective,
-    EffectiveMap,
     Image,
     Inputs,
     MemberSet,
@@ -55,26 +54,6 @@ from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
 log = logging.getLogger("carom.reconcile")
-
-
-# The data plane's per-real "down" flag (its established flows are scheduled
-# again), once the data plane has one (branch clusterdp); 0 until then.
-DOWN_FLAG = int(getattr(abi.RealFlags, "DOWN", 0))
-
-
-def reschedule_reals(config: Config, effective: EffectiveMap | None) -> set[Address]:
-    """Reals whose established flows must leave them: down with
-    `down_flows: reschedule` in every service that lists them (the flag is per
-    real, and a real that still serves another service keeps its flows there)."""
-    if not effective:
-        return set()
-    verdict: dict[Address, bool] = {}
-    for svc in config.services:
-        for r in svc.reals:
-            eff = effective.get((svc.key, r.address))
-            move = eff is not None and eff.reschedule
-            verdict[r.address] = verdict.get(r.address, True) and move
-    return {a for a, move in verdict.items() if move}
 
 
 def _discard(_: object) -> None:
@@ -126,6 +105,10 @@ class Reconciler:
         for key, vinfo in dp["vip_addrs"].items():
             img.vips[(key.addr.to_ip(key.family), int(key.family))] = vinfo
         img.vip_filter = {int(i): int(w) for i, w in dp["vip_filter"].items() if w}
+        down = np.frombuffer(
+            dp["real_down"].read_range(0, dp["real_down"].max_entries), dtype="<u8"
+        )
+        img.real_down = {int(i): int(down[i]) for i in np.flatnonzero(down)}
         for key, rid in dp["real_macs"].items():
             img.real_macs[bytes(key.mac)] = int(rid)
         self.current = img
@@ -256,6 +239,8 @@ class Reconciler:
             udp_idle_ns=config.timeouts.udp_idle * 10**9,
         )
         img.node.set_peer_macs(inputs.peer_mac_bytes())
+        img.node.real_down_words = abi.real_down_words(self.dp.limits.max_reals)
+        moving: list[tuple[int, int]] = []  # (service id, real id) whose flows move
         views: dict[SvcIdent, list[RealView]] = {}
         fingerprints: dict[SvcIdent, str] = {}
         names: dict[SvcIdent, str] = {}
@@ -265,7 +250,6 @@ class Reconciler:
             for r in svc.reals:
                 wanted[r.address] = (r.local, neighbours.get(r.address))
         real_ids, released = self._allocate_reals(config, set(wanted))
-        down = reschedule_reals(config, effective)
 
         for address, rid in real_ids.items():
             prev = self.current.reals.get(rid)
@@ -285,8 +269,6 @@ class Reconciler:
             ):
                 mac = bytes(prev.mac)  # still resolving: keep the MAC we had
             img.reals[rid] = real_info(address, mac, local, local or bool(mac))
-            if address in down and DOWN_FLAG:
-                img.reals[rid].flags |= DOWN_FLAG
             if mac and not local:
                 img.real_macs[mac] = rid
 
@@ -308,15 +290,40 @@ class Reconciler:
             if sid is None:
                 sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services)
             used_svc_ids.add(sid)
+            moves = (
+                any(r.address in inputs.down.get(ident, ()) for r in svc.reals)
+                and ident not in inputs.keep_flows
+            )
             img.services[ident] = abi.SvcInfo(
                 id=sid,
-                flags=persist_flag if svc.persistence_timeout else 0,
+                flags=(persist_flag if svc.persistence_timeout else 0)
+                | (int(abi.SvcFlags.REAL_DOWN) if moves else 0),
                 persist_timeout_s=svc.persistence_timeout,
             )
             members = []
             view = []
+            down = inputs.down.get(ident, frozenset())
             for r in svc.reals:
                 eff = effective.get((svc.key, r.address)) if effective else None
+                if r.address in down:
+                    rid = real_ids[r.address]
+                    keep = ident in inputs.keep_flows
+                    if not keep:
+                        moving.append((sid, rid))
+                    why = "its flows are kept" if keep else "its flows move to live reals"
+                    shown = None if r.local else abi.mac_str(bytes(img.reals[rid].mac))
+                    view.append(
+                        RealView(
+                            str(r.address),
+                            rid,
+                            r.weight,
+                            r.local,
+                            shown,
+                            "down",
+                            f"{eff.detail}; {why}" if eff else f"down: no new flows, {why}",
+                        )
+                    )
+                    continue
                 # many services share reals: work each (real, weight) out once
                 per = per_real.get((r.address, r.weight, eff))
                 if per is None:
@@ -339,6 +346,7 @@ class Reconciler:
             if svc.port_number == 0:
                 vinfo.flags |= int(abi.all_ports_flag(abi.PROTOCOLS[svc.protocol]))
         img.vip_filter = abi.vip_filter_words(vip for vip, _ in img.vips)
+        img.real_down = abi.real_down_bits(moving, int(img.node.real_down_words))
         draining = [str(a) for a, rid in real_ids.items() if a not in wanted and rid in img.reals]
         return Desired(img, views, fingerprints, names, draining, real_ids, in_use, built, released)
 
@@ -433,6 +441,11 @@ class Reconciler:
                 tx.writes += self._write_slots(sid, old_row, row)
                 tx.undo.append(self._restore_row(sid, row, old_row))
             done("maglev")
+            # 2b. "down, move its flows" bits, before the services that flag them
+            for word in sorted(set(new.real_down) | set(cur.real_down)):
+                if new.real_down.get(word, 0) != cur.real_down.get(word, 0):
+                    put("real_down", word, new.real_down.get(word, 0), cur.real_down.get(word, 0))
+            done("real_down")
             # 3. services, then their VIP addresses
             for ident, info in new.services.items():
                 old_info = cur.services.get(ident)

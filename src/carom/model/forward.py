@@ -221,7 +221,7 @@ def _choose(  # sched.h choose
         pv = state.persist.get(_persist_key(p, svc))
         if pv is not None and _age(now, pv.last_seen_ns) <= svc.persist_timeout_s * NSEC_PER_SEC:
             real = _usable(state, pv.real_id)
-            if real is not None:
+            if real is not None and pv.real_id not in svc.down:
                 pv.last_seen_ns = now
                 tally[Counter.PERSIST_HIT] += 1
                 return pv.real_id, real
@@ -302,7 +302,9 @@ def _schedule(  # sched.h schedule
             tally[Counter.CONN_EXPIRED] += 1
         else:
             real = _usable(state, conn.real_id)
-            if real is not None:
+            if real is not None and conn.real_id in svc.down:  # real_state.h
+                tally[Counter.CONN_REAL_DOWN] += 1
+            elif real is not None:
                 tally[Counter.CONN_HIT] += 1
                 if _age(now, conn.last_seen_ns) > LAST_SEEN_GRANULARITY_NS:
                     conn.last_seen_ns = now
@@ -311,7 +313,8 @@ def _schedule(  # sched.h schedule
                         if pv is not None and pv.real_id == conn.real_id:
                             pv.last_seen_ns = now
                 return conn.real_id, real
-            tally[Counter.CONN_REAL_GONE] += 1
+            else:
+                tally[Counter.CONN_REAL_GONE] += 1
         # rescheduled in place: this node's decision now, no longer a synced one
         if from_real:
             raise _Verdict(Counter.DROP_LOOP)
@@ -332,7 +335,7 @@ def _schedule(  # sched.h schedule
         if _looped(p, pend.ttl):
             raise _Verdict(Counter.DROP_LOOP)
         real = _usable(state, pend.real_id)
-        if not syn and real is not None:
+        if not syn and real is not None and pend.real_id not in svc.down:
             _confirm(state, p, svc, pend, now, tally, events)
             return pend.real_id, real
 

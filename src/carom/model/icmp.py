@@ -93,7 +93,7 @@ def quoted_real(state: State, fkey: bytes, svc: Service) -> tuple[int, Real] | N
     conn = state.conns.get(fkey)
     if conn is not None:
         real = _usable(state, conn.real_id)
-        if real is not None:
+        if real is not None and conn.real_id not in svc.down:  # real_state.h
             return conn.real_id, real
     hkey = fkey
     if svc.persist_timeout_s:
@@ -101,7 +101,7 @@ def quoted_real(state: State, fkey: bytes, svc: Service) -> tuple[int, Real] | N
         pv = state.persist.get(pk)
         if pv is not None:
             real = _usable(state, pv.real_id)
-            if real is not None:
+            if real is not None and pv.real_id not in svc.down:
                 return pv.real_id, real
         hkey = fkey[:32] + bytes(4) + fkey[36:]
     size = state.node.maglev_size

@@ -53,6 +53,10 @@ class Service:
     svc_id: int
     table: np.ndarray  # uint32 real ids, length Node.maglev_size
     persist_timeout_s: int = 0  # 0 = no persistence
+    # real ids down for this service whose flows move at their next packet
+    # (real_down bits; bpf/real_state.h). A down real whose service keeps its
+    # flows is only out of the table, not in here.
+    down: frozenset[int] = frozenset()
 
     @property
     def family(self) -> abi.Family:
@@ -63,6 +67,8 @@ class Service:
 
     def info(self) -> abi.SvcInfo:
         flags = int(abi.SvcFlags.PERSIST) if self.persist_timeout_s else 0
+        if self.down:
+            flags |= int(abi.SvcFlags.REAL_DOWN)
         return abi.SvcInfo(id=self.svc_id, flags=flags, persist_timeout_s=self.persist_timeout_s)
 
 
