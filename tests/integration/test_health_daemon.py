@@ -433,6 +433,8 @@ def test_established_flows_of_a_down_real_are_kept_or_rescheduled(
     connections to it stay open: `keep` leaves them on real1, `reschedule`
     sends their next packets to a live real, which resets them."""
     assert director.reload(config(servers.agent_file, down_flows=policy))["ok"]
+    # real1 fully in rotation (after an earlier test it may still be in slow start)
+    wait_for(director, lambda st: real_of(st, "hc", R1)["state"] == "up", 20)
     client = lab.popen(
         "client1",
         [sys.executable, "-c", KEEPALIVE, VIP, "12"],
