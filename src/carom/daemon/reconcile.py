@@ -316,7 +316,7 @@ class Reconciler:
                         RealView(
                             str(r.address),
                             rid,
-                            r.weight,
+                            0,  # out of the Maglev row: no new flows
                             r.local,
                             shown,
                             "down",
