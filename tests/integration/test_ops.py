@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from carom.daemon import control
 from carom.lab import Lab, nodes
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
@@ -179,15 +178,17 @@ def test_api_actions_need_the_token(lab: Lab, director: Director, token: Path) -
     auth = f"Authorization: Bearer {token.read_text().strip()}"
     code, body = http(lab, "-X", "POST", "-H", auth, url)
     assert code == 200 and json.loads(body)["ok"], body
-    # drain / weight: the control commands of daemon/overrides.py, 501 until they exist
+    # drain / weight / undrain: the control commands of daemon/overrides.py
     drain = f"http://{API}/v1/reals/{REAL_ADDRS[0]}/drain"
     code, body = http(lab, "-X", "POST", "-H", auth, drain)
-    if "real-drain" in control.COMMANDS:
-        assert code == 200, body
-        code, body = http(lab, "-X", "POST", "-H", auth, drain.replace("/drain", "/undrain"))
-        assert code == 200, body
-    else:
-        assert code == 501 and "real-drain" in json.loads(body)["error"], body
+    assert code == 200, body
+    assert director.status()["overrides"], "the drain shows in status as an override"
+    weight = drain.replace("/drain", "/weight")
+    code, body = http(lab, "-X", "POST", "-H", auth, "-d", '{"weight": 3}', weight)
+    assert code == 200, body
+    code, body = http(lab, "-X", "POST", "-H", auth, drain.replace("/drain", "/undrain"))
+    assert code == 200, body
+    assert not director.status()["overrides"], "undrain removes every override of the real"
     code, body = http(lab, "-X", "POST", "-H", auth, f"http://{API}/v1/reals/nonsense/drain")
     assert code == 400
     # the daemon kept serving through all of it

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from carom.health import engine
 from carom.health.agent import parse_agent_line
 from carom.health.probe import run_check
 from carom.health.spec import (
@@ -47,11 +48,38 @@ T = Timing(interval=2.0, timeout=1.0)
 
 
 def check(spec: CheckSpec, port: int) -> CheckResult:
-    return asyncio.run(run_check(ProbeKey(target=target(port), check=spec)))
+    return asyncio.run(acheck(spec, port))
+
+
+async def on_engine(key: ProbeKey) -> CheckResult:
+    """The probe through the socket engine (what the scheduler runs for tcp/http)."""
+    got: asyncio.Future[CheckResult] = asyncio.get_running_loop().create_future()
+    eng = engine.SocketEngine()
+    try:
+        eng.start(key, got.set_result)
+        return await got
+    finally:
+        eng.close()
+
+
+def _kind(reason: str) -> str:
+    """A reason without what a garbage server sent: its bytes are random each
+    time (they may even hold a blank line, which ends a head early)."""
+    if reason.startswith(("not an HTTP response", "response headers longer")):
+        return "garbage"
+    return reason
 
 
 async def acheck(spec: CheckSpec, port: int) -> CheckResult:
-    return await run_check(ProbeKey(target=target(port), check=spec))
+    """run_check's verdict; for the kinds the engine runs, the engine's too, which
+    must be the same (two implementations of one probe, like model and BPF)."""
+    key = ProbeKey(target=target(port), check=spec)
+    if not engine.handles(key):
+        return await run_check(key)
+    result, fast = await asyncio.gather(run_check(key), on_engine(key))
+    assert fast.ok == result.ok and _kind(fast.reason) == _kind(result.reason), (fast, result)
+    assert fast.elapsed <= spec.timing.timeout + 0.2, fast
+    return result
 
 
 # --- TCP --------------------------------------------------------------------

@@ -11,6 +11,8 @@ from collections import Counter
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
 from carom.health.damping import Health, HealthState, worst_detection
 from carom.health.scheduler import HealthScheduler
 from carom.health.spec import (
@@ -225,5 +227,28 @@ def test_a_prober_that_raises_counts_as_a_failure() -> None:
         assert status is not None and status.last is not None
         assert status.state.health is Health.DOWN
         assert status.last.reason == "prober error: OSError('boom')"
+
+    asyncio.run(main())
+
+
+def test_a_probe_that_fails_to_start_is_a_failed_result_and_the_timer_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from carom.health import engine
+
+    def broken(self: object, key: ProbeKey, done: object, sockaddr: object = None) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(engine.SocketEngine, "start", broken)
+
+    async def main() -> None:
+        sched = HealthScheduler(rng=NoJitter())
+        k = key(1)
+        sched.update([k])
+        await asyncio.sleep(0.35)
+        st = sched.status(k)
+        await sched.close()
+        assert st is not None and st.probes >= 3, st  # probed again and again
+        assert st.last is not None and st.last.reason.startswith("probe error: ValueError")
 
     asyncio.run(main())

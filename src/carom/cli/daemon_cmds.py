@@ -161,6 +161,17 @@ def _fmt_bytes(n: int) -> str:
     return f"{n:.1f}TiB"
 
 
+def render_health(h: dict[str, Any]) -> str:
+    """One probe: `check http :80 via vip: up since 12:00:01, 1.2 ms: HTTP 200`."""
+    import time
+
+    since = h.get("since")
+    when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+    held = " (held: flapping)" if h.get("held") else ""
+    last = f", {h['latency_ms']} ms: {h['last']}" if "last" in h else ""
+    return f"check {h['check']}: {h['state']}{held}{when}{last}"
+
+
 def render_status(st: dict[str, Any]) -> str:
     ifaces = ", ".join(f"{i['name']} ({i['mode']})" for i in st["interfaces"]) or "none"
     lines = [
@@ -178,11 +189,15 @@ def render_status(st: dict[str, Any]) -> str:
             f"service {s['name']}  {s['vip']}:{ports}/{s['protocol']}{persist}  "
             f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
         )
+        if s.get("held"):
+            lines.append(f"  HELD: fewer reals in rotation than min_healthy {s['min_healthy']}")
         for r in s["reals"]:
             totals[r["real_id"]] = r
             mac = r["mac"] or "-"
             detail = f"  ({r['detail']})" if r["state"] != "up" and r["detail"] else ""
             lines.append(f"  {r['address']:<22} w={r['weight']:<4} {r['state']:<10} {mac}{detail}")
+            if r.get("health"):
+                lines.append(f"    {render_health(r['health'])}")
         if not s["reals"]:
             lines.append("  (no reals: new connections are dropped)")
     if totals:
@@ -192,6 +207,9 @@ def render_status(st: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['address']:<22} {r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}"
             )
+    for o in st.get("overrides") or []:
+        unused = "" if o["in_config"] else " (no such real in the config now)"
+        lines.append(f"override: {o['address']} {o['text']}{unused}")
     if st["draining"]:
         lines.append("")
         lines.append("draining (removed from the config, established flows continue):")

@@ -14,6 +14,7 @@ from carom import __version__
 # Modules that contribute subcommands: each has register(subparsers).
 _COMMAND_MODULES = (
     "carom.cli.daemon_cmds",
+    "carom.cli.real_cmds",
     "carom.cli.realserver_cmds",
     "carom.cli.lab_cmds",
     "carom.cli.bench_cmds",

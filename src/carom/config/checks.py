@@ -7,6 +7,7 @@ is written ("path does not apply to kind tcp") and docs/config.md has one table.
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Interface
 from typing import Annotated, Any, Literal
 
 import dns.exception
@@ -58,17 +59,10 @@ def _port(value: Any) -> Any:
     return value
 
 
-def _via(value: Any) -> Any:
-    if value == "vip":
-        _fail(
-            "via: vip (probing through the VIP path) is not supported yet; "
-            "use via: real, see docs/health.md"
-        )
-    return value
-
-
 def _http_token(what: str, example: str) -> AfterValidator:
-    def check(value: str) -> str:
+    def check(value: str | None) -> str | None:
+        if value is None:  # host: null (a dump of the default) is valid
+            return value
         if not value or any(c.isspace() or not c.isprintable() for c in value):
             _fail(
                 f"{value!r} is not a valid {what}: no spaces or control characters; e.g. {example}"
@@ -150,9 +144,10 @@ class Check(BaseModel):
         "and for a service with port: all)",
         examples=[8080],
     )
-    via: Annotated[Literal["real"], BeforeValidator(_via)] = Field(
+    via: Literal["real", "vip"] = Field(
         default="real",
-        description="real: the probe goes to the real's own address",
+        description="real: the probe goes to the real's own address; vip: to the VIP, "
+        "delivered to the real's MAC, as DSR traffic goes (needs health.probe_source)",
         examples=["real"],
     )
     interval: Annotated[Float, _range(0.1, 3600, " seconds")] = Field(
@@ -260,6 +255,14 @@ class Check(BaseModel):
             problems.append(
                 ((), 'kind exec needs command, e.g. command: ["/usr/local/bin/check-app"]')
             )
+        if self.via == "vip" and self.kind in ("exec", "syn"):
+            problems.append(
+                (
+                    ("via",),
+                    f"kind {self.kind} cannot take the VIP path (only tcp, http, https, udp, "
+                    "dns and agent can); use via: real",
+                )
+            )
         if self.kind == "agent" and self.port is None:
             problems.append(
                 ((), "kind agent needs port: the port the agent listens on, e.g. port: 10000")
@@ -298,4 +301,83 @@ def service_check_problems(
     for j, check in enumerate(reals):  # a real without its own check: reported above
         if check is not None and check.port is None and check.kind != "exec":
             problems.append((("reals", j, "check", "port"), needs))
+    return problems
+
+
+def _probe_source(value: Any) -> Any:
+    if value is None or isinstance(value, IPv4Interface):
+        return value
+    if not isinstance(value, str):
+        _fail("write the address with its prefix length as text, e.g. 192.0.2.250/24")
+    try:
+        iface = IPv4Interface(value)
+    except ValueError:
+        _fail(f"{value!r} is not an IPv4 address with a prefix; e.g. 192.0.2.250/24")
+    if "/" not in value or iface.network.prefixlen >= 31:
+        _fail(
+            f"{value!r} needs the prefix of the reals' segment (e.g. /24), so that the "
+            "probe namespace reaches the reals directly"
+        )
+    return iface
+
+
+def _ifname(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", value):
+        _fail(f"{value!r} is not an interface name (1-15 characters, no spaces or '/')")
+    return value
+
+
+class HealthSettings(BaseModel):
+    """Node-wide health-check settings: where probes through the VIP path start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    probe_source: Annotated[IPv4Interface | None, BeforeValidator(_probe_source)] = Field(
+        default=None,
+        description="address/prefix of the probe namespace on the reals' segment, for "
+        "checks with via: vip; an address no other host uses",
+        examples=["192.0.2.250/24"],
+    )
+    probe_interface: Annotated[Text | None, AfterValidator(_ifname)] = Field(
+        default=None,
+        description="the interface facing the reals (the probe namespace's macvlan "
+        "parent); null: the first of interfaces",
+        examples=["eth0"],
+    )
+
+    @model_serializer(mode="wrap")
+    def _as_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.probe_source is not None:
+            data["probe_source"] = str(self.probe_source)
+        return data
+
+
+def vip_path_problems(
+    services: list[tuple[int, Any]], health: HealthSettings
+) -> list[tuple[Loc, str]]:
+    """A check with via: vip needs the probe namespace's address, and an IPv4 VIP."""
+    problems: list[tuple[Loc, str]] = []
+    for i, svc in services:
+        checks: list[tuple[Loc, Check | None]] = [(("services", i, "check"), svc.check)]
+        checks += [(("services", i, "reals", j, "check"), r.check) for j, r in enumerate(svc.reals)]
+        for loc, check in checks:
+            if check is None or check.via != "vip":
+                continue
+            if svc.vip.version != 4:
+                problems.append(
+                    (
+                        (*loc, "via"),
+                        "via: vip is IPv4 only for now; use via: real for this IPv6 service",
+                    )
+                )
+            elif health.probe_source is None:
+                problems.append(
+                    (
+                        (*loc, "via"),
+                        "via: vip needs health.probe_source, an unused address on the reals' "
+                        "segment for the probe namespace (e.g. health: {probe_source: "
+                        "192.0.2.250/24}); or use via: real",
+                    )
+                )
     return problems

@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from carom.config.load import ConfigError, _Loader, _Walk, load_config, parse_config
-from carom.config.schema import Config, Service, cross_service_problems
+from carom.config.schema import Config, Service
 
 __all__ = ["ConfigCache", "split_services"]
 
@@ -158,11 +158,11 @@ class ConfigCache:
         except (ValidationError, ConfigError):
             return None
         services = tuple(known[item] for item in parts.items)
-        if cross_service_problems(list(enumerate(services)), top.limits):
+        if top.whole_config_problems(services):
             return None
         # The same checks Config's validators run: the top level was validated
         # with no services, the services one by one, and the rules across them
-        # just now.
+        # (Config.whole_config_problems) just now.
         config = top.model_copy(update={"services": services})
         self.services = {item: known[item] for item in parts.items}
         self.last_changed = len(changed)

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_serializer, model_validator
 
-from carom.config.checks import Check, service_check_problems
+from carom.config.checks import Check, HealthSettings, service_check_problems, vip_path_problems
 from carom.config.cluster import Cluster
 from carom.config.fields import (
     MAGLEV_MAX,
@@ -173,6 +173,24 @@ class Service(_Model):
         "null: no check, reals are always up",
         examples=[{"kind": "http", "path": "/healthz"}],
     )
+    slow_start: Annotated[Int, _int_range(0, 3600, " seconds")] = Field(
+        default=0,
+        description="seconds over which a real that comes back up ramps from a tenth of "
+        "its weight to all of it, in steps (only new flows move); 0: at once",
+        examples=[30],
+    )
+    min_healthy: Annotated[Int, _int_range(0, 65535)] = Field(
+        default=0,
+        description="fewest usable reals with which the service takes new flows; below "
+        "it, none (docs/health.md); 0: no minimum",
+        examples=[0],
+    )
+    down_flows: Literal["reschedule", "keep"] = Field(
+        default="reschedule",
+        description="established flows of a real whose check fails: reschedule (their "
+        "packets go to a live real, which resets them) or keep (they stay on the real)",
+        examples=["reschedule"],
+    )
 
     @field_serializer("port")
     def _port_out(self, port: int | None) -> int | str | None:
@@ -262,6 +280,15 @@ class Service(_Model):
         problems = service_check_problems(
             self.port_number, self.check, [r.check for r in self.reals]
         )
+        if self.min_healthy > len(self.reals):
+            problems.append(
+                (
+                    ("min_healthy",),
+                    f"min_healthy {self.min_healthy} is more than the service's "
+                    f"{len(self.reals)} reals, so it would never take a new flow; use at most "
+                    f"{len(self.reals)}",
+                )
+            )
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -521,6 +548,11 @@ class Config(_Model):
     )
     limits: Limits = Field(default=Limits(), description="BPF map sizes", examples=[{}])
     timeouts: Timeouts = Field(default=Timeouts(), description="idle timeouts", examples=[{}])
+    health: HealthSettings = Field(
+        default=HealthSettings(),
+        description="node-wide health-check settings (the VIP path's probe namespace)",
+        examples=[{}],
+    )
     services: tuple[Service, ...] = Field(
         default=(), description="the virtual services", examples=[[]]
     )
@@ -537,10 +569,19 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _check_services(self) -> Config:
-        problems = cross_service_problems(list(enumerate(self.services)), self.limits)
+        problems = self.whole_config_problems(self.services)
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def whole_config_problems(self, services: Sequence[Service]) -> list[tuple[Loc, str]]:
+        """Every rule that needs more than one service, or a service and the top
+        level: Config's validator, and the incremental loader (which validates
+        the top level and the services apart) run exactly these."""
+        numbered = list(enumerate(services))
+        return cross_service_problems(numbered, self.limits) + vip_path_problems(
+            numbered, self.health
+        )
 
     def warnings(self) -> list[str]:
         """Valid but probably not what was meant, one sentence each."""

@@ -31,15 +31,17 @@ from carom.cluster.service import ClusterService
 from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
-from carom.daemon import control, explain, ownership
+from carom.daemon import control, explain, health_task, overrides, ownership
 from carom.daemon.follow import NeighbourFollower
 from carom.daemon.image import (
     ApplyError,
     Desired,
+    Inputs,
     ReconcileError,
     Transaction,
     addresses,
     inputs_of,
+    with_cluster,
 )
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
 from carom.daemon.reconcile import Reconciler
@@ -153,6 +155,7 @@ class Daemon:
         self.owner: ownership.VipOwner | None = None
         self.ops = Ops(self)  # /metrics and the HTTP API; ops.metrics.register() adds metrics
         self.cluster: ClusterService | None = None
+        self.health: health_task.HealthTask | None = None
 
     async def load(self) -> Config:
         """The new config: the incremental path in a thread when only a few
@@ -198,6 +201,9 @@ class Daemon:
             await self.in_worker(rec.adopt)
         await self.follower.open()
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        saved = health_task.overrides_path(socket_of(config), config.instance)
+        self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
+        await self.health.plan(config)
         started = time.monotonic()
         await self._vips_on_lo(config, [])
         if config.node.role == "active" and config.cluster is None:
@@ -280,9 +286,14 @@ class Daemon:
         neighbours = dict(self.follower.table)
         down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
+        health_in = await self.health.inputs(config) if self.health else Inputs()
 
         def work() -> tuple[int, Desired]:
-            want = rec.desired(config, neighbours, inputs_of(config, neighbours, down_hosts))
+            want = rec.desired(
+                config,
+                neighbours,
+                with_cluster(health_in, inputs_of(config, neighbours, down_hosts)),
+            )
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)
@@ -315,7 +326,7 @@ class Daemon:
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
         await self.start()
-        assert self.config is not None and self.owner is not None
+        assert self.config is not None and self.owner is not None and self.health is not None
         server = await control.serve(socket_of(self.config), self.handle)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.hups.put_nowait, None)
@@ -333,6 +344,7 @@ class Daemon:
                     tg.create_task(self.lag.probe(), name="loop-lag"),
                     tg.create_task(self.owner.run(), name="vip-ownership"),
                     tg.create_task(self.ops.serve(), name="ops-http"),
+                    tg.create_task(self.health.run(), name="health"),
                 ]
                 if self.cluster is not None:
                     tasks.append(tg.create_task(self.cluster.run(), name="cluster"))
@@ -389,6 +401,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         assert self.config is not None and self.dp is not None
+        if self.health is not None:  # first: probes stop, the probe namespace goes
+            await self.health.close()
         if self.stop_request.detach:
             for ifname in self.config.interfaces:
                 try:
@@ -483,6 +497,8 @@ class Daemon:
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)
+        if self.health is not None:
+            await self.health.plan(new)
         if old_vips != vips_of(new):
             await self._vips_on_lo(new, old_vips)
         if self.cluster is not None:
@@ -569,6 +585,8 @@ class Daemon:
             self.stop_request = Stop(detach=bool(req.get("detach")))
             self.stop_event.set()
             return {"ok": True, "detach": self.stop_request.detach}
+        if cmd in health_task.COMMANDS and self.health is not None:
+            return await self.health.handle(req)
         if cmd == "explain":
             assert self.dp is not None and self.rec is not None
             fps = expected_fingerprints(self.rec)
@@ -610,6 +628,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         assert self.config is not None and self.dp is not None and self.rec is not None
         st = build_status(self.config, self.dp, self.rec)
+        if self.health is not None:
+            st |= self.health.annotate(st)
         return {
             "instance": self.config.instance,
             "pid": os.getpid(),

@@ -36,6 +36,10 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "explain": {"client": (str, True), "service": (str, True), "syn": (bool, False)},
     "switchover": {},
     "vrrp": {"state": (str, True)},
+    # manual overrides of a real (daemon/overrides.py)
+    "real-drain": {"address": (str, True), "service": (str, False)},
+    "real-undrain": {"address": (str, True), "service": (str, False)},
+    "real-weight": {"address": (str, True), "weight": (int, True), "service": (str, False)},
 }
 
 

@@ -86,6 +86,21 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Effective:
+    """What health checks and manual overrides make of one real of one service
+    (daemon/health_task.py): an input of desired(), like the config."""
+
+    weight: int  # the Maglev weight now (0: no new flows)
+    state: str  # shown in status: up, down, drained, slow-start, held
+    detail: str  # why, in words (the check's last result, who drained it)
+    reschedule: bool = False  # the real's established flows leave it (down_flows)
+
+
+# (service key (vip, protocol, port_number), real address) -> Effective
+EffectiveMap = dict[tuple[tuple[Address, str, int], Address], Effective]
+
+
+@dataclass(frozen=True)
 class Inputs:
     """What the desired image depends on besides the config and the neighbour
     table: the cluster's state (and, later, health). Passed to
@@ -94,6 +109,9 @@ class Inputs:
     # MACs of the other directors (6 bytes or "aa:bb:..", at most abi.MAX_PEER_MACS):
     # VIP frames from them are never scheduled here (node_cfg.peer_macs).
     peer_macs: Sequence[bytes | str] = ()
+    # health checks and manual overrides per (service, real) (daemon/health_task.py):
+    # weights in place of the configured ones; absent pairs keep the config's
+    health: EffectiveMap = field(default_factory=dict)
     # Per service: reals that are down (a failed health check, a dead director
     # at takeover). They get no new flows (out of the Maglev row) and their
     # established flows move to a live real at their next packet, unless the
@@ -132,7 +150,7 @@ class RealView:
     weight: int
     local: bool
     mac: str | None
-    state: str  # up | local | unresolved | drained | down
+    state: str  # up | local | unresolved | drained | down, or a health state (Effective.state)
     detail: str
 
 
@@ -244,6 +262,22 @@ def inputs_of(
             if gone:
                 down[svc_ident(svc)] = gone
     return Inputs(peer_macs=macs, down=down)
+
+
+def with_cluster(health: Inputs, cluster: Inputs) -> Inputs:
+    """One Inputs from the health task's (weights, down reals, keep_flows) and
+    the cluster's (peer MACs, reals on a dead host): a real is down if either
+    says so. A service with a real on a dead host does not keep its down reals'
+    flows (keep_flows is per service, and nothing can serve a dead host's)."""
+    down: dict[SvcIdent, set[Address]] = {k: set(v) for k, v in health.down.items()}
+    for k, v in cluster.down.items():
+        down.setdefault(k, set()).update(v)
+    return Inputs(
+        peer_macs=cluster.peer_macs,
+        health=health.health,
+        down=down,
+        keep_flows=frozenset(health.keep_flows) - set(cluster.down),
+    )
 
 
 def peer_addresses(config: Config) -> list[Address]:

@@ -37,6 +37,7 @@ from carom.daemon.image import (
     Address,
     ApplyError,
     Desired,
+    Effective,
     Image,
     Inputs,
     MemberSet,
@@ -281,10 +282,12 @@ class Reconciler:
         neighbours: dict[Address, Neighbour],
         inputs: Inputs | None = None,
     ) -> Desired:
-        """The image the config (and the cluster and health `inputs`) ask for.
-        Changes nothing: ids and tables it allocates become the reconciler's own
-        only through commit()."""
+        """The image the config asks for, with the cluster's state and the health
+        view (`inputs`: health checks and manual overrides per service and real,
+        in place of configured weights). Changes nothing: ids and tables it
+        allocates become the reconciler's own only through commit()."""
         inputs = inputs or Inputs()
+        effective = inputs.health
         img = Image()
         img.node = abi.NodeCfg(
             role=int(
@@ -355,9 +358,11 @@ class Reconciler:
                     break
         fresh: dict[MemberSet, Table] = {}
         in_use: dict[MemberSet, Table] = {}
-        # keyed by (addr_key, weight): ipaddress objects hash through hex(), and
-        # this runs for each of up to 32k reals on every reload
-        per_real: dict[tuple[int, int], tuple[tuple[bytes, int, int] | None, RealView]] = {}
+        # keyed by (addr_key, weight, effective): ipaddress objects hash through
+        # hex(), and this runs for each of up to 32k reals on every reload
+        per_real: dict[
+            tuple[int, int, Effective | None], tuple[tuple[bytes, int, int] | None, RealView]
+        ] = {}
         built = 0
         persist_flag = int(abi.SvcFlags.PERSIST)
         busy_ids: list[set[int]] = []
@@ -392,6 +397,7 @@ class Reconciler:
             view = []
             down = inputs.down.get(ident, frozenset())
             for r in svc.reals:
+                eff = effective.get((svc.key, r.address)) if effective else None
                 if r.address in down:
                     rid = real_ids[r.address]
                     keep = ident in inputs.keep_flows
@@ -403,20 +409,20 @@ class Reconciler:
                         RealView(
                             str(r.address),
                             rid,
-                            r.weight,
+                            0,  # out of the Maglev row: no new flows
                             r.local,
                             shown,
                             "down",
-                            f"down: no new flows, {why}",
+                            f"{eff.detail}; {why}" if eff else f"down: no new flows, {why}",
                         )
                     )
                     continue
                 # many services share reals: work each (real, weight) out once
-                pkey = (addr_key(r.address), r.weight)
+                pkey = (addr_key(r.address), r.weight, eff)
                 per = per_real.get(pkey)
                 if per is None:
                     per = per_real[pkey] = self._real_view(
-                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours
+                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours, eff
                     )
                 if per[0] is not None:
                     members.append(per[0])
@@ -446,13 +452,18 @@ class Reconciler:
         real_ids: dict[Address, int],
         img: Image,
         neighbours: dict[Address, Neighbour],
+        eff: Effective | None = None,
     ) -> tuple[tuple[bytes, int, int] | None, RealView]:
         """A real's Maglev member (None: no slots) and its status view."""
         rid = real_ids[address]
         rinfo = img.reals[rid]
         usable = not int(rinfo.flags) & int(abi.RealFlags.UNUSABLE)
         nb = neighbours.get(address)
-        if local:
+        if eff is not None:
+            weight = eff.weight
+        if eff is not None and eff.state != "up" and (usable or local):
+            state, detail = eff.state, eff.detail
+        elif local:
             state, detail = "local", "served by this node's own stack"
         elif not usable:
             state = "unresolved"

@@ -82,6 +82,8 @@ def step(
     state: HealthState, ok: bool, now: float, timing: Timing, policy: FlapPolicy = DEFAULT_FLAP
 ) -> HealthState:
     """The state after one probe result at monotonic time `now`."""
+    if ok and state.health is Health.UP and not state.streak and not state.penalty:
+        return state  # the steady case (nearly every probe): nothing changes
     penalty = decayed(state, now, policy)
     suppressed = state.suppressed and penalty >= policy.reuse
     state = replace(state, penalty=penalty, penalty_at=now, suppressed=suppressed)

@@ -6,6 +6,7 @@ scheduler runs one probe for all the services that share it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
@@ -23,6 +24,7 @@ from carom.health.spec import (
     TcpCheck,
     Timing,
     UdpCheck,
+    Via,
 )
 
 IPAddress = IPv4Address | IPv6Address
@@ -82,24 +84,40 @@ def effective_check(service: Service, real_index: int) -> Check | None:
     return own if own is not None else service.check
 
 
-def probe_key(service: Service, real_index: int) -> ProbeKey | None:
+ViaOf = Callable[[IPAddress], Via]
+NO_PATH = Via(netns="", mark=0)  # a via: vip probe with no probe namespace: fails
+
+
+def probe_key(service: Service, real_index: int, via_of: ViaOf | None = None) -> ProbeKey | None:
+    """The probe of one real of a service. With `via: vip` the probe goes to the
+    VIP: a remote real's through `via_of(real)` (the probe namespace's path to
+    its MAC), a local real's (this node) through this node's own stack, which
+    accepts it only if the VIP is on lo and something listens, as for clients."""
     check = effective_check(service, real_index)
     if check is None:
         return None
-    real = service.reals[real_index].address
+    real = service.reals[real_index]
     # the loader guarantees a port unless the service is port: all and the kind is exec
     port = check.port if check.port is not None else service.port_number
     # the port lives in the target: `port: 80` and the service's port 80 are one probe
     spec = replace(to_spec(check), port=None)
-    return ProbeKey(target=Target(address=real, port=port, real=real), check=spec)
+    target = Target(address=real.address, port=port, real=real.address)
+    if check.via == "vip":
+        via: Via | None = None
+        if not real.local:  # without a probe namespace the probe fails, never goes astray
+            via = via_of(real.address) if via_of is not None else NO_PATH
+        target = Target(address=service.vip, port=port, real=real.address, via=via)
+    return ProbeKey(target=target, check=spec)
 
 
-def probe_keys(config: Config) -> dict[tuple[ServiceKey, IPAddress], ProbeKey]:
+def probe_keys(
+    config: Config, via_of: ViaOf | None = None
+) -> dict[tuple[ServiceKey, IPAddress], ProbeKey]:
     """Every checked (service key, real address) and the probe that decides its health."""
     out: dict[tuple[ServiceKey, IPAddress], ProbeKey] = {}
     for service in config.services:
         for j, real in enumerate(service.reals):
-            key = probe_key(service, j)
+            key = probe_key(service, j, via_of)
             if key is not None:
                 out[(service.key, real.address)] = key
     return out

@@ -153,6 +153,13 @@ class ProbeKey:
     target: Target
     check: CheckSpec
 
+    def __post_init__(self) -> None:
+        # the key is hashed on every status lookup: hash the nested fields once
+        object.__setattr__(self, "_hash", hash((self.target, self.check)))
+
+    def __hash__(self) -> int:
+        return self.__dict__["_hash"]  # type: ignore[no-any-return]
+
 
 @dataclass(frozen=True)
 class CheckResult:

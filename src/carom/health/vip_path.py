@@ -21,6 +21,7 @@ so its own stack would deliver a probe to a VIP locally."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import socket
@@ -53,6 +54,8 @@ def socket_in(via: Via, family: int, kind: int) -> socket.socket:
     """A non-blocking socket created in `via.netns` and marked with `via.mark`.
     A socket keeps the namespace it was created in; the thread returns to its own
     namespace before this returns (even on error)."""
+    if not via.netns:
+        raise OSError(errno.ENOENT, "no probe namespace for via: vip (health.probe_source)")
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(os.path.join(NETNS_DIR, via.netns), os.O_RDONLY)
@@ -99,7 +102,14 @@ class VipPath:
         """Create the namespace and its macvlan (idempotent: an existing one is reused)."""
         if not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
             _ip("netns", "add", self.netns)
-        links = json.loads(_ip("-j", "link", "show", netns=self.netns) or "[]")
+        try:
+            links = json.loads(_ip("-j", "link", "show", netns=self.netns) or "[]")
+        except RuntimeError:
+            # a name without a namespace behind it: left by a daemon that ran in
+            # a mount namespace that is gone (`ip netns exec`); make it anew
+            _ip("netns", "del", self.netns, check=False)
+            _ip("netns", "add", self.netns)
+            links = []
         if not any(link.get("ifname") == IFNAME for link in links):
             _ip("link", "add", IFNAME, "link", self.parent, "type", "macvlan", "mode", "bridge")
             _ip("link", "set", IFNAME, "netns", self.netns)
@@ -167,8 +177,11 @@ class VipPath:
                 raise RuntimeError(f"ip -batch in {self.netns}: {'; '.join(errors[:3])}")
 
     def via(self, real: IPAddress) -> Via:
-        """The Via of `real` (after `sync` has given it a table)."""
-        return Via(netns=self.netns, mark=TABLE_BASE + self._numbers[real])
+        """The Via of `real`; before `sync` has given it a table, one that fails
+        (an unmarked socket in the namespace would reach the VIP's ARP owner,
+        the director, not the real)."""
+        n = self._numbers.get(real)
+        return Via(netns="", mark=0) if n is None else Via(netns=self.netns, mark=TABLE_BASE + n)
 
     def down(self) -> None:
         """Remove the namespace (and with it the macvlan, its tables and rules)."""
