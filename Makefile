@@ -16,7 +16,7 @@ GCC          ?= gcc
 MAGLEV_SO    := src/carom/sched/_maglev_fill.so
 MAGLEV_CFLAGS := -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -ffp-contract=off -fno-fast-math
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev bpftool iproute2 ethtool tcpdump curl \
-                nftables netsniff-ng haproxy wrk python3-venv procps gcc iputils-ping keepalived
+                nftables netsniff-ng haproxy wrk python3-venv procps gcc iputils-ping keepalived tmux
 STAMP        := build/.stamps
 
 .PHONY: all deps sysdeps venv bpf test test-unit lint demo bench clean
