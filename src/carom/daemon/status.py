@@ -87,7 +87,9 @@ class LoopLag:
                 self.recent.popleft()
 
     def summary(self) -> dict[str, float]:
-        last = max((lag for _, lag in self.recent), default=0.0)
+        # status is built in a worker thread while the loop appends: copy first
+        # (one C call under the GIL) rather than iterate a deque being mutated
+        last = max((lag for _, lag in self.recent.copy()), default=0.0)
         return {
             "max": round(self.max_ms, 2),
             "max_last_minute": round(last, 2),
