@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from carom import abi
 from carom.bpf import loader
@@ -50,6 +50,7 @@ from carom.net import egress, realserver
 from carom.ops.hub import Ops
 
 log = logging.getLogger("carom.daemon")
+T = TypeVar("T")
 
 COUNTER_INTERVAL_S = 2.0
 # Test hook: a file naming an apply step ("maglev", "attach", ...); while it
@@ -150,6 +151,7 @@ class Daemon:
         self.lag = LoopLag()
         self.hups: asyncio.Queue[None] = asyncio.Queue()
         self.loops_seen = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         fault = os.environ.get(FAULT_ENV)
         self.fault = fault_hook(fault) if fault else None
         self.owner: ownership.VipOwner | None = None
@@ -184,6 +186,7 @@ class Daemon:
 
     # --- start --------------------------------------------------------------------------
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         config = self.configs.load(self.config_path)  # nothing else runs yet
         routes = await asyncio.to_thread(egress.route_interfaces, egress.remote_reals(config))
         self._check_egress(config, routes)  # before anything is loaded or attached
@@ -626,17 +629,22 @@ class Daemon:
         return buf.getvalue().encode()
 
     def status(self) -> dict[str, Any]:
+        """The status. Called in a worker thread (control socket, metrics): the map
+        reads happen here, the parts the event loop owns and mutates (health,
+        neighbours, ownership, cluster, loop lag) are read on the loop."""
         assert self.config is not None and self.dp is not None and self.rec is not None
-        st = build_status(self.config, self.dp, self.rec)
+        config = self.config
+        st = build_status(config, self.dp, self.rec)
+        return self._on_loop(lambda: self._live_status(config, st))
+
+    def _live_status(self, config: Config, st: dict[str, Any]) -> dict[str, Any]:
         if self.health is not None:
             st |= self.health.annotate(st)
         return {
-            "instance": self.config.instance,
+            "instance": config.instance,
             "pid": os.getpid(),
             "config": self.config_path,
-            "role": self.cluster.node.machine.state.value
-            if self.cluster
-            else self.config.node.role,
+            "role": self.cluster.node.machine.state.value if self.cluster else config.node.role,
             "uptime_s": round(time.time() - self.started, 1),
             **st,
             "last_reload": self.last_reload,
@@ -645,6 +653,27 @@ class Daemon:
             "ownership": self.owner.status() if self.owner else None,
             "cluster": self.cluster.status() if self.cluster else None,
         }
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """fn() on the event loop's thread (now, if this is it), waiting for it."""
+        loop = self.loop
+        if loop is None or not loop.is_running():
+            return fn()
+        try:
+            if asyncio.get_running_loop() is loop:
+                return fn()
+        except RuntimeError:
+            pass  # a worker thread: no loop of its own
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to the waiting thread
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(call)
+        return done.result(timeout=10)
 
 
 def run(config_path: str) -> int:
