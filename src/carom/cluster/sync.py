@@ -19,7 +19,7 @@ import asyncio
 import ipaddress
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,28 +102,57 @@ def apply_records(
     return res
 
 
-class Batcher:
+class _Delayed:
+    """What both batchers share: a partial batch leaves at most `max_delay`
+    after its first record arrived (run() is the timer task)."""
+
+    pending: Sized
+
+    def __init__(self, max_delay: float) -> None:
+        self.max_delay = max_delay
+        self.first_at = 0.0
+        self._wake = asyncio.Event()
+        self.stats: Counter[str] = Counter()
+
+    def _first(self) -> None:
+        """A record arrived into an empty batch: its clock starts."""
+        self.first_at = time.monotonic()
+        self._wake.set()
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Flush whatever has waited max_delay; sleep while idle."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                wait = self.first_at + self.max_delay - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self.pending and time.monotonic() - self.first_at >= self.max_delay:
+                    self.flush()
+
+
+class Batcher(_Delayed):
     """Collects records and hands them out in datagram-sized batches, at most
     `max_delay` after the first record of a batch arrived."""
 
     def __init__(
         self, send: Callable[[list[ConnRecord]], None], max_delay: float = MAX_DELAY_S
     ) -> None:
+        super().__init__(max_delay)
         self.send = send
-        self.max_delay = max_delay
         self.room = wire.MAX_DATAGRAM - wire.HEADER.size - wire.MAC_LEN
         self.pending: list[ConnRecord] = []
         self.used = 0
-        self.first_at = 0.0
-        self._wake = asyncio.Event()
-        self.stats: Counter[str] = Counter()
 
     def add(self, r: ConnRecord) -> None:
         if self.used + r.size > self.room:
             self.flush()
         if not self.pending:
-            self.first_at = time.monotonic()
-            self._wake.set()
+            self._first()
         self.pending.append(r)
         self.used += r.size
         if self.used + wire.record_size(4, 4) > self.room:
@@ -137,18 +166,6 @@ class Batcher:
         self.stats["records"] += len(batch)
         self.stats["bytes"] += sum(r.size for r in batch) + wire.HEADER.size + wire.MAC_LEN
         self.send(batch)
-
-    async def run(self) -> None:
-        """Flush whatever has waited max_delay; sleep while idle."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                wait = self.first_at + self.max_delay - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if self.pending and time.monotonic() - self.first_at >= self.max_delay:
-                    self.flush()
 
 
 class GapTracker:
@@ -170,7 +187,7 @@ class GapTracker:
         return missing
 
 
-class RawBatcher:
+class RawBatcher(_Delayed):
     """Batcher for records already encoded (fixed size, e.g. codec.REC4_DT):
     fills datagrams with whole records and sends a partial one at most
     `max_delay` after its first record arrived. The fast path for the stream."""
@@ -181,22 +198,18 @@ class RawBatcher:
         record_size: int,
         max_delay: float = MAX_DELAY_S,
     ) -> None:
+        super().__init__(max_delay)
         self.send = send
         self.size = record_size
         room = wire.MAX_DATAGRAM - wire.HEADER.size - wire.MAC_LEN
         self.per = room // record_size
-        self.max_delay = max_delay
-        self.pending = bytearray()
-        self.first_at = 0.0
-        self._wake = asyncio.Event()
-        self.stats: Counter[str] = Counter()
+        self.pending: bytearray = bytearray()
 
     def add(self, payload: bytes, count: int) -> None:
         if not count:
             return
         if not self.pending:
-            self.first_at = time.monotonic()
-            self._wake.set()
+            self._first()
         self.pending += payload
         full = len(self.pending) // (self.per * self.size)
         if full:
@@ -221,14 +234,3 @@ class RawBatcher:
     def flush(self) -> None:
         if self.pending:
             self._send(len(self.pending) // self.size)
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                wait = self.first_at + self.max_delay - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if self.pending and time.monotonic() - self.first_at >= self.max_delay:
-                    self.flush()

@@ -224,6 +224,23 @@ def parse_fwmark_map(specs: Sequence[str]) -> dict[int, FwmarkTarget]:
     return out
 
 
+@dataclass
+class ConvertState:
+    """What every converter keeps while it reads: the source name (for
+    `SOURCE:LINE:` messages), the fwmark map, the notes and the timeouts seen."""
+
+    source: str
+    fwmarks: Mapping[int, FwmarkTarget]
+    notes: list[Note] = field(default_factory=list)
+    timeouts: dict[str, int] = field(default_factory=dict)
+
+    def note(self, line: int, message: str) -> None:
+        self.notes.append(Note(line, message))
+
+    def fail(self, line: int, message: str) -> ImportFailure:
+        return ImportFailure(f"{self.source}:{line}: {message}")
+
+
 def fwmark_note(mark: int, mapped: FwmarkTarget | None) -> str:
     """The warning for an IPVS firewall-mark service, converted or not."""
     if mapped is None:

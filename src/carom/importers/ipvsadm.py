@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from carom.importers.common import (
     DEFAULT_INTERFACE,
+    ConvertState,
     FwmarkTarget,
     ImportedReal,
     ImportedService,
-    ImportFailure,
     ImportResult,
     Note,
     clamp_persistence,
@@ -78,18 +78,8 @@ class _Service:
 
 
 @dataclass
-class _State:
-    source: str
-    fwmarks: Mapping[int, FwmarkTarget]
-    notes: list[Note] = field(default_factory=list)
+class _State(ConvertState):
     services: dict[_Key, _Service] = field(default_factory=dict)
-    timeouts: dict[str, int] = field(default_factory=dict)
-
-    def note(self, line: int, message: str) -> None:
-        self.notes.append(Note(line, message))
-
-    def fail(self, line: int, message: str) -> ImportFailure:
-        return ImportFailure(f"{self.source}:{line}: {message}")
 
 
 def convert(

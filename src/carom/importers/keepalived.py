@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from carom.importers.common import (
     DEFAULT_INTERFACE,
+    ConvertState,
     FwmarkTarget,
     ImportedReal,
     ImportedService,
-    ImportFailure,
     ImportResult,
     Note,
     clamp_persistence,
@@ -104,20 +104,10 @@ _TOP_REASONS: Mapping[str, str] = {
 
 
 @dataclass
-class _State:
-    source: str
-    fwmarks: Mapping[int, FwmarkTarget]
-    notes: list[Note] = field(default_factory=list)
+class _State(ConvertState):
     services: list[ImportedService] = field(default_factory=list)
     groups: dict[str, Stmt] = field(default_factory=dict)
     interfaces: list[str] = field(default_factory=list)
-    timeouts: dict[str, int] = field(default_factory=dict)
-
-    def note(self, line: int, message: str) -> None:
-        self.notes.append(Note(line, message))
-
-    def fail(self, line: int, message: str) -> ImportFailure:
-        return ImportFailure(f"{self.source}:{line}: {message}")
 
 
 def convert(

@@ -91,6 +91,20 @@ def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -
     return lab_config(node, services=services, cluster=cluster)
 
 
+def quit_helper(proc: subprocess.Popen[str]) -> None:
+    """End a lab helper process we started: `quit` on its stdin, kill if it hangs."""
+    if proc.poll() is not None:
+        return
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        proc.wait(5)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
 class Held:
     """Long-lived connections from one client (carom.lab.holdclient)."""
 
@@ -143,15 +157,7 @@ class Held:
         ]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        quit_helper(self.proc)
 
 
 class Prober:
@@ -192,15 +198,7 @@ class Prober:
         return round(max(0.0, worst - self.every) * 1000, 1), 0
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        quit_helper(self.proc)
 
 
 @dataclass
