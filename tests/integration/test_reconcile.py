@@ -152,10 +152,17 @@ def test_draining_real_keeps_its_id_while_connections_live(lab: Lab, dir1: Direc
         hold.close()
 
     # Closed, then idle past tcp_idle (+ the data plane's 1 s last_seen granularity):
-    # nothing can point to id 3 any more.
-    time.sleep(6 + 3)
-    reply = dir1.reload(swapped)
+    # nothing can point to id 3 any more. Poll instead of sleeping a fixed time: a
+    # refused reload changes nothing, and the id must be free soon after tcp_idle.
+    closed = time.monotonic()
+    while True:
+        reply = dir1.reload(swapped)
+        if reply["ok"] or time.monotonic() - closed > 6 + 10:
+            break
+        assert "no free real id" in reply["error"], reply
+        time.sleep(0.5)
     assert reply["ok"], reply
+    assert time.monotonic() - closed >= 6 - 1, "the id was free before tcp_idle had passed"
     st = dir1.status()
     ids = {r["address"]: r["real_id"] for r in st["services"][0]["reals"]}
     assert ids[DIR2_ADDR] == 3, ids
