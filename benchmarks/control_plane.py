@@ -371,6 +371,7 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         time.sleep(0.5)
         st = d.request("status")["status"]
         lag = st["loop_lag_ms"]["max"]
+        worst = st["loop_lag_ms"].get("worst") or {}
         return [
             Row(
                 SECTION,
@@ -428,11 +429,18 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "largest event-loop stall during reloads, status and MAC changes",
                 "ms",
                 [float(lag)],
-                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms",
+                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms; worst: "
+                f"{worst.get('gc_ms', 0)} ms of it in gc, loop at {worst.get('where') or '?'} "
+                f"({worst.get('samples', 0)} samples), other thread: {worst.get('others') or '-'}",
             ),
         ]
     finally:
         d.stop()
+        keep = os.environ.get("CAROM_BENCH_LOGS")  # a directory: the daemon's log is kept there
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            stamp = time.strftime("%H%M%S")
+            shutil.copy(os.path.join(tmp, "daemon.log"), os.path.join(keep, f"scale-{stamp}.log"))
         _teardown_netns()
         subprocess.run(["umount", "-l", os.path.join(tmp, "bpffs")], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)

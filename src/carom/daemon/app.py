@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import io
 import json
 import logging
@@ -44,8 +43,9 @@ from carom.daemon.image import (
     with_cluster,
 )
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
+from carom.daemon.looplag import SWITCH_INTERVAL_S, LoopLag, quiet_gc
 from carom.daemon.reconcile import Reconciler
-from carom.daemon.status import LoopLag, build_status, expected_fingerprints
+from carom.daemon.status import build_status, expected_fingerprints
 from carom.net import egress, realserver
 from carom.ops.hub import Ops
 
@@ -108,17 +108,6 @@ def _parse(path: str, text: str | None) -> Config | list[str]:
         return load_config(path) if text is None else parse_config(text, path)
     except ConfigError as exc:
         return exc.errors
-
-
-def settle_heap() -> None:
-    """Move what is alive now out of the cyclic collector's reach (gc.freeze),
-    then let it run again. A config of 4096 services is ~10^5 objects; any
-    collection over them (even of the young generations, right after a reload)
-    holds the GIL for 100+ ms and stalls the event loop. Objects freed by
-    reference counting still go at once; only garbage cycles made during a
-    reload stay (a few small asyncio objects at most)."""
-    gc.freeze()
-    gc.enable()
 
 
 @dataclass
@@ -234,7 +223,6 @@ class Daemon:
             "tables_built": want.built,
         }
         self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
-        settle_heap()
         log.info(
             "carom running",
             extra={
@@ -284,6 +272,10 @@ class Daemon:
         image, map writes, then attach/detach, in the worker thread. A failure
         rolls every step back and raises ApplyError saying what happened;
         ReconcileError means the config cannot be applied and nothing was written."""
+        with quiet_gc():  # a desired image of 32k reals: no collection over it
+            return await self._apply(config, old)
+
+    async def _apply(self, config: Config, old: Config | None) -> tuple[int, Desired]:
         rec, dp = self.rec, self.dp
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
@@ -328,7 +320,9 @@ class Daemon:
 
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
-        await self.start()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # the loop's GIL waits (looplag.py)
+        with quiet_gc():
+            await self.start()
         assert self.config is not None and self.owner is not None and self.health is not None
         server = await control.serve(socket_of(self.config), self.handle)
         loop = asyncio.get_running_loop()
@@ -452,14 +446,11 @@ class Daemon:
         async with self.lock:
             assert self.config is not None and self.rec is not None and self.dp is not None
             started = time.monotonic()
-            # no collection while ~10^5 new objects arrive: settle_heap() below
-            gc.disable()
-            try:
+            # no collection while ~10^5 new objects arrive, then they are frozen
+            with quiet_gc():
                 reply = await self._reload(started, origin)
-                self.ops.reload_done(reply)
-                return reply
-            finally:
-                gc.enable()
+            self.ops.reload_done(reply)
+            return reply
 
     async def _reload(self, started: float, origin: str) -> dict[str, Any]:
         assert self.config is not None and self.rec is not None and self.dp is not None
@@ -510,7 +501,6 @@ class Daemon:
             self.owner.set_active(new.node.role == "active")
         if self.owner is not None and old_vips != vips_of(new):
             self.owner.refresh_vips()
-        settle_heap()
         done = time.monotonic()
         took = done - started
         phases = {
@@ -634,12 +624,15 @@ class Daemon:
         neighbours, ownership, cluster, loop lag) are read on the loop."""
         assert self.config is not None and self.dp is not None and self.rec is not None
         config = self.config
-        st = build_status(config, self.dp, self.rec)
+        with quiet_gc():  # ~10^5 dicts and lists: no collection over them
+            st = build_status(config, self.dp, self.rec)
+            if self.health is not None:
+                self.health.annotate(config, st)  # per real: here, not on the loop
         return self._on_loop(lambda: self._live_status(config, st))
 
     def _live_status(self, config: Config, st: dict[str, Any]) -> dict[str, Any]:
         if self.health is not None:
-            st |= self.health.annotate(st)
+            st |= self.health.summary(config)
         return {
             "instance": config.instance,
             "pid": os.getpid(),

@@ -125,11 +125,16 @@ class HealthTask:
             )
         self._keys_for = (None, {})
         self._rows_for = (None, [])
-        pairs = {(svc.key, r.address) for svc in config.services for r in svc.reals}
-        self._pair_ids = {p: n for p, n in self._pair_ids.items() if p in pairs}
-        keys = await asyncio.to_thread(self.keys_of, config)
+        # 32k reals take ~50 ms to hash: in a thread (the daemon's lock is held,
+        # so nothing else touches _pair_ids meanwhile)
+        keys = await asyncio.to_thread(self._replan, config)
         self.scheduler.update(set(keys.values()))
         self._dirty.set()  # a probe that is gone may have held a real down
+
+    def _replan(self, config: Config) -> Keys:
+        pairs = {(svc.key, r.address) for svc in config.services for r in svc.reals}
+        self._pair_ids = {p: n for p, n in self._pair_ids.items() if p in pairs}
+        return self.keys_of(config)
 
     async def _sync_vip_path(self, config: Config) -> None:
         routes = vip_routes(config)
@@ -190,10 +195,11 @@ class HealthTask:
         the reals down per service (out of the Maglev row; their established
         flows move unless the service says `down_flows: keep`). The per-config
         work (probe keys, rows) is done in a thread first: for a big config it
-        would hold the event loop."""
-        if self._rows_for[0] is not config:
-            await asyncio.to_thread(self._rows_of, config)
-        effective = self.effective(config)
+        would hold the event loop, and so would effective() itself (~100 ms at
+        32k reals): it runs in a thread too, under the daemon's lock (the only
+        writer of its bookkeeping); what it reads of the loop's state (probe
+        states, overrides) are single dict lookups."""
+        effective = await asyncio.to_thread(self.effective, config)
         idents = {svc.key: svc_ident(svc) for svc in config.services}
         down: dict[SvcIdent, set[IPAddress]] = {}
         for (skey, address), eff in effective.items():
@@ -204,8 +210,9 @@ class HealthTask:
 
     def effective(self, config: Config) -> EffectiveMap:
         """Every (service, real) whose weight or state is not the configured one.
-        Runs on the event loop before an apply; remembers what it returned (for
-        slow start, min_healthy hysteresis and the change log)."""
+        Runs before an apply (in a thread, under the daemon's lock); remembers
+        what it returned (for slow start, min_healthy hysteresis and the change
+        log)."""
         now = self._clock()
         out: EffectiveMap = {}
         seen: set[int] = set()
@@ -341,7 +348,7 @@ class HealthTask:
             return None
         now = self._clock()
         waits = []
-        for start, span in self._ramp.values():
+        for start, span in list(self._ramp.values()):  # effective() runs in a thread
             done = (now - start) / span * RAMP_STEPS
             nxt = start + span * (math.floor(done) + 1) / RAMP_STEPS
             waits.append(max(0.0, nxt - now))
@@ -397,13 +404,11 @@ class HealthTask:
         return reply
 
     # --- status ------------------------------------------------------------------
-    def annotate(self, status: dict[str, Any]) -> dict[str, Any]:
+    def annotate(self, config: Config, status: dict[str, Any]) -> None:
         """Add each real's health, configured weight and override to a status
-        reply's services; returns the top-level additions (overrides in force,
-        probe count). Runs in a worker thread: it only reads."""
-        config = self.host.config
-        if config is None:
-            return {}
+        reply's services. Runs in a worker thread (at 32k reals it takes
+        ~100 ms, too long for the event loop): what it reads of the loop's state
+        are single dict lookups and set memberships."""
         keys = self.keys_of(config)
         by_name = {svc.display_name: svc for svc in config.services}
         wall = time.time() - self._clock()
@@ -422,6 +427,10 @@ class HealthTask:
                 r["health"] = health_view(key, st, wall) if key is not None else None
                 ov = self.overrides.for_real(address, svc.display_name) if self.overrides else None
                 r["override"] = asdict(ov) if ov is not None else None
+
+    def summary(self, config: Config) -> dict[str, Any]:
+        """The status reply's top-level health parts (overrides in force, probe
+        count). On the event loop: it walks the override store."""
         vp = self._vip_path
         return {
             "overrides": overrides.listing(self.overrides, config),

@@ -72,6 +72,15 @@ def _mac_key(mac: bytes) -> abi.MacKey:
     return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
 
+def _slot_view(m: Any) -> np.ndarray | None:
+    """The Maglev array's slots as uint32 over its mapped memory (elements are
+    8 bytes apart: the kernel rounds array values up to 8), or None."""
+    mem = m.mapped()
+    if mem is None:
+        return None
+    return np.ndarray((m.max_entries,), dtype="<u4", buffer=mem, strides=(m.elem_size,))
+
+
 class Reconciler:
     """Owns the id allocation and the image of the maps of one data plane."""
 
@@ -87,6 +96,9 @@ class Reconciler:
         self._zero_row = np.zeros(self.size, dtype=np.uint32)
         self._zero_row.flags.writeable = False
         self.fresh = not dp.adopted
+        # The Maglev array's memory (BPF_F_MMAPABLE): rows are written as plain
+        # stores; None for a map of an older layout (batched syscalls then).
+        self.slots = _slot_view(dp["maglev"])
         # Test hook: called after each apply step, may raise to inject a failure.
         self.fault: Callable[[str], None] | None = None
         # The role the cluster decided (carom.cluster.service); None: node.role of
@@ -143,7 +155,10 @@ class Reconciler:
         log.info("adopted data plane: %d services, %d reals", len(img.services), len(img.reals))
 
     def _read_row(self, m: Any, sid: int) -> np.ndarray:
-        row = np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
+        if self.slots is not None:
+            row = np.array(self.slots[sid * self.size : (sid + 1) * self.size])
+        else:
+            row = np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
         row.flags.writeable = False
         return row
 
@@ -613,10 +628,22 @@ class Reconciler:
         return restore
 
     def _write_slots(self, sid: int, old_row: np.ndarray, row: np.ndarray) -> int:
-        """Write the slots of row `sid` where `row` differs from `old_row`."""
+        """Write the slots of row `sid` where `row` differs from `old_row`; the
+        number of slots written (a store through the mapping counts as one
+        write, like one element of a batched update)."""
         changed = np.flatnonzero(old_row != row)
         if not len(changed):
             return 0
+        if self.slots is not None:
+            # Aligned 4-byte stores: the program reads each slot whole, old or
+            # new. They are all done before the services write (a syscall) that
+            # points a service at this row.
+            base = sid * self.size
+            if len(changed) == self.size:
+                self.slots[base : base + self.size] = row
+            else:
+                self.slots[base + changed] = row[changed]
+            return len(changed)
         idx = (changed + sid * self.size).astype(np.uint32)
         vals = np.ascontiguousarray(row[changed], dtype=np.uint32)
         self.dp["maglev"].update_batch_raw(idx.tobytes(), vals.tobytes(), len(idx))
