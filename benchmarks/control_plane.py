@@ -315,6 +315,7 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         spare = _scale_addr(SCALE_ADDRS)  # carried by the reals' side, in no service
         times, writes, status_ms, built, applied, parsed = [], [], [], [], [], []
         busy_times: list[float] = []
+        parts: dict[str, list[float]] = {}  # the apply's parts, ms
         ideal = 65537 / SCALE_REALS  # the slots of the replaced real
         for i in range(rounds):
             if budget.expired():
@@ -350,6 +351,9 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                         writes.append(float(reply["writes"]))
                         built.append(float(reply.get("tables_built", 0)))
                         applied.append(reply["phases"]["apply"] * 1000)
+                        for k, v in reply["phases"].items():
+                            if k.startswith("apply_"):
+                                parts.setdefault(k.removeprefix("apply_"), []).append(v * 1000)
                         parsed.append(reply["phases"]["parse"] * 1000)
                     status_ms.extend(answered)
             # a neighbour MAC change of a real used by 8 services: events, not polling
@@ -401,6 +405,7 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "  of which the daemon's apply (tables, writes, commit)",
                 "ms",
                 applied,
+                note=", ".join(f"{k} {np.median(v):.0f}" for k, v in parts.items()),
             ),
             Row(
                 SECTION,

@@ -147,6 +147,7 @@ class Daemon:
         self.ops = Ops(self)  # /metrics and the HTTP API; ops.metrics.register() adds metrics
         self.cluster: ClusterService | None = None
         self.health: health_task.HealthTask | None = None
+        self.apply_phases: dict[str, float] = {}  # seconds of the last apply's parts
 
     async def load(self) -> Config:
         """The new config: the incremental path in a thread when only a few
@@ -281,15 +282,21 @@ class Daemon:
         neighbours = dict(self.follower.table)
         down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
+        t0 = time.monotonic()
         health_in = await self.health.inputs(config) if self.health else Inputs()
+        timing = self.apply_phases = {"health": time.monotonic() - t0}
 
         def work() -> tuple[int, Desired]:
+            t1 = time.monotonic()
             want = rec.desired(
                 config,
                 neighbours,
                 with_cluster(health_in, inputs_of(config, neighbours, down_hosts)),
             )
+            t2 = time.monotonic()
+            timing["desired"] = t2 - t1
             tx: Transaction = rec.write(want)
+            timing["write"] = time.monotonic() - t2
             try:
                 apply_interfaces(dp, config, old, tx, fault)
             except Exception as exc:
@@ -488,6 +495,7 @@ class Daemon:
                 "rolled_back": exc.clean,
             }
             return {"ok": False, "error": f"reload failed: {exc}", "rolled_back": exc.clean}
+        applied = time.monotonic()
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)
@@ -507,6 +515,8 @@ class Daemon:
             "parse": round(parsed - started, 4),
             "neighbours": round(resolved - parsed, 4),
             "apply": round(done - resolved, 4),
+            **{f"apply_{k}": round(v, 4) for k, v in self.apply_phases.items()},
+            "apply_after": round(done - applied, 4),  # health plan, VIPs, cluster
         }
         log.info(
             "reloaded",

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from carom.config.schema import Config, Service
+from carom.config.schema import Config, Service, addr_key
 from carom.daemon import overrides
 from carom.daemon.image import Desired, Effective, EffectiveMap, Inputs, SvcIdent, svc_ident
 from carom.health.damping import Health, HealthState
@@ -87,9 +87,12 @@ class HealthTask:
         self._clock = clock
         self._dirty = asyncio.Event()
         self._keys_for: tuple[Config | None, Keys] = (None, {})
+        self._keys_vp: VipPath | None = None  # the VIP path _keys_for was made with
         self._vip_path: VipPath | None = None
-        self._rows_for: tuple[Config | None, list[tuple[Service, list[Row]]]] = (None, [])
-        self._pair_ids: dict[tuple[ServiceKey, IPAddress], int] = {}  # (service, real) -> n
+        self._rows_for: tuple[Config | None, list[tuple[Service, list[Row], bool]]] = (None, [])
+        # (vip, protocol, port, real) as ints and a str -> n
+        self._pair_ids: dict[tuple[int, str, int, int], int] = {}
+        self._next_pair = 0  # numbers are never reused (the bookkeeping below is by number)
         # per (service, real) number:
         self._out: set[int] = set()  # not in rotation last time
         self._ramp: dict[int, tuple[float, float]] = {}  # slow start: start, span
@@ -107,7 +110,7 @@ class HealthTask:
             return keys
         vp = self._vip_path
         keys = probe_keys(config, via_of=vp.via if vp is not None else None)
-        self._keys_for = (config, keys)
+        self._keys_for, self._keys_vp = (config, keys), vp
         return keys
 
     async def plan(self, config: Config) -> None:
@@ -123,18 +126,15 @@ class HealthTask:
                 "checks fail until it can (health.probe_source, health.probe_interface)",
                 extra={"error": str(exc)},
             )
-        self._keys_for = (None, {})
-        self._rows_for = (None, [])
-        # 32k reals take ~50 ms to hash: in a thread (the daemon's lock is held,
-        # so nothing else touches _pair_ids meanwhile)
-        keys = await asyncio.to_thread(self._replan, config)
+        if self._keys_for[0] is config and self._keys_vp is not self._vip_path:
+            # the probe keys depend on the VIP path: made again for it
+            self._keys_for = (None, {})
+            self._rows_for = (None, [])
+        # per config object, usually made already by the apply (inputs()); 32k
+        # reals take tens of ms to hash: in a thread
+        keys = await asyncio.to_thread(self.keys_of, config)
         self.scheduler.update(set(keys.values()))
         self._dirty.set()  # a probe that is gone may have held a real down
-
-    def _replan(self, config: Config) -> Keys:
-        pairs = {(svc.key, r.address) for svc in config.services for r in svc.reals}
-        self._pair_ids = {p: n for p, n in self._pair_ids.items() if p in pairs}
-        return self.keys_of(config)
 
     async def _sync_vip_path(self, config: Config) -> None:
         routes = vip_routes(config)
@@ -168,25 +168,36 @@ class HealthTask:
         self._dirty.set()
 
     # --- weights ---------------------------------------------------------------
-    def _rows_of(self, config: Config) -> list[tuple[Service, list[Row]]]:
-        """Per service, its reals with their probes and a number per (service,
-        real) that stays across reloads: effective() runs on the event loop for
-        every change, and hashing addresses is most of its cost, so it is done
-        once per config."""
+    def _rows_of(self, config: Config) -> list[tuple[Service, list[Row], bool]]:
+        """Per service, its reals with their probes, a number per (service,
+        real) that stays across reloads, and whether any real is checked:
+        effective() runs for every change, and hashing addresses is most of its
+        cost, so it is done once per config (with int keys: an ipaddress object
+        hashes through hex())."""
         cached_for, rows = self._rows_for
         if cached_for is config:
             return rows
         keys = self.keys_of(config)
-        ids = self._pair_ids
+        old = self._pair_ids
+        ids: dict[tuple[int, str, int, int], int] = {}  # pairs that left the config go
         rows = []
         for svc in config.services:
             skey = svc.key
+            fast = (addr_key(svc.vip), svc.protocol, svc.port_number)  # ints hash fast
             mine: list[Row] = []
+            checked = False
             for r in svc.reals:
-                pair = (skey, r.address)
-                n = ids.setdefault(pair, len(ids))
-                mine.append((n, r.address, r.weight, keys.get(pair)))
-            rows.append((svc, mine))
+                pair = (*fast, addr_key(r.address))
+                n = old.get(pair)
+                if n is None:
+                    n = self._next_pair
+                    self._next_pair += 1
+                ids[pair] = n
+                key = keys.get((skey, r.address)) if keys else None
+                checked = checked or key is not None
+                mine.append((n, r.address, r.weight, key))
+            rows.append((svc, mine, checked))
+        self._pair_ids = ids
         self._rows_for = (config, rows)
         return rows
 
@@ -216,7 +227,11 @@ class HealthTask:
         now = self._clock()
         out: EffectiveMap = {}
         seen: set[int] = set()
-        for svc, mine in self._rows_of(config):
+        overridden = bool(self.overrides)
+        for svc, mine, checked in self._rows_of(config):
+            if not (checked or overridden or svc.min_healthy or svc.slow_start):
+                self._configured(svc, mine, seen)
+                continue
             rows = [self._one(svc, address, w, key) for _, address, w, key in mine]
             self._min_healthy(svc, rows)
             self._slow_start(svc, mine, rows, now)
@@ -245,6 +260,32 @@ class HealthTask:
             self._ramp.pop(gone, None)
         self._held &= {svc.key for svc in config.services}
         return out
+
+    def _configured(self, svc: Service, mine: list[Row], seen: set[int]) -> None:
+        """effective()'s bookkeeping for a service that only its config decides
+        (no checks, overrides, min_healthy or slow start): every real is up at
+        its configured weight, as _one() would say, without an Effective each
+        (32k reals: ~25 ms less per apply)."""
+        self._held.discard(svc.key)
+        shown, outs, ramp = self._shown, self._out, self._ramp
+        for k, address, weight, _ in mine:
+            seen.add(k)
+            if weight:
+                outs.discard(k)
+            else:
+                outs.add(k)
+            was = shown.get(k, "up")
+            if was != "up":
+                log.info(
+                    "%s %s: %s -> up: ",
+                    svc.display_name,
+                    address,
+                    was,
+                    extra={"service": svc.display_name, "real": str(address)},
+                )
+            shown[k] = "up"
+            if ramp:
+                ramp.pop(k, None)
 
     def _one(
         self, svc: Service, address: IPAddress, weight: int, key: ProbeKey | None

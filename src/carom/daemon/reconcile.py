@@ -393,10 +393,8 @@ class Reconciler:
             if sid is None:
                 sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
             used_svc_ids.add(sid)
-            moves = (
-                any(r.address in inputs.down.get(ident, ()) for r in svc.reals)
-                and ident not in inputs.keep_flows
-            )
+            down = inputs.down.get(ident, frozenset())
+            moves = bool(down) and ident not in inputs.keep_flows
             info = abi.SvcInfo(
                 id=sid,
                 flags=(persist_flag if svc.persistence_timeout else 0)
@@ -410,7 +408,6 @@ class Reconciler:
                 img.services[each] = info
             members = []
             view = []
-            down = inputs.down.get(ident, frozenset())
             for r in svc.reals:
                 eff = effective.get((svc.key, r.address)) if effective else None
                 if r.address in down:
