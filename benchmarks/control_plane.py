@@ -434,9 +434,12 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "largest event-loop stall during reloads, status and MAC changes",
                 "ms",
                 [float(lag)],
-                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms; worst: "
-                f"{worst.get('gc_ms', 0)} ms of it in gc, loop at {worst.get('where') or '?'} "
-                f"({worst.get('samples', 0)} samples), other thread: {worst.get('others') or '-'}",
+                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms; "
+                f"{st['loop_lag_ms'].get('stalls', 0)} ticks >= 50 ms late; the worst: "
+                f"{worst.get('gc_ms', 0)} ms in gc, the daemon got {worst.get('cpu_ms', '?')} ms "
+                f"of CPU (its loop thread {worst.get('loop_cpu_ms', '?')}), loop at "
+                f"{worst.get('where') or '?'} ({worst.get('samples', 0)} samples), other "
+                f"thread: {worst.get('others') or '-'}",
             ),
         ]
     finally:

@@ -81,6 +81,8 @@ class Stall:
     ms: float
     time: float  # wall clock at the end of the stall
     gc_ms: float  # cyclic collections overlapping it (they hold the GIL)
+    cpu_ms: float  # CPU time the whole daemon got meanwhile (all threads)
+    loop_cpu_ms: float  # CPU time the loop thread got: ~ms when it was busy itself
     gc_generations: list[int]
     samples: int  # loop-thread stack samples taken while it was late
     where: str  # the most frequent sampled loop-thread stack, innermost first
@@ -223,16 +225,21 @@ class LoopLag:
     async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             t0 = loop.time()
+            cpu0 = (time.process_time(), time.thread_time())
             self.tick = tick = time.monotonic()
             await asyncio.sleep(LAG_INTERVAL_S)
             now = loop.time()
             lag = max(0.0, (now - t0 - LAG_INTERVAL_S) * 1000)
-            self.note(lag, tick, time.monotonic(), now)
+            cpu = (time.process_time() - cpu0[0], time.thread_time() - cpu0[1])
+            self.note(lag, tick, time.monotonic(), now, cpu)
 
-    def note(self, lag: float, tick: float, end: float, now: float) -> None:
-        """Record one tick `lag` ms late that started at monotonic `tick`."""
+    def note(
+        self, lag: float, tick: float, end: float, now: float, cpu: tuple[float, float]
+    ) -> None:
+        """Record one tick `lag` ms late that started at monotonic `tick`, during
+        which the daemon and its loop thread got `cpu` seconds of CPU."""
         if lag >= SAMPLE_AFTER_S * 1000 or lag > self.max_ms:
-            stall = self.attribute(lag, tick, end)
+            stall = self.attribute(lag, tick, end, cpu)
             if self.worst is None or lag >= self.worst.ms:
                 self.worst = stall
             if lag >= STALL_REPORT_S * 1000:
@@ -244,7 +251,7 @@ class LoopLag:
         while self.recent and self.recent[0][0] < now - LAG_WINDOW_S:
             self.recent.popleft()
 
-    def attribute(self, lag: float, tick: float, end: float) -> Stall:
+    def attribute(self, lag: float, tick: float, end: float, cpu: tuple[float, float]) -> Stall:
         spans = [s for s in list(self.gc_spans) if s[1] > tick and s[0] < end]
         with self._sample_lock:
             s = self._sampling if self._sampling.tick == tick else _Sampling(tick)
@@ -256,6 +263,8 @@ class LoopLag:
             ms=round(lag, 2),
             time=time.time(),
             gc_ms=round(overlap_ms(spans, tick, end), 2),
+            cpu_ms=round(cpu[0] * 1000, 2),
+            loop_cpu_ms=round(cpu[1] * 1000, 2),
             gc_generations=sorted({g for *_, g in spans}),
             samples=n,
             where=where,
@@ -279,9 +288,9 @@ class LoopLag:
 
 
 def _parked(label: str) -> bool:
-    """A thread waiting for work (an idle executor, a sleeping timer): not a competitor."""
+    """A thread waiting for work (an idle executor, a sleeping timer): not a
+    competitor. An executor thread in `run` is calling a C function: busy."""
     inner = label.split(" < ")[0]
-    return any(
-        inner.startswith(p)
-        for p in ("threading.py", "thread.py:", "queue.py", "selectors.py", "socket.py")
-    )
+    if inner.startswith("thread.py:"):
+        return inner.endswith(" _worker")
+    return any(inner.startswith(p) for p in ("threading.py", "queue.py", "selectors.py"))
