@@ -318,6 +318,7 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         up = sum(1 for s in st["services"] for r in s["reals"] if r["state"] == "up")
         assert up == SCALE_SERVICES * SCALE_REALS, f"only {up} reals up"
         start_writes = st["last_reload"]["writes"]
+        phases = st["last_reload"].get("start_phases", {})
         tables = st["maglev_tables"]["distinct"]
         spare = _scale_addr(SCALE_ADDRS)  # carried by the reals' side, in no service
         times, writes, status_ms, built, applied, parsed = [], [], [], [], [], []
@@ -389,7 +390,9 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "4096 services x 8 reals: start to forwarding",
                 "s",
                 [started],
-                note=f"{tables} distinct tables over 400 addresses; {start_writes} map writes",
+                note=f"{tables} distinct tables over 400 addresses; {start_writes} map writes "
+                "(Maglev slots stored through the mapped array); in the daemon, s: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),
             ),
             Row(
                 SECTION,

@@ -177,7 +177,9 @@ class Daemon:
     # --- start --------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
         config = self.configs.load(self.config_path)  # nothing else runs yet
+        took = {"config": time.monotonic() - t0}
         routes = await asyncio.to_thread(egress.route_interfaces, egress.remote_reals(config))
         self._check_egress(config, routes)  # before anything is loaded or attached
         for w in config.warnings() + egress.egress_warnings(config, routes):
@@ -186,14 +188,18 @@ class Daemon:
         loader.ensure_bpffs(str(config.bpffs))
         pin_dir = pin_dir_of(config)
         os.makedirs(os.path.dirname(pin_dir), exist_ok=True)
+        t0 = time.monotonic()
         self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = rec = Reconciler(self.dp)
+        took["load"] = time.monotonic() - t0
         rec.fault = self.fault
         self.cluster = ClusterService.attach(self, config.cluster)
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
+        t0 = time.monotonic()
         await self.follower.open()
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        took["neighbours"] = time.monotonic() - t0
         saved = health_task.overrides_path(socket_of(config), config.instance)
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
         await self.health.plan(config)
@@ -206,6 +212,7 @@ class Daemon:
             # established flows to the local stack until the ownership task runs.
             self._write_lease(ownership.lease_deadline_ns())
         writes, want = await self.apply(config, None)
+        took["apply"] = time.monotonic() - started
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
         self.owner = ownership.VipOwner(
@@ -222,6 +229,7 @@ class Daemon:
             "ok": True,
             "seconds": time.monotonic() - started,
             "tables_built": want.built,
+            "start_phases": {k: round(v, 3) for k, v in took.items()},
         }
         self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
         log.info(
@@ -232,6 +240,7 @@ class Daemon:
                 "map_writes": writes,
                 "services": len(config.services),
                 "tables_built": want.built,
+                **{f"{k}_s": round(v, 3) for k, v in took.items()},
             },
         )
 
