@@ -53,6 +53,7 @@ from carom.daemon.image import (
     svc_idents,
     svc_key,
 )
+from carom.daemon.rows import MaglevRows
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
@@ -72,15 +73,6 @@ def _mac_key(mac: bytes) -> abi.MacKey:
     return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
 
-def _slot_view(m: Any) -> np.ndarray | None:
-    """The Maglev array's slots as uint32 over its mapped memory (elements are
-    8 bytes apart: the kernel rounds array values up to 8), or None."""
-    mem = m.mapped()
-    if mem is None:
-        return None
-    return np.ndarray((m.max_entries,), dtype="<u4", buffer=mem, strides=(m.elem_size,))
-
-
 class Reconciler:
     """Owns the id allocation and the image of the maps of one data plane."""
 
@@ -96,9 +88,7 @@ class Reconciler:
         self._zero_row = np.zeros(self.size, dtype=np.uint32)
         self._zero_row.flags.writeable = False
         self.fresh = not dp.adopted
-        # The Maglev array's memory (BPF_F_MMAPABLE): rows are written as plain
-        # stores; None for a map of an older layout (batched syscalls then).
-        self.slots = _slot_view(dp["maglev"])
+        self.rows = MaglevRows(dp["maglev"], self.size)  # through the mapped array
         # Test hook: called after each apply step, may raise to inject a failure.
         self.fault: Callable[[str], None] | None = None
         # The role the cluster decided (carom.cluster.service); None: node.role of
@@ -129,10 +119,9 @@ class Reconciler:
         img.node = cfg if cfg is not None else abi.NodeCfg()
         for key, info in dp["services"].items():
             img.services[ident_of(key)] = info
-        maglev_map = dp["maglev"]
         seen: dict[bytes, np.ndarray] = {}
         for sid in sorted({int(i.id) for i in img.services.values()}):
-            row = self._read_row(maglev_map, sid)
+            row = self.rows.read(sid)
             # identical rows share one array, as they do after a build
             img.rows[sid] = seen.setdefault(row.tobytes(), row)
         real_ids: dict[Address, int] = {}
@@ -153,14 +142,6 @@ class Reconciler:
         self.real_ids = real_ids
         self.fresh = False
         log.info("adopted data plane: %d services, %d reals", len(img.services), len(img.reals))
-
-    def _read_row(self, m: Any, sid: int) -> np.ndarray:
-        if self.slots is not None:
-            row = np.array(self.slots[sid * self.size : (sid + 1) * self.size])
-        else:
-            row = np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
-        row.flags.writeable = False
-        return row
 
     # --- ids ----------------------------------------------------------------------------
     def referenced_real_ids(self, config: Config) -> set[int]:
@@ -549,8 +530,8 @@ class Reconciler:
                 if old_row is row:
                     continue
                 if old_row is None:
-                    old_row = self._zero_row if self.fresh else self._read_row(dp["maglev"], sid)
-                tx.writes += self._write_slots(sid, old_row, row)
+                    old_row = self._zero_row if self.fresh else self.rows.read(sid)
+                tx.writes += self.rows.write(sid, old_row, row)
                 tx.undo.append(self._restore_row(sid, row, old_row))
             done("maglev")
             # 2b. "down, move its flows" bits, before the services that flag them
@@ -620,31 +601,9 @@ class Reconciler:
 
     def _restore_row(self, sid: int, row: np.ndarray, old_row: np.ndarray) -> Callable[[], None]:
         def restore() -> None:
-            self._write_slots(sid, row, old_row)
+            self.rows.write(sid, row, old_row)
 
         return restore
-
-    def _write_slots(self, sid: int, old_row: np.ndarray, row: np.ndarray) -> int:
-        """Write the slots of row `sid` where `row` differs from `old_row`; the
-        number of slots written (a store through the mapping counts as one
-        write, like one element of a batched update)."""
-        changed = np.flatnonzero(old_row != row)
-        if not len(changed):
-            return 0
-        if self.slots is not None:
-            # Aligned 4-byte stores: the program reads each slot whole, old or
-            # new. They are all done before the services write (a syscall) that
-            # points a service at this row.
-            base = sid * self.size
-            if len(changed) == self.size:
-                self.slots[base : base + self.size] = row
-            else:
-                self.slots[base + changed] = row[changed]
-            return len(changed)
-        idx = (changed + sid * self.size).astype(np.uint32)
-        vals = np.ascontiguousarray(row[changed], dtype=np.uint32)
-        self.dp["maglev"].update_batch_raw(idx.tobytes(), vals.tobytes(), len(idx))
-        return len(idx)
 
     def commit(self, want: Desired, tx: Transaction) -> None:
         """Make `want` the reconciler's state: what the maps now hold."""
