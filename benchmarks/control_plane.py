@@ -319,7 +319,8 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         assert up == SCALE_SERVICES * SCALE_REALS, f"only {up} reals up"
         start_writes = st["last_reload"]["writes"]
         phases = st["last_reload"].get("start_phases", {})
-        # before the daemon's clock started: the interpreter, imports, `ip netns exec`
+        # before the daemon's clock started (interpreter, imports, `ip netns exec`) and
+        # the first status reply
         phases = {"python": started - st["uptime_s"], **phases}
         tables = st["maglev_tables"]["distinct"]
         spare = _scale_addr(SCALE_ADDRS)  # carried by the reals' side, in no service

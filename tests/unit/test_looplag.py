@@ -134,6 +134,20 @@ def test_quiet_gc_nests_and_freezes_on_the_way_out(monkeypatch: pytest.MonkeyPat
     assert gc.isenabled() and frozen == [1]
 
 
+def test_quiet_gc_without_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status reply is garbage once sent: not frozen, unless an apply that
+    wants a freeze was inside at the same time."""
+    frozen: list[int] = []
+    monkeypatch.setattr(looplag.gc, "freeze", lambda: frozen.append(1))
+    quiet = QuietGC()
+    with quiet(freeze=False):
+        assert not gc.isenabled()
+    assert gc.isenabled() and not frozen
+    with quiet(freeze=False), quiet():
+        pass
+    assert gc.isenabled() and frozen == [1]
+
+
 def test_quiet_gc_from_two_threads() -> None:
     """The collector runs again only when the last user (any thread) leaves."""
     quiet = QuietGC()

@@ -647,7 +647,7 @@ class Daemon:
         neighbours, ownership, cluster, loop lag) are read on the loop."""
         assert self.config is not None and self.dp is not None and self.rec is not None
         config = self.config
-        with quiet_gc():  # ~10^5 dicts and lists: no collection over them
+        with quiet_gc(freeze=False):  # ~10^5 dicts and lists, garbage once sent
             st = build_status(config, self.dp, self.rec)
             if self.health is not None:
                 self.health.annotate(config, st)  # per real: here, not on the loop

@@ -45,19 +45,22 @@ log = logging.getLogger("carom.daemon")
 
 class QuietGC:
     """No cyclic collection while big object graphs are built (a config, a
-    desired image, a status of 4096 services), then what lives is frozen
-    (gc.freeze) out of the collector's reach: a collection over 10^5 young
+    desired image, a status of 4096 services): a collection over 10^5 young
     objects holds the GIL for 60+ ms (measured: a generation-2 pass during a
-    neighbour apply). Objects freed by reference counting still go at once;
-    only garbage cycles made in between stay (a few small asyncio objects).
-    Nested and threads: the collector runs again when the last one leaves."""
+    neighbour apply). With `freeze` (state that stays: a config, an image),
+    what lives afterwards is frozen (gc.freeze) out of the collector's reach;
+    objects freed by reference counting still go at once, only garbage cycles
+    made meanwhile stay (a few small asyncio objects per apply). A status
+    reply is garbage right after it is sent: it is not frozen. Nested and
+    threads: the collector runs again when the last one leaves."""
 
     def __init__(self) -> None:
         self._depth = 0
+        self._freeze = False
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
+    def __call__(self, freeze: bool = True) -> Iterator[None]:
         with self._lock:
             self._depth += 1
             gc.disable()
@@ -66,8 +69,11 @@ class QuietGC:
         finally:
             with self._lock:
                 self._depth -= 1
+                self._freeze = self._freeze or freeze
                 if not self._depth:
-                    gc.freeze()
+                    if self._freeze:
+                        gc.freeze()
+                    self._freeze = False
                     gc.enable()
 
 
