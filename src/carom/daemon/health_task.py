@@ -93,6 +93,8 @@ class HealthTask:
         # (vip, protocol, port, real) as ints and a str -> n
         self._pair_ids: dict[tuple[int, str, int, int], int] = {}
         self._next_pair = 0  # numbers are never reused (the bookkeeping below is by number)
+        # rows of a service without checks, by Service object (see _rows_of)
+        self._svc_rows: dict[int, tuple[Service, list[Row], dict[Any, int]]] = {}
         # per (service, real) number:
         self._out: set[int] = set()  # not in rotation last time
         self._ramp: dict[int, tuple[float, float]] = {}  # slow start: start, span
@@ -181,8 +183,18 @@ class HealthTask:
         old = self._pair_ids
         ids: dict[tuple[int, str, int, int], int] = {}  # pairs that left the config go
         rows = []
+        # A reload parses only changed services (config/incremental.py): the
+        # others are the same objects, and without checks their rows are too.
+        cache, self._svc_rows = self._svc_rows, {}
         for svc in config.services:
+            hit = cache.get(id(svc)) if not keys else None
+            if hit is not None and hit[0] is svc:
+                ids.update(hit[2])
+                rows.append((svc, hit[1], False))
+                self._svc_rows[id(svc)] = hit
+                continue
             skey = svc.key
+            mine_ids: dict[tuple[int, str, int, int], int] = {}
             fast = (addr_key(svc.vip), svc.protocol, svc.port_number)  # ints hash fast
             mine: list[Row] = []
             checked = False
@@ -192,11 +204,14 @@ class HealthTask:
                 if n is None:
                     n = self._next_pair
                     self._next_pair += 1
-                ids[pair] = n
+                mine_ids[pair] = n
                 key = keys.get((skey, r.address)) if keys else None
                 checked = checked or key is not None
                 mine.append((n, r.address, r.weight, key))
+            ids.update(mine_ids)
             rows.append((svc, mine, checked))
+            if not keys:
+                self._svc_rows[id(svc)] = (svc, mine, mine_ids)
         self._pair_ids = ids
         self._rows_for = (config, rows)
         return rows

@@ -391,7 +391,7 @@ class Reconciler:
             view = []
             for r in svc.reals:
                 eff = effective.get((svc.key, r.address)) if effective else None
-                if r.address in down:
+                if down and r.address in down:  # (an empty set still hashes it)
                     rid = real_ids[r.address]
                     keep = ident in inputs.keep_flows
                     if not keep:
