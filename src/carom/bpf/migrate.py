@@ -14,8 +14,8 @@ created fresh by the load, and `Migration.copy` fills it from the old one,
 converting every entry field by field (carom.bpf.layout). A change of flags
 that only says how the kernel keeps the map (MIGRATABLE_FLAGS, e.g. the Maglev
 array becoming BPF_F_MMAPABLE) is a move too: same entries, copied whole
-(arrays in big raw chunks, through the new map's memory when it is mapped). The old program keeps
-forwarding on the old maps meanwhile. The daemon then applies its config and
+(arrays in big raw chunks, through the new map's memory when it is mapped).
+The old program keeps forwarding on the old maps meanwhile. The daemon then applies its config and
 swaps the program (an atomic XDP replace), and `Migration.finish` completes
 the move: connection and persistence entries created by the old program since
 the copy are added, counters are carried over (by counter name for `stats`),
