@@ -6,8 +6,9 @@ only while a tick is overdue (SAMPLE_AFTER_S) and then samples its stack every
 SAMPLE_EVERY_S; the cyclic collector's passes are timed through gc.callbacks
 (a collection holds the GIL, whichever thread runs it). When a late tick ends,
 the stall is described by the collections that overlapped it and the most
-frequent loop-thread stack among the samples ("where"); a loop sampled idle in
-select() was waiting for the GIL, so the other threads' stacks are kept too."""
+frequent loop-thread stack among the samples ("where"), the CPU the daemon and
+the loop thread got meanwhile, and the busiest other thread's stack: a loop
+sampled idle in select() during a stall was waiting for the GIL or a CPU."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ SAMPLE_EVERY_S = 0.005
 STALL_REPORT_S = 0.05  # a stall this long is logged with its attribution
 STUCK_S = 1.0  # a loop still stuck after this long is logged at once, with every stack
 GC_KEPT = 256  # recent collections kept for attribution
-IDLE = ("selectors.py", "base_events.py:_run_once")  # the loop waiting in select()
+IDLE = "selectors.py:"  # a label of the loop waiting in select()
 
 # The GIL is handed to a waiting thread after this long. The loop waits that
 # long for the GIL after each syscall while a worker thread computes (a status
@@ -121,7 +122,7 @@ def frame_label(frame: FrameType | None, depth: int = 3) -> str:
     if not frames:
         return ""
     inner = _where(frames[0])
-    if _ours(frames[0]) or inner.startswith(IDLE[0]) or "asyncio" in frames[0].f_code.co_filename:
+    if _ours(frames[0]) or inner.startswith(IDLE) or "asyncio" in frames[0].f_code.co_filename:
         return " < ".join(_where(f) for f in frames[:depth])
     ours = next((i for i, f in enumerate(frames) if _ours(f)), None)
     if ours is None:
@@ -135,8 +136,9 @@ def _ours(frame: FrameType) -> bool:
 
 
 def is_idle(label: str) -> bool:
-    """The loop thread sampled in select(): not busy, so waiting for the GIL."""
-    return label.startswith(IDLE[0]) or IDLE[1] in label.split(" < ")[0]
+    """The loop thread sampled in select(): not busy itself (in a stall: waiting
+    for the GIL or for a CPU on its way out of select)."""
+    return label.startswith(IDLE)
 
 
 def overlap_ms(spans: Iterable[tuple[float, float, int]], t0: float, t1: float) -> float:
