@@ -180,6 +180,8 @@ class Daemon:
         t0 = time.monotonic()
         config = self.configs.load(self.config_path)  # nothing else runs yet
         took = {"config": time.monotonic() - t0}
+        # before anything is loaded: a path that cannot be ours stops the start
+        control.check_socket_path(socket_of(config))
         routes = await asyncio.to_thread(egress.route_interfaces, egress.remote_reals(config))
         self._check_egress(config, routes)  # before anything is loaded or attached
         for w in config.warnings() + egress.egress_warnings(config, routes):
