@@ -164,6 +164,52 @@ def test_https_verification_passes_with_a_trusted_ca(monkeypatch: pytest.MonkeyP
         asyncio.run(main())
 
 
+def test_the_engine_reuses_one_socket_and_judges_each_probe_on_its_own() -> None:
+    """Sockets are disconnected (RST) and reused, not closed: after a success, a
+    refusal, a timeout and an error reply, the next probe on the same socket
+    still gets its own verdict (no late event of the previous one leaks in),
+    and a server sees a new connection (a new source port) every time."""
+    short = Timing(interval=1.0, timeout=0.3)
+
+    async def main() -> None:
+        async with http_server() as web:
+            with silent_listener() as silent:
+                plan: list[tuple[CheckSpec, int, str]] = [
+                    (TcpCheck(timing=T), web, "connected"),
+                    (TcpCheck(timing=T), free_port(), "connection refused"),
+                    (HttpCheck(timing=short), silent, "timed out after 0.3 s"),
+                    (HttpCheck(timing=T), web, "HTTP 200"),
+                    (HttpCheck(timing=T, path="/down"), web, "HTTP 503, expected 2xx or 3xx"),
+                    (HttpCheck(timing=T, body=b"carom ok"), web, "HTTP 200"),
+                ]
+                eng = engine.SocketEngine()
+                loop = asyncio.get_running_loop()
+                seen = len(_Handler.peers)
+                try:
+                    for spec, port, want in plan * 3:
+                        got: asyncio.Future[CheckResult] = loop.create_future()
+                        eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        result = await got
+                        assert result.reason == want, (spec, result)
+                        assert eng.in_flight == 0
+                    assert eng.idle == 1  # one socket served all 18 probes
+                    # all at once: each gets its own socket, all come back to the pool
+                    futures = []
+                    for spec, port, _ in plan:
+                        got = loop.create_future()
+                        eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        futures.append(got)
+                    results = await asyncio.gather(*futures)
+                    assert [r.reason for r in results] == [want for _, _, want in plan]
+                    assert eng.idle == len(plan)
+                finally:
+                    eng.close()
+        peers = _Handler.peers[seen:]
+        assert len(peers) == 4 * 3 and len(set(peers)) == len(peers), peers
+
+    asyncio.run(main())
+
+
 # --- hostile servers ----------------------------------------------------------
 
 
