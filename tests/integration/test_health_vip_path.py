@@ -161,7 +161,9 @@ PROBER = r"""
 import asyncio, json, subprocess, sys
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from carom.health.probe import run_check
-from carom.health.spec import HttpCheck, ProbeKey, Target, TcpCheck, Timing, UdpCheck
+from carom.health.spec import (
+    HttpCheck, ProbeKey, SynCheck, Target, TcpCheck, Timing, UdpCheck,
+)
 from carom.health.vip_path import VipPath
 
 vip, vip6 = IPv4Address("192.0.2.100"), IPv6Address("2001:db8:1::100")
@@ -181,6 +183,7 @@ async def main():
         for kind, check, port in (
             ("tcp", TcpCheck(timing=timing), 80),
             ("http", HttpCheck(timing=timing), 80),
+            ("syn", SynCheck(timing=timing), 80),
             ("udp", UdpCheck(timing=timing, send=b"hi", expect=b"echo hi"), 7),
         ):
             own = await run_check(ProbeKey(Target(address=real, port=port, real=real), check))
@@ -217,7 +220,7 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     for good, bad in (("192.0.2.11", "192.0.2.12"), ("2001:db8:1::11", "2001:db8:1::12")):
-        for kind in ("tcp", "http", "udp"):
+        for kind in ("tcp", "http", "syn", "udp"):
             own_ok, own_reason, via_ok, via_reason = out[f"{good} {kind}"]
             assert own_ok and via_ok, (good, kind, own_reason, via_reason)
             own_ok, own_reason, via_ok, via_reason = out[f"{bad} {kind}"]
@@ -232,6 +235,15 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
     assert f"fwmark {m6:#x} lookup {m6}" in out["rules -6"], out["rules -6"]
     assert f"lookup {m6}" not in out["rules -4"] and f"lookup {m4}" not in out["rules -6"]
     assert out["rules -4"].count("fwmark") == 1 and out["rules -6"].count("fwmark") == 1
+    # the half-open probes through the VIP path sent their own RST along the
+    # marked path: the good real holds no half-open connection from them
+    half_open = subprocess.run(
+        ["ip", "netns", "exec", REAL1, "ss", "-Htn", "state", "syn-recv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert half_open.strip() == "", half_open
     for family in ("-4", "-6"):
         director_rules = subprocess.run(
             ["ip", family, "-n", DIRECTOR, "rule", "show"],

@@ -10,6 +10,7 @@ import socket
 import sys
 import tempfile
 import time
+from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from carom.health.spec import (
     HttpCheck,
     ProbeKey,
     SynCheck,
+    Target,
     TcpCheck,
     Timing,
     UdpCheck,
@@ -472,6 +474,54 @@ def test_syn_half_open_never_completes_a_connection() -> None:
         assert not closed.ok and closed.reason == "RST: port closed"
 
     asyncio.run(main())
+
+
+@pytest.mark.root
+def test_syn_half_open_over_ipv6() -> None:
+    """The same on ::1: the IPv6 raw socket sees no IP header, the filter works
+    on the TCP header and the source is checked on receipt."""
+    loop6 = IPv6Address("::1")
+
+    async def main() -> None:
+        accepted = 0
+
+        async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            writer.close()
+
+        server = await asyncio.start_server(count, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            key = ProbeKey(Target(address=loop6, port=port, real=loop6), SynCheck(timing=T))
+            results = [await run_check(key) for _ in range(3)]
+            await asyncio.sleep(0.2)
+        finally:
+            server.close()
+        assert all(r.ok and r.reason == "SYN-ACK" for r in results), results
+        assert accepted == 0
+        with socket.socket(socket.AF_INET6) as s:  # a port nothing listens on
+            s.bind(("::1", 0))
+            closed_port = s.getsockname()[1]
+        key = ProbeKey(Target(address=loop6, port=closed_port, real=loop6), SynCheck(timing=T))
+        closed = await run_check(key)
+        assert not closed.ok and closed.reason == "RST: port closed", closed
+
+    asyncio.run(main())
+
+
+def test_syn_segment_checksum_golden_ipv6() -> None:
+    """IPv6 pseudo-header (RFC 8200 8.1): addresses, 32-bit length, next header."""
+    from carom.health.syn import RST, checksum, syn_segment
+
+    src, dst = "2001:db8::2", "2001:db8::11"
+    seg = syn_segment(src, dst, 40000, 80, 7)
+    pseudo = IPv6Address(src).packed + IPv6Address(dst).packed + bytes([0, 0, 0, 24, 0, 0, 0, 6])
+    assert checksum(pseudo + seg) == 0
+    rst = syn_segment(src, dst, 40000, 80, 8, flags=RST)  # the RST sent on the VIP path
+    assert len(rst) == 20 and rst[13] == RST and rst[4:8] == bytes.fromhex("00000008")
+    pseudo = pseudo[:35] + bytes([20]) + pseudo[36:]
+    assert checksum(pseudo + rst) == 0
 
 
 def test_syn_segment_checksum_golden() -> None:
