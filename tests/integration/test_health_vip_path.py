@@ -158,13 +158,24 @@ while True:
 """
 
 PROBER = r"""
-import asyncio, json, subprocess, sys
+import asyncio, json, os, subprocess, sys
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from carom.health.probe import run_check
 from carom.health.spec import (
-    HttpCheck, ProbeKey, SynCheck, Target, TcpCheck, Timing, UdpCheck,
+    ExecCheck, HttpCheck, ProbeKey, SynCheck, Target, TcpCheck, Timing, UdpCheck,
 )
 from carom.health.vip_path import VipPath
+
+# `ip netns exec` gave this process a fresh /sys without the cgroup mounts: mount
+# cgroup2 (in this private mount namespace only) so that exec checks find it
+os.makedirs("/tmp/carom-hc-cgroup2", exist_ok=True)
+if subprocess.run(["mountpoint", "-q", "/tmp/carom-hc-cgroup2"]).returncode != 0:
+    subprocess.run(["mount", "-t", "cgroup2", "none", "/tmp/carom-hc-cgroup2"], check=True)
+# a command that connects to what it is given, as an operator's script would
+CONNECT = (
+    "import os, socket; socket.create_connection("
+    "(os.environ['CAROM_ADDRESS'], int(os.environ['CAROM_PORT'])), 1.5).close()"
+)
 
 vip, vip6 = IPv4Address("192.0.2.100"), IPv6Address("2001:db8:1::100")
 reals = [IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12")]
@@ -175,6 +186,7 @@ path = VipPath(
 path.up()
 path.sync({**{r: frozenset({vip}) for r in reals}, **{r: frozenset({vip6}) for r in reals6}})
 timing = Timing(interval=2.0, timeout=1.0)
+slow = Timing(interval=3.0, timeout=2.0)  # exec: an interpreter starts first
 
 async def main():
     out = {}
@@ -184,6 +196,7 @@ async def main():
             ("tcp", TcpCheck(timing=timing), 80),
             ("http", HttpCheck(timing=timing), 80),
             ("syn", SynCheck(timing=timing), 80),
+            ("exec", ExecCheck(timing=slow, command=(sys.executable, "-c", CONNECT)), 80),
             ("udp", UdpCheck(timing=timing, send=b"hi", expect=b"echo hi"), 7),
         ):
             own = await run_check(ProbeKey(Target(address=real, port=port, real=real), check))
@@ -199,6 +212,8 @@ async def main():
             capture_output=True, text=True, check=True,
         ).stdout
     out["marks"] = [path.via(reals[0]).mark, path.via(reals6[0]).mark]
+    out["exec_error"] = path.exec_error
+    out["cgroups"] = sorted(os.listdir("/tmp/carom-hc-cgroup2/" + path.netns))
     return out
 
 try:
@@ -220,14 +235,20 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     for good, bad in (("192.0.2.11", "192.0.2.12"), ("2001:db8:1::11", "2001:db8:1::12")):
-        for kind in ("tcp", "http", "syn", "udp"):
+        for kind in ("tcp", "http", "syn", "udp", "exec"):
             own_ok, own_reason, via_ok, via_reason = out[f"{good} {kind}"]
             assert own_ok and via_ok, (good, kind, own_reason, via_reason)
             own_ok, own_reason, via_ok, via_reason = out[f"{bad} {kind}"]
             assert own_ok, (bad, kind, own_reason)  # the real's own address answers...
             # ...but not DSR traffic. A timeout, not "connection refused": the probe did
             # not end at the director (which holds the VIP, with nothing on port 80)
-            assert not via_ok and via_reason == "timed out after 1 s", (bad, kind, via_reason)
+            if kind == "exec":  # the command's own timeout (1.5 s), within the check's
+                assert not via_ok and "timed out" in via_reason, (bad, via_reason)
+            else:
+                assert not via_ok and via_reason == "timed out after 1 s", (bad, kind, via_reason)
+    assert out["exec_error"] == ""
+    # a cgroup per real probed through the VIP path: real2's went with its route
+    assert out["cgroups"] and len([c for c in out["cgroups"] if c.isdigit()]) == 2, out
     # the namespace holds the paths (real2's rules went) and nothing leaked into
     # the director's own rules. Numbers go by address order: .11 1, .12 2, ::11 3
     m4, m6 = out["marks"]

@@ -255,17 +255,6 @@ class Check(BaseModel):
             problems.append(
                 ((), 'kind exec needs command, e.g. command: ["/usr/local/bin/check-app"]')
             )
-        if self.via == "vip" and self.kind == "exec":
-            problems.append(
-                (
-                    ("via",),
-                    "kind exec cannot take the VIP path: the probe namespace steers a probe "
-                    "to one real's MAC by marking its socket, and a command's own sockets "
-                    "carry no mark, so a command probing the VIP would reach the director "
-                    "(and through it any real); check the VIP path with kind tcp, syn, http, "
-                    "https, udp, dns or agent (via: vip) and keep the command with via: real",
-                )
-            )
         if self.kind == "agent" and self.port is None:
             problems.append(
                 ((), "kind agent needs port: the port the agent listens on, e.g. port: 10000")

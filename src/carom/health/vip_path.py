@@ -31,6 +31,8 @@ import subprocess
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
+from carom.bpf.libbpf import BpfError
+from carom.health.exec_path import ExecMarks
 from carom.health.spec import Via
 
 IPAddress = IPv4Address | IPv6Address
@@ -107,6 +109,8 @@ class VipPath:
         self.source = source  # the probes' IPv4 source address and its prefix on the LAN
         self.source6 = source6  # the same for IPv6
         self._numbers: dict[IPAddress, int] = {}
+        self._exec: ExecMarks | None = None  # cgroups for exec checks (exec_path.py)
+        self.exec_error = ""  # why exec checks cannot take the path, if they cannot
 
     def up(self) -> None:
         """Create the namespace and its macvlan (idempotent: an existing one is reused)."""
@@ -152,6 +156,14 @@ class VipPath:
             )  # fmt: skip
         _ip("link", "set", "lo", "up", netns=self.netns)
         _ip("link", "set", IFNAME, "up", netns=self.netns)
+        if self._exec is None:
+            # only exec checks need it; the other kinds work without it
+            try:
+                marks = ExecMarks(self.netns)
+                marks.up()
+                self._exec, self.exec_error = marks, ""
+            except (OSError, BpfError) as exc:
+                self.exec_error = str(exc).splitlines()[0]
 
     def _sysctl(self, key: str, value: str) -> None:
         subprocess.run(
@@ -200,6 +212,8 @@ class VipPath:
                     )
             if batch:
                 self._batch(family, batch)
+        if self._exec is not None:
+            self._exec.sync({TABLE_BASE + n for n in self._numbers.values()})
 
     def _batch(self, family: str, batch: list[str]) -> None:
         proc = subprocess.run(
@@ -225,6 +239,10 @@ class VipPath:
         return Via(netns="", mark=0) if n is None else Via(netns=self.netns, mark=TABLE_BASE + n)
 
     def down(self) -> None:
-        """Remove the namespace (and with it the macvlan, its tables and rules)."""
+        """Remove the namespace (and with it the macvlan, its tables and rules),
+        and the cgroups of exec checks."""
+        exec_marks, self._exec = self._exec, None
+        if exec_marks is not None:
+            exec_marks.down()
         if os.path.exists(os.path.join(NETNS_DIR, self.netns)):
             _ip("netns", "del", self.netns)
