@@ -166,11 +166,12 @@ def test_https_verification_passes_with_a_trusted_ca(monkeypatch: pytest.MonkeyP
         asyncio.run(main())
 
 
-def test_the_engine_reuses_one_socket_and_judges_each_probe_on_its_own() -> None:
-    """Sockets are disconnected (RST) and reused, not closed: after a success, a
-    refusal, a timeout and an error reply, the next probe on the same socket
-    still gets its own verdict (no late event of the previous one leaks in),
-    and a server sees a new connection (a new source port) every time."""
+def test_the_engine_reuses_sockets_and_judges_each_probe_on_its_own() -> None:
+    """The socket of a passing probe is disconnected (RST) and reused, not
+    closed; a failing probe's is closed. Mixed passes and failures (refusal,
+    timeout, error reply) each get their own verdict (no late event of a
+    socket's previous probe leaks in), and a server sees a new connection (a
+    new source port) every time."""
     short = Timing(interval=1.0, timeout=0.3)
 
     async def main() -> None:
@@ -188,13 +189,20 @@ def test_the_engine_reuses_one_socket_and_judges_each_probe_on_its_own() -> None
                 loop = asyncio.get_running_loop()
                 seen = len(_Handler.peers)
                 try:
+                    fds = []
                     for spec, port, want in plan * 3:
                         got: asyncio.Future[CheckResult] = loop.create_future()
-                        eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        p = eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        fds.append(p.fd)
                         result = await got
                         assert result.reason == want, (spec, result)
                         assert eng.in_flight == 0
-                    assert eng.idle == 1  # one socket served all 18 probes
+                    assert eng.idle == 1  # the last probe passed: its socket is kept
+                    # a probe after a pass (ok, ok at 3, 503 after 200) reuses its socket
+                    passed = [
+                        i for i, (_, _, w) in enumerate(plan * 3) if w in ("connected", "HTTP 200")
+                    ]
+                    assert all(fds[i + 1] == fds[i] for i in passed if i + 1 < len(fds)), fds
                     # all at once: each gets its own socket, all come back to the pool
                     futures = []
                     for spec, port, _ in plan:
@@ -203,7 +211,9 @@ def test_the_engine_reuses_one_socket_and_judges_each_probe_on_its_own() -> None
                         futures.append(got)
                     results = await asyncio.gather(*futures)
                     assert [r.reason for r in results] == [want for _, _, want in plan]
-                    assert eng.idle == len(plan)
+                    assert eng.idle == 3  # the three that passed
+                    eng.drop_idle()  # what the scheduler does at every update
+                    assert eng.idle == 0
                 finally:
                     eng.close()
         peers = _Handler.peers[seen:]

@@ -19,7 +19,9 @@ System calls per probe (benchmarks/health_checks.py measures the effect):
   the same family and path. Each probe is still a new connection (new source
   port, new handshake); what is saved is socket(), setsockopt(SO_LINGER),
   epoll_ctl(ADD) and close(), and the kernel's allocation and teardown of a
-  socket. A socket whose disconnect fails is closed (with RST) instead;
+  socket. Only a socket whose probe passed is kept; after a failure (its path
+  may be gone: a probe namespace made anew) it is closed with RST, and the
+  scheduler empties the pool at every update (a reload);
 - sockets stay in the epoll set, edge-triggered for both directions, so an HTTP
   probe needs no epoll_ctl(MOD) between its request and its reply (an event for
   an idle pooled socket is ignored: the kernel reports the state at delivery
@@ -182,7 +184,7 @@ class SocketEngine:
     def abort(self, p: SocketProbe) -> None:
         """Drop a probe without a result (its key was removed, or closing)."""
         p.done = None
-        self._release(p)
+        self._release(p, keep=False)
 
     def close(self) -> None:
         for p in list(self._by_fd.values()):
@@ -222,13 +224,24 @@ class SocketEngine:
             raise
         return sock
 
-    def _release(self, p: SocketProbe) -> None:
-        """End the probe's connection with RST and keep its socket for the next."""
+    def drop_idle(self) -> None:
+        """Close every pooled socket (after a reload: a probe namespace made anew
+        must not be reached through sockets made in the old one)."""
+        for socks in self._pools.values():
+            for sock in socks:
+                sock.close()
+        self._pools.clear()
+        self._idle = 0
+
+    def _release(self, p: SocketProbe, keep: bool) -> None:
+        """End the probe's connection with RST; keep its socket for the next
+        probe only if this one worked (a socket that failed, maybe because its
+        path is gone, is closed: the next probe gets a new one)."""
         sock, p.sock = p.sock, None
         if sock is None:
             return
         self._by_fd.pop(p.fd, None)
-        if self._idle < POOL_MAX and disconnect(sock):
+        if keep and self._idle < POOL_MAX and disconnect(sock):
             self._pools.setdefault(p.pool, []).append(sock)
             self._idle += 1
         else:
@@ -368,7 +381,7 @@ class SocketEngine:
 
     def _finish(self, p: SocketProbe, ok: bool, reason: str) -> None:
         done, p.done = p.done, None
-        self._release(p)
+        self._release(p, keep=ok)
         if done is not None:
             # tcp and http results carry no agent fields: one result, with its time
             done(CheckResult(ok, reason, self._clock() - p.started))

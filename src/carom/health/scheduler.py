@@ -126,6 +126,8 @@ class HealthScheduler:
         if self._closed:
             raise RuntimeError("the health scheduler is closed")
         wanted = set(keys)
+        if self._engine is not None:
+            self._engine.drop_idle()  # sockets of a probe namespace that may be gone
         for key in [k for k in self._keys if k not in wanted]:
             self._drop(self._keys.pop(key))
         now = self._clock()
