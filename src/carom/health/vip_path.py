@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from carom.health.exec_path import ExecMarks
 from carom.health.spec import Via
 
 IPAddress = IPv4Address | IPv6Address
+log = logging.getLogger("carom.health")
 
 NETNS_DIR = "/run/netns"
 PREFIX = "carom-hc-"
@@ -164,6 +166,10 @@ class VipPath:
                 self._exec, self.exec_error = marks, ""
             except (OSError, BpfError) as exc:
                 self.exec_error = str(exc).splitlines()[0]
+                log.warning(
+                    "exec checks cannot take the VIP path; the other kinds can",
+                    extra={"netns": self.netns, "error": self.exec_error},
+                )
 
     def _sysctl(self, key: str, value: str) -> None:
         subprocess.run(
