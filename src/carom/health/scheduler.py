@@ -65,7 +65,7 @@ class _Key:
 
     key: ProbeKey
     sockaddr: tuple[str, int]  # where the probe connects, worked out once
-    gen: int  # its heap entries carry this; a removed key's entries are stale
+    gen: int  # -1 once removed: its wheel entry (and a waiting one) is then stale
     fast: bool = False  # run on the socket engine (tcp, plain http)
     request: bytes | None = None  # http on the engine: the request, built once
     state: HealthState = field(default_factory=HealthState)
