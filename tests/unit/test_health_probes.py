@@ -10,7 +10,7 @@ import socket
 import sys
 import tempfile
 import time
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -378,6 +378,42 @@ def test_exec_exit_status_environment_and_no_shell() -> None:
     assert literal.ok and literal.reason == "exit 0: $(id); rm -rf /"
     missing = check(ExecCheck(timing=T, command=("/nonexistent/check",)), 80)
     assert not missing.ok and missing.reason == "no such file or directory"
+
+
+def test_exec_through_the_vip_path_command_line_and_missing_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """via: vip: a fixed script joins the real's cgroup and nsenter enters the
+    probe namespace; the configured argv follows as arguments, untouched. Without
+    the path set up the probe fails with the reason, it never runs unmarked."""
+    from carom.health import exec_path
+    from carom.health.spec import Target, Via
+
+    via = Via(netns="carom-hc-x", mark=1001)
+    cgroup = tmp_path / "carom-hc-x" / "1001"
+    cgroup.mkdir(parents=True)
+    (cgroup / "cgroup.procs").write_text("")
+    monkeypatch.setattr(exec_path, "cgroup_of", lambda v: str(cgroup) if v == via else None)
+    argv = exec_path.argv(via, ("echo", "$(id); rm -rf /"))
+    assert argv == [
+        "/bin/sh",
+        "-c",
+        'echo 0 > "$0" && exec "$@"',
+        str(cgroup / "cgroup.procs"),
+        "nsenter",
+        "--net=/run/netns/carom-hc-x",
+        "--",
+        "echo",
+        "$(id); rm -rf /",
+    ]
+    vip = IPv4Address("192.0.2.100")
+    for missing in (Via(netns="", mark=0), Via(netns="carom-hc-x", mark=1002)):
+        key = ProbeKey(
+            Target(address=vip, port=80, real=vip, via=missing),
+            ExecCheck(timing=T, command=("/bin/true",)),
+        )
+        result = asyncio.run(run_check(key))
+        assert not result.ok and "exec via: vip" in result.reason, result
 
 
 def test_exec_timeout_kills_the_whole_process_group() -> None:
