@@ -12,6 +12,7 @@ import tempfile
 import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,6 +219,66 @@ def test_the_engine_reuses_sockets_and_judges_each_probe_on_its_own() -> None:
                     eng.close()
         peers = _Handler.peers[seen:]
         assert len(peers) == 4 * 3 and len(set(peers)) == len(peers), peers
+
+    asyncio.run(main())
+
+
+def test_a_pooled_socket_taken_mid_batch_ignores_its_idle_event() -> None:
+    """A pooled socket has an event pending from its disconnect (read in its idle
+    state: ERR|HUP). If a probe takes that socket while the batch holding the
+    event is being handled (a waiting probe started by another's result), the
+    event must not count for the new probe: here it would have failed a probe
+    that actually times out with `connection closed`."""
+    short = Timing(interval=1.0, timeout=0.5)
+
+    class Spy:
+        """The engine's epoll set, with a hook run right after a read."""
+
+        def __init__(self, real: Any) -> None:
+            self.real, self.hook, self.seen = real, None, []  # type: ignore[var-annotated]
+
+        def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+            events = self.real.poll(timeout, most)
+            hook, self.hook = self.hook, None
+            if hook is not None:
+                self.seen = list(events)
+                hook()
+            return events  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with silent_listener() as silent, silent_listener() as other:
+            eng = engine.SocketEngine()
+            spy = Spy(eng._ep)
+            eng._ep = spy  # type: ignore[assignment]
+            try:
+                first: asyncio.Future[CheckResult] = loop.create_future()
+                p = eng.start(ProbeKey(target(other), TcpCheck(timing=T)), first.set_result)
+                assert (await first).ok and eng.idle == 1
+                pooled = p.fd
+                second: asyncio.Future[CheckResult] = loop.create_future()
+                key = ProbeKey(target(silent), HttpCheck(timing=short))
+                spy.hook = lambda: eng.start(key, second.set_result)
+                # a probe of another family (another pool) makes the next tick
+                third: asyncio.Future[CheckResult] = loop.create_future()
+                with socket.socket(socket.AF_INET6) as six:
+                    six.bind(("::1", 0))
+                    six.listen(8)
+                    local6 = IPv6Address("::1")
+                    tick = ProbeKey(
+                        Target(address=local6, port=six.getsockname()[1], real=local6),
+                        TcpCheck(timing=T),
+                    )
+                    eng.start(tick, third.set_result)
+                    assert (await third).ok
+                result = await second
+                assert any(fd == pooled for fd, _ in spy.seen), spy.seen  # the race ran
+                assert result.reason == "timed out after 0.5 s", result
+            finally:
+                eng.close()
 
     asyncio.run(main())
 

@@ -98,6 +98,7 @@ class SocketProbe:
     """One probe in flight: its socket, what it has read, and whom to tell."""
 
     __slots__ = (
+        "batch",
         "buf",
         "deadline",
         "done",
@@ -123,6 +124,7 @@ class SocketProbe:
         self.reading = False  # HTTP: the request is sent, events are the reply
         self.buf = bytearray()
         self.status = 0  # HTTP status once the head passed, while the body is read
+        self.batch = 0  # the engine's epoll read count when it started
 
 
 class SocketEngine:
@@ -138,6 +140,7 @@ class SocketEngine:
         # probes in start order per timeout: each queue's deadlines only grow
         self._deadlines: dict[float, collections.deque[SocketProbe]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._polls = 0  # epoll reads so far: a probe started after read N ignores N's events
 
     @property
     def in_flight(self) -> int:
@@ -163,6 +166,7 @@ class SocketEngine:
         if request is None and isinstance(key.check, HttpCheck):
             request = _request(key)
         p = SocketProbe(key, done, self._clock(), request)
+        p.batch = self._polls
         p.pool = pool = (_family(key), target.via)
         try:
             sock = self._take(pool)
@@ -263,11 +267,18 @@ class SocketEngine:
     def _poll(self) -> None:
         by_fd = self._by_fd
         while True:
+            self._polls += 1
+            batch = self._polls
             events = self._ep.poll(0, 512)
             for fd, mask in events:
                 p = by_fd.get(fd)
                 if p is None or p.done is None:
                     continue  # an idle pooled socket: its disconnect woke it
+                if p.batch == batch:
+                    # started while this batch is handled (a waiting probe, on a
+                    # pooled socket): the event was read before, in the socket's
+                    # idle state; the probe's own events come with the next poll
+                    continue
                 if p.reading:
                     self._read(p)
                 elif mask & _FAILED:
