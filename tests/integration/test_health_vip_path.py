@@ -166,11 +166,9 @@ from carom.health.spec import (
 )
 from carom.health.vip_path import VipPath
 
-# `ip netns exec` gave this process a fresh /sys without the cgroup mounts: mount
-# cgroup2 (in this private mount namespace only) so that exec checks find it
-os.makedirs("/tmp/carom-hc-cgroup2", exist_ok=True)
-if subprocess.run(["mountpoint", "-q", "/tmp/carom-hc-cgroup2"]).returncode != 0:
-    subprocess.run(["mount", "-t", "cgroup2", "none", "/tmp/carom-hc-cgroup2"], check=True)
+# `ip netns exec` gave this process a fresh /sys without the cgroup mounts: the
+# probe path mounts the hierarchy itself (in this private mount namespace)
+from carom.health import exec_path
 # a command that connects to what it is given, as an operator's script would
 CONNECT = (
     "import os, socket; socket.create_connection("
@@ -213,7 +211,8 @@ async def main():
         ).stdout
     out["marks"] = [path.via(reals[0]).mark, path.via(reals6[0]).mark]
     out["exec_error"] = path.exec_error
-    out["cgroups"] = sorted(os.listdir("/tmp/carom-hc-cgroup2/" + path.netns))
+    out["cgroup2"] = exec_path.cgroup2_root()
+    out["cgroups"] = sorted(os.listdir(os.path.join(out["cgroup2"], path.netns)))
     return out
 
 try:
@@ -234,6 +233,7 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
+    assert not os.path.exists("/run/carom-hc-cgroup2")  # unmounted and removed by down()
     for good, bad in (("192.0.2.11", "192.0.2.12"), ("2001:db8:1::11", "2001:db8:1::12")):
         for kind in ("tcp", "http", "syn", "udp", "exec"):
             own_ok, own_reason, via_ok, via_reason = out[f"{good} {kind}"]
@@ -246,7 +246,7 @@ def test_probe_through_the_vip_path_catches_a_real_without_the_vip(topology: Non
                 assert not via_ok and "timed out" in via_reason, (bad, via_reason)
             else:
                 assert not via_ok and via_reason == "timed out after 1 s", (bad, kind, via_reason)
-    assert out["exec_error"] == ""
+    assert out["exec_error"] == "" and out["cgroup2"] == "/run/carom-hc-cgroup2", out
     # a cgroup per real probed through the VIP path: real2's went with its route
     assert out["cgroups"] and len([c for c in out["cgroups"] if c.isdigit()]) == 2, out
     # the namespace holds the paths (real2's rules went) and nothing leaked into

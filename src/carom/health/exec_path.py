@@ -16,7 +16,13 @@ a fixed script: the shell moves itself into the real's cgroup and execs nsenter,
 which enters the probe namespace and execs the command; the configured argv is
 passed as arguments, never interpolated. Its children stay in the cgroup and
 the namespace, so whatever the command connects to the VIP goes the DSR path of
-that one real."""
+that one real.
+
+The cgroup v2 hierarchy is wherever it is mounted (/sys/fs/cgroup, or
+/sys/fs/cgroup/unified on hybrid systems). A daemon started by `ip netns exec`
+sees a fresh /sys without it; then it mounts the hierarchy itself at
+/run/carom-hc-cgroup2 (the same hierarchy, one more mount point) and unmounts
+it when the namespace goes."""
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import errno
 import logging
 import os
 import struct
+import subprocess
 
 from carom.bpf import libbpf
 from carom.bpf.loader import object_path
@@ -38,6 +45,7 @@ MAP = "carom_hc_marks"
 BPF_CGROUP_INET_SOCK_CREATE = 2  # enum bpf_attach_type
 BPF_F_ALLOW_MULTI = 2
 NETNS_DIR = "/run/netns"
+OWN_MOUNT = "/run/carom-hc-cgroup2"  # where the hierarchy is mounted if nowhere else
 SCRIPT = 'echo 0 > "$0" && exec "$@"'  # $0: the cgroup.procs file; "$@": what to exec
 
 
@@ -81,9 +89,23 @@ class ExecMarks:
 
     def __init__(self, netns: str) -> None:
         self.netns = netns
+        self._mounted = False
         root = cgroup2_root()
         if root is None:
-            raise OSError(errno.ENOENT, "no cgroup2 hierarchy is mounted")
+            os.makedirs(OWN_MOUNT, exist_ok=True)
+            proc = subprocess.run(
+                ["mount", "-t", "cgroup2", "none", OWN_MOUNT],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if proc.returncode != 0:
+                raise OSError(
+                    errno.ENOENT,
+                    f"no cgroup2 hierarchy is mounted, and mounting one failed: "
+                    f"{proc.stderr.strip()}",
+                )
+            self._mounted, root = True, OWN_MOUNT
         self.dir = os.path.join(root, netns)
         self._obj: libbpf.BpfObject | None = None
         self._map_fd = -1
@@ -132,6 +154,11 @@ class ExecMarks:
         if self._obj is not None:
             self._obj.close()
             self._obj = None
+        if self._mounted:
+            subprocess.run(["umount", OWN_MOUNT], capture_output=True, timeout=30)
+            with contextlib.suppress(OSError):
+                os.rmdir(OWN_MOUNT)
+            self._mounted = False
 
     def _remove(self) -> None:
         if not os.path.isdir(self.dir):
