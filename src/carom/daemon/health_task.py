@@ -142,24 +142,28 @@ class HealthTask:
         routes = vip_routes(config)
         if not routes and self._vip_path is None:
             return
-        source = config.health.probe_source
-        if not routes or source is None:
+        source, source6 = config.health.probe_source, config.health.probe_source6
+        if not routes or (source is None and source6 is None):
             vp, self._vip_path = self._vip_path, None
             if vp is not None:
                 await asyncio.to_thread(vp.down)
             return
         parent = config.health.probe_interface or config.interfaces[0]
         vp = self._vip_path
-        if vp is None or vp.parent != parent or vp.source != source:
+        if vp is None or (vp.parent, vp.source, vp.source6) != (parent, source, source6):
             if vp is not None:
                 await asyncio.to_thread(vp.down)
-            vp = VipPath(config.instance, parent, source)
+            vp = VipPath(config.instance, parent, source, source6)
             self._vip_path = None
             await asyncio.to_thread(vp.up)
             self._vip_path = vp  # from now on close() removes it
             log.info(
                 "probe namespace for via: vip checks is up",
-                extra={"netns": vp.netns, "parent": parent, "source": str(source)},
+                extra={
+                    "netns": vp.netns,
+                    "parent": parent,
+                    "source": ", ".join(str(a) for a in (source, source6) if a is not None),
+                },
             )
         await asyncio.to_thread(vp.sync, routes)
         self._vip_path = vp
