@@ -184,6 +184,22 @@ def test_forged_replayed_and_unknown_datagrams_are_counted_and_ignored(tmp_path:
     }
 
 
+def test_gaps_count_datagrams_that_never_arrived_not_heartbeats(tmp_path: Path) -> None:
+    """Heartbeats and sync datagrams share the sender's sequence numbers: a
+    heartbeat between two sync datagrams is no gap (it was counted as one when
+    only sync datagrams were tracked: ~10 false gaps a second), a lost one is."""
+    node = HeartbeatNode(cluster(tmp_path, "a"), lambda t: None)
+    peer = HeartbeatNode(cluster(tmp_path, "b"), lambda t: None)
+    src = ipaddress.ip_address("127.0.0.2")
+    hb = wire.encode_heartbeat(peer.heartbeat())
+    for mtype in ("CONN_SYNC", "HEARTBEAT", "HEARTBEAT", "CONN_SYNC", "HEARTBEAT", "CONN_SYNC"):
+        node.datagram(peer._datagram(wire.MsgType[mtype], hb if mtype == "HEARTBEAT" else b""), src)
+    assert node.received == 6 and node.gaps.gaps == 0
+    peer._datagram(wire.MsgType.CONN_SYNC, b"")  # lost on the way
+    node.datagram(peer._datagram(wire.MsgType.CONN_SYNC, b""), src)
+    assert node.gaps.gaps == 1
+
+
 def test_fingerprint_mismatch_blocks_readiness(tmp_path: Path) -> None:
     node = HeartbeatNode(cluster(tmp_path, "a"), lambda t: None, fingerprint=lambda: b"A" * 16)
     peer = HeartbeatNode(cluster(tmp_path, "b"), lambda t: None, fingerprint=lambda: b"B" * 16)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from carom.cluster import wire
 from carom.cluster.roles import Candidate, RoleMachine, State, Transition, elect
+from carom.cluster.sync import GapTracker
 from carom.cluster.wire import Header, Heartbeat, MsgType, ReplayWindow, WireError
 from carom.config.cluster import Cluster, Member
 from carom.config.fields import IPAddress
@@ -200,6 +201,7 @@ class HeartbeatNode:
         self.interval = cluster.heartbeat_ms / 1000
         self.holddown_until = float("inf")  # set when run() starts listening
         self.dropped: Counter[str] = Counter()
+        self.gaps = GapTracker()  # datagrams of a peer that never arrived
         self.received = 0
         self.sent = 0
         self._rate: dict[int, tuple[float, int]] = {}
@@ -274,6 +276,9 @@ class HeartbeatNode:
         if reason:
             self.dropped[reason] += 1
             return
+        # Heartbeats and sync share the sender's sequence: tracked here, on every
+        # accepted datagram, so a heartbeat between two sync datagrams is no gap.
+        self.gaps.see(header.sender, header.epoch, header.seq)
         self.received += 1
         if header.type is MsgType.HEARTBEAT:
             try:
