@@ -74,9 +74,12 @@ REALS = {f"192.0.2.{10 + i}": f"02:ca:00:5e:01:{10 + i}" for i in (1, 2, 3)}
 UDP_PORT, TCP_PORT = 53, 80
 BPFFS = "/run/carom-s100k-bpffs"
 GEN_CPU, DIR_CPU = 0, 1
-RATES = (50_000, 100_000, 150_000, 200_000)
+RATES = (50_000, 100_000, 150_000, 200_000, 300_000)
 SECONDS = 4.0
-CONN_TABLE = 1 << 21  # 2M: the largest run (200k/s x 4 s) fills 40% of it
+CONN_TABLE = 1 << 21  # 2M: the largest run (300k/s x 4 s) fills 57% of it
+# CAROM_BENCH_DAEMON_SRC=/path/to/other/carom/src runs both daemons from another
+# tree (its BPF objects built), e.g. the commit before a change, for before/after
+DAEMON_SRC = os.environ.get("CAROM_BENCH_DAEMON_SRC", "")
 
 
 def _mac(mac: str) -> bytes:
@@ -206,12 +209,20 @@ class Daemon:
         return os.path.join(BPFFS, "carom", self.instance, name)
 
     def start(self) -> None:
+        env = dict(os.environ)
+        if DAEMON_SRC:  # another carom tree's daemon (a before/after comparison)
+            env["PYTHONPATH"] = DAEMON_SRC
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 in_ns(self.ns, [sys.executable, "-m", "carom", "run", "-c", str(self.cfg_path)]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
+
+    def role_changes(self) -> int:
+        """Role transitions logged so far."""
+        return self.log_path.read_text(errors="replace").count("cluster role ")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
@@ -324,9 +335,19 @@ def clear(path: str) -> None:
         os.close(fd)
 
 
-def link_tx_bytes() -> int:
-    out = json.loads(ip(NS_A, f"-j -s link show dev {IF_AS}").stdout)
-    return int(out[0]["stats64"]["tx"]["bytes"])
+def link_stats(ns: str, ifname: str) -> dict[str, int]:
+    s = json.loads(ip(ns, f"-j -s link show dev {ifname}").stdout)[0]["stats64"]
+    return {f"{d}_{k}": int(s[d][k]) for d in ("rx", "tx") for k in ("bytes", "dropped")}
+
+
+def links() -> dict[str, int]:
+    """What the window needs of the veths: bytes on the sync link, frames the
+    director's veth end had no room for."""
+    sync, gen, dr = link_stats(NS_A, IF_AS), link_stats(NS_G, IF_G), link_stats(NS_A, IF_A)
+    return {
+        "sync_tx_bytes": sync["tx_bytes"],
+        "to_director_dropped": gen["tx_dropped"] + dr["rx_dropped"],
+    }
 
 
 # --- one rate -----------------------------------------------------------------------
@@ -349,11 +370,16 @@ class Result:
     rejected: int
     datagrams: int
     link_bytes: int  # sent on the sync link (frames: Ethernet + IP + UDP + sync; heartbeats too)
+    veth_dropped: int  # generator frames the director's veth ring had no room for
+    gen_late: int  # times the generator fell behind its schedule by > 100 us
+    role_changes: int  # cluster role transitions of either daemon during the run
+    role_a: str  # the active's role at the end
     cpu_a: float  # shares of one core over the window
     cpu_b: float
     cpu_napi: float
     window: float
     load: str
+    retried: bool = False  # the first attempt found the director's NAPI thread idle
 
     @property
     def lost(self) -> int:
@@ -390,6 +416,12 @@ class EndToEnd:
         self.b.stop()
         self.a.stop()
 
+    def restart_napi(self) -> None:
+        path = f"/sys/class/net/{IF_A}/threaded"
+        for v in ("0", "1"):
+            sh(in_ns(NS_A, ["sh", "-c", f"echo {v} > {path}"]))
+        self.napi = pin_napi()
+
     def sync_stats(self, d: Daemon) -> dict[str, int]:
         s: dict[str, int] = d.status()["cluster"]["sync"]
         return s
@@ -399,7 +431,8 @@ class EndToEnd:
         argv += [self.tcp.hex(), self.udp.hex(), str(rate), str(flows), str(base)]
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         out = subprocess.run(
-            in_ns(NS_G, ["taskset", "-c", str(GEN_CPU), *argv]),
+            # nice: a generator that spins between frames yields to the daemons
+            in_ns(NS_G, ["nice", "-n", "19", "taskset", "-c", str(GEN_CPU), *argv]),
             capture_output=True,
             text=True,
             env=env,
@@ -431,12 +464,13 @@ class EndToEnd:
         sa0, sb0 = self.sync_stats(self.a), self.sync_stats(self.b)
         t0 = time.monotonic()
         cpu0 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
-        link0 = link_tx_bytes()
+        link0, roles0 = links(), self.a.role_changes() + self.b.role_changes()
         gen = self.run_generator(rate, flows, base)
         self.settle()
         t1 = time.monotonic()
         cpu1 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
-        link1 = link_tx_bytes()
+        link1, roles1 = links(), self.a.role_changes() + self.b.role_changes()
+        role_a = self.a.status()["cluster"]["role"]
         c1 = counters(self.a.pin("stats"))
         sa1, sb1 = self.sync_stats(self.a), self.sync_stats(self.b)
         load = Path("/proc/loadavg").read_text().split()[0]
@@ -465,7 +499,11 @@ class EndToEnd:
             gaps=sb1["gaps"] - sb0["gaps"],
             rejected=sb1["rejected"] - sb0["rejected"],
             datagrams=sa1["sent_datagrams"] - sa0["sent_datagrams"],
-            link_bytes=link1 - link0,
+            link_bytes=link1["sync_tx_bytes"] - link0["sync_tx_bytes"],
+            veth_dropped=link1["to_director_dropped"] - link0["to_director_dropped"],
+            gen_late=int(gen["late"]),
+            role_changes=roles1 - roles0,
+            role_a=role_a,
             cpu_a=(cpu1[0] - cpu0[0]) / 1e9 / span,
             cpu_b=(cpu1[1] - cpu0[1]) / 1e9 / span,
             cpu_napi=(cpu1[2] - cpu0[2]) / 1e9 / span,
@@ -483,12 +521,15 @@ def describe(r: Result) -> str:
 
 def details(r: Result) -> str:
     return (
-        f"offered {r.offered / 1000:.1f}k flows/s; director: {r.scheduled} scheduled, "
+        f"offered {r.offered / 1000:.1f}k flows/s (generator late {r.gen_late}x, frames lost "
+        f"before the director {r.veth_dropped}); director: {r.scheduled} scheduled, "
         f"{r.confirmed} confirmed, ring drops {r.ring_dropped}; sender {r.sent} records in "
         f"{r.datagrams} datagrams; backup received {r.received}, applied {r.applied}, "
         f"gaps {r.gaps}, rejected {r.rejected}, wrong real {r.wrong_real}; CPU (share of one "
         f"core over the run): active daemon {r.cpu_a:.0%}, backup daemon {r.cpu_b:.0%}, "
-        f"director NAPI {r.cpu_napi:.0%}; load average {r.load}"
+        f"director NAPI {r.cpu_napi:.0%}; role changes {r.role_changes} (a ends {r.role_a}); "
+        f"load average {r.load}"
+        + ("; second attempt (the first found the NAPI thread idle)" if r.retried else "")
     )
 
 
@@ -503,6 +544,14 @@ def rows(budget: Budget, rates: tuple[int, ...] = RATES) -> list[Row]:
                 if budget.left() < 3 * SECONDS + 10:
                     break
                 r = e2e.once(rate)
+                if r.scheduled < 0.5 * r.rate * SECONDS:
+                    # Seen a few times: the director's NAPI thread did not run for
+                    # a whole run (CPU ~0%, every frame dropped at its veth ring).
+                    # Restart it and measure again; the note says so.
+                    print(f"{describe(r)}: {details(r)}; retried", flush=True)
+                    e2e.restart_napi()
+                    r = e2e.once(rate)
+                    r.retried = True
                 results.append(r)
                 print(describe(r), f"({details(r)})", flush=True)
         finally:
@@ -524,7 +573,8 @@ def rows(budget: Budget, rates: tuple[int, ...] = RATES) -> list[Row]:
                 note=f"{describe(r)}; {details(r)}",
             )
         )
-        if r.lost == 0 and r.entered > 0 and r.offered >= 0.95 * r.rate:
+        clean = r.lost == 0 and r.gaps == 0 and r.ring_dropped == 0 and r.role_changes == 0
+        if clean and r.entered > 0 and r.offered >= 0.95 * r.rate:
             best = max(best, r.offered)
     if results:
         r = max(results, key=lambda x: x.synced)
