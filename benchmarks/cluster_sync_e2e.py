@@ -444,15 +444,19 @@ class EndToEnd:
         res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return res
 
-    def settle(self, timeout: float = 5.0) -> None:
-        """Until the backup's received count stops moving (the stream drained)."""
-        last, deadline = -1, time.monotonic() + timeout
+    def settle(self, want: int, since: int, timeout: float = 5.0) -> None:
+        """Until the backup has received `want` records more than `since`, or its
+        count stood still for a second (the stream drained)."""
+        last, still, deadline = -1, time.monotonic(), time.monotonic() + timeout
         while time.monotonic() < deadline:
-            now = self.sync_stats(self.b)["received_records"]
-            if now == last:
+            now = self.sync_stats(self.b)["received_records"] - since
+            if now >= want:
                 return
-            last = now
-            time.sleep(0.3)
+            if now != last:
+                last, still = now, time.monotonic()
+            elif time.monotonic() - still >= 1.0:
+                return
+            time.sleep(0.1)
 
     def once(self, rate: int, seconds: float = SECONDS) -> Result:
         conn_a, conn_b = self.a.pin("conn_table"), self.b.pin("conn_table")
@@ -466,7 +470,10 @@ class EndToEnd:
         cpu0 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link0, roles0 = links(), self.a.role_changes() + self.b.role_changes()
         gen = self.run_generator(rate, flows, base)
-        self.settle()
+        confirmed = counters(self.a.pin("stats")).get("conn_confirmed", 0) - c0.get(
+            "conn_confirmed", 0
+        )
+        self.settle(confirmed, sb0["received_records"])
         t1 = time.monotonic()
         cpu1 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link1, roles1 = links(), self.a.role_changes() + self.b.role_changes()
