@@ -13,8 +13,10 @@ import mmap
 import platform
 import select
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from carom.bpf import libbpf
 from carom.bpf.libbpf import BpfError, _sig
@@ -84,6 +86,55 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
+@dataclass(frozen=True)
+class Parsed:
+    data: bytes  # the payloads of `count` records of the expected size, in order
+    count: int
+    pos: int  # the new consumer position
+    odd: int  # committed records of another size, skipped
+
+
+def parse(data: npt.NDArray[np.uint8], cons: int, prod: int, mask: int, size: int) -> Parsed:
+    """Records between the consumer and producer positions of a ring whose data
+    area `data` is mapped twice in a row (a record that wraps is contiguous).
+    Stops at the first record not yet committed. Each header is read once and
+    every decision about its record is taken on that one reading (a header read
+    twice could change in between: busy at the first reading, committed at the
+    second)."""
+    total = _round8(size + HEADER)
+    fields = [("len", "<u4"), ("pgoff", "<u4"), ("data", f"V{size}")]
+    if total > HEADER + size:
+        fields.append(("pad", f"V{total - HEADER - size}"))
+    rec = np.dtype(fields)
+    parts: list[bytes] = []
+    count = odd = 0
+    pos = cons
+    while pos < prod:
+        off = pos & mask
+        n = (prod - pos) // total
+        if n:
+            run = data[off : off + n * total].view(rec)
+            lens = run["len"].copy()  # the headers, read once, before the payloads
+            bad = np.flatnonzero(lens != size)
+            k = int(bad[0]) if len(bad) else n
+            if k:
+                parts.append(run["data"][:k].tobytes())
+                count += k
+                pos += k * total
+            if k == n:
+                continue
+            length = int(lens[k])
+        else:  # less than a whole record of the expected size is left
+            length = int(data[off : off + 4].view(np.uint32)[0])
+        if length & BUSY_BIT:
+            break  # not committed yet: the next read takes it
+        sample = length & ~(BUSY_BIT | DISCARD_BIT)
+        if not length & DISCARD_BIT:
+            odd += 1
+        pos += _round8(sample + HEADER)
+    return Parsed(b"".join(parts), count, pos, odd)
+
+
 class RingReader:
     """Consumes one BPF_MAP_TYPE_RINGBUF map in batches, without a callback per
     record: the consumer page and the data pages (mapped twice, so a record that
@@ -117,10 +168,6 @@ class RingReader:
         """Readable while records wait: for loop.add_reader."""
         return self._epoll.fileno()
 
-    def _header(self, pos: int) -> int:
-        off = pos & self.mask
-        return int(self._data[off : off + 4].view(np.uint32)[0])
-
     def read(self, record_size: int) -> tuple[bytes, int]:
         """The payloads of every record committed now, oldest first, as one
         string of `record_size`-byte records, and their count. Records of
@@ -128,37 +175,10 @@ class RingReader:
         cons, prod = int(self._cons[0]), int(self._prod[0])
         if cons >= prod:
             return b"", 0
-        total = _round8(record_size + HEADER)
-        fields = [("len", "<u4"), ("pgoff", "<u4"), ("data", f"V{record_size}")]
-        if total > HEADER + record_size:
-            fields.append(("pad", f"V{total - HEADER - record_size}"))
-        rec = np.dtype(fields)
-        parts: list[bytes] = []
-        count = 0
-        pos = cons
-        while pos < prod:
-            n = (prod - pos) // total
-            if n:
-                off = pos & self.mask
-                run = self._data[off : off + n * total].view(rec)
-                bad = np.flatnonzero(run["len"] != record_size)
-                k = int(bad[0]) if len(bad) else n
-                if k:
-                    parts.append(run["data"][:k].tobytes())
-                    count += k
-                    pos += k * total
-                if k == n:
-                    continue
-            # one record that is not of the expected size (or a short tail)
-            length = self._header(pos)
-            if length & BUSY_BIT:
-                break  # not committed yet: the next read takes it
-            sample = length & ~(BUSY_BIT | DISCARD_BIT)
-            if not length & DISCARD_BIT:
-                self.odd += 1
-            pos += _round8(sample + HEADER)
-        self._cons[0] = pos  # after the copies: the kernel may now reuse the space
-        return b"".join(parts), count
+        got = parse(self._data, cons, prod, self.mask, record_size)
+        self.odd += got.odd
+        self._cons[0] = got.pos  # after the copies: the kernel may now reuse the space
+        return got.data, got.count
 
     def close(self) -> None:
         self._epoll.close()
