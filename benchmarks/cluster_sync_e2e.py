@@ -374,10 +374,10 @@ class Result:
     gen_late: int  # times the generator fell behind its schedule by > 100 us
     role_changes: int  # cluster role transitions of either daemon during the run
     role_a: str  # the active's role at the end
-    cpu_a: float  # shares of one core over the window
+    cpu_a: float  # CPU seconds over the window (generation and drain)
     cpu_b: float
     cpu_napi: float
-    window: float
+    window: float  # seconds
     load: str
     retried: bool = False  # the first attempt found the director's NAPI thread idle
 
@@ -511,9 +511,9 @@ class EndToEnd:
             gen_late=int(gen["late"]),
             role_changes=roles1 - roles0,
             role_a=role_a,
-            cpu_a=(cpu1[0] - cpu0[0]) / 1e9 / span,
-            cpu_b=(cpu1[1] - cpu0[1]) / 1e9 / span,
-            cpu_napi=(cpu1[2] - cpu0[2]) / 1e9 / span,
+            cpu_a=(cpu1[0] - cpu0[0]) / 1e9,
+            cpu_b=(cpu1[1] - cpu0[1]) / 1e9,
+            cpu_napi=(cpu1[2] - cpu0[2]) / 1e9,
             window=window,
             load=load,
         )
@@ -527,14 +527,18 @@ def describe(r: Result) -> str:
 
 
 def details(r: Result) -> str:
+    def cpu(seconds: float) -> str:
+        return f"{seconds / r.window:.0%} ({seconds / max(1, r.entered) * 1e6:.2f} us)"
+
     return (
         f"offered {r.offered / 1000:.1f}k flows/s (generator late {r.gen_late}x, frames lost "
         f"before the director {r.veth_dropped}); director: {r.scheduled} scheduled, "
         f"{r.confirmed} confirmed, ring drops {r.ring_dropped}; sender {r.sent} records in "
         f"{r.datagrams} datagrams; backup received {r.received}, applied {r.applied}, "
-        f"gaps {r.gaps}, rejected {r.rejected}, wrong real {r.wrong_real}; CPU (share of one "
-        f"core over the run): active daemon {r.cpu_a:.0%}, backup daemon {r.cpu_b:.0%}, "
-        f"director NAPI {r.cpu_napi:.0%}; role changes {r.role_changes} (a ends {r.role_a}); "
+        f"gaps {r.gaps}, rejected {r.rejected}, wrong real {r.wrong_real}; CPU over the "
+        f"{r.window:.1f} s window, share of one core and per flow entered: active daemon "
+        f"{cpu(r.cpu_a)}, backup daemon {cpu(r.cpu_b)}, director NAPI {cpu(r.cpu_napi)}; "
+        f"role changes {r.role_changes} (a ends {r.role_a}); "
         f"load average {r.load}"
         + ("; second attempt (the first found the NAPI thread idle)" if r.retried else "")
     )
