@@ -76,7 +76,10 @@ class RawRingSource:
         """Every record committed now, packed (bounded: a producer that keeps
         up does not keep the caller here)."""
         if self._reader is not None:
-            return self._reader.read(RECORD_SIZE)[0]
+            raw = self._reader.read(RECORD_SIZE)[0]
+            self.lost += self._reader.odd  # records of another size: never expected
+            self._reader.odd = 0
+            return raw
         assert self._ring is not None
         self._ring.consume()
         raw = b"".join(self._buf)
