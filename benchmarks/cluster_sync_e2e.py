@@ -489,7 +489,8 @@ class EndToEnd:
         addr_b = [ids_b.get(int(r)) for r in rb[ib]]
         same = sum(1 for x, y in zip(addr_a, addr_b, strict=True) if x is not None and x == y)
         dc = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
-        span = (gen["last_ns"] - gen["t0_ns"]) / 1e9
+        # the generator moves t0 forward by the time it fell behind: add it back
+        span = (gen["last_ns"] - gen["t0_ns"] + gen["late_ns"]) / 1e9
         window = t1 - t0
         return Result(
             rate=rate,
