@@ -38,8 +38,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,72 @@ def clear(path: str) -> None:
         os.close(fd)
 
 
+STAMP_EVERY = 255  # as in flow_gen.bpf.c: every 255th flow's first packet is timed
+POLL_S = 0.001
+POLL_MAX = 64  # lookups per poll: the oldest sampled flows not yet seen
+
+
+def flow_key(base: int, flow: int) -> bytes:
+    """The conn_table key of the generator's flow number `flow`."""
+    key = np.zeros(1, dtype=codec.KEY_DT)
+    key["src"][0, :4] = np.frombuffer((base + flow).to_bytes(4, "big"), np.uint8)
+    key["dst"][0, :4] = np.frombuffer(ipaddress.ip_address(VIP).packed, np.uint8)
+    key["sport"] = np.frombuffer((40000).to_bytes(2, "big"), np.uint8)
+    udp = flow & 1
+    key["dport"] = np.frombuffer((UDP_PORT if udp else TCP_PORT).to_bytes(2, "big"), np.uint8)
+    key["proto"] = 17 if udp else 6
+    key["family"] = int(abi.Family.IPV4)
+    return key.tobytes()
+
+
+class LagPoller:
+    """Sync lag of sampled flows: a thread looks the sampled flows up in the
+    backup's pinned conn_table every POLL_S and keeps the time each first
+    appears; the generator reports when each one's first packet left."""
+
+    def __init__(self, path: str, base: int, flows: int, rate: int) -> None:
+        self.fd = libbpf.obj_get(path)
+        self.rate = rate
+        self.samples = list(range(0, flows, STAMP_EVERY))
+        self.keys = {f: flow_key(base, f) for f in self.samples}
+        self.seen: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.start_ns = time.monotonic_ns()
+        self.thread.start()
+
+    def _run(self) -> None:
+        vs = codec.VAL_DT.itemsize
+        pending: list[int] = []
+        nxt = 0
+        while not self.stop.is_set():
+            now = time.monotonic_ns()
+            due = (now - self.start_ns) * self.rate / 1e9 + STAMP_EVERY  # sent by now, at most
+            while nxt < len(self.samples) and self.samples[nxt] <= due:
+                pending.append(self.samples[nxt])
+                nxt += 1
+            for f in pending[:POLL_MAX]:
+                if libbpf.map_lookup(self.fd, self.keys[f], vs) is not None:
+                    self.seen[f] = now
+            pending = [f for f in pending if f not in self.seen]
+            time.sleep(POLL_S)
+
+    def finish(self, stamps: list[list[int]]) -> tuple[list[float], int]:
+        """Lags in ms of the sampled flows seen, and how many were never seen."""
+        self.stop.set()
+        self.thread.join()
+        os.close(self.fd)
+        lags, unseen = [], 0
+        for f, sent_ns in stamps:
+            if f in self.seen:
+                lags.append((self.seen[f] - sent_ns) / 1e6)
+            else:
+                unseen += 1
+        return lags, unseen
+
+
 def link_stats(ns: str, ifname: str) -> dict[str, int]:
     s = json.loads(ip(ns, f"-j -s link show dev {ifname}").stdout)[0]["stats64"]
     return {f"{d}_{k}": int(s[d][k]) for d in ("rx", "tx") for k in ("bytes", "dropped")}
@@ -384,6 +451,8 @@ class Result:
     cpu_napi: float
     window: float  # seconds
     load: str
+    lag_ms: list[float] = field(default_factory=list)  # sampled flows: first packet -> b's map
+    lag_unseen: int = 0  # sampled flows never seen in b's map
     retried: bool = False  # the first attempt found the director's NAPI thread idle
 
     @property
@@ -479,11 +548,18 @@ class EndToEnd:
         t0 = time.monotonic()
         cpu0 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link0, roles0 = links(), self.a.role_changes() + self.b.role_changes()
-        gen = self.run_generator(rate, flows, base)
-        confirmed = counters(self.a.pin("stats")).get("conn_confirmed", 0) - c0.get(
-            "conn_confirmed", 0
-        )
-        self.settle(confirmed, sb0["received_records"])
+        poller = LagPoller(conn_b, base, flows, rate)
+        poller.start()
+        stamps: list[list[int]] = []
+        try:
+            gen = self.run_generator(rate, flows, base)
+            stamps = gen["stamps"]
+            confirmed = counters(self.a.pin("stats")).get("conn_confirmed", 0) - c0.get(
+                "conn_confirmed", 0
+            )
+            self.settle(confirmed, sb0["received_records"])
+        finally:
+            lags, unseen = poller.finish(stamps)
         t1 = time.monotonic()
         cpu1 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link1, roles1 = links(), self.a.role_changes() + self.b.role_changes()
@@ -523,6 +599,8 @@ class EndToEnd:
             gen_late=int(gen["late"]),
             role_changes=roles1 - roles0,
             role_a=role_a,
+            lag_ms=lags,
+            lag_unseen=unseen,
             cpu_a=(cpu1[0] - cpu0[0]) / 1e9,
             cpu_b=(cpu1[1] - cpu0[1]) / 1e9,
             cpu_napi=(cpu1[2] - cpu0[2]) / 1e9,
@@ -538,6 +616,17 @@ def describe(r: Result) -> str:
     )
 
 
+def lag_text(r: Result) -> str:
+    if not r.lag_ms:
+        return "lag: no sample"
+    p50, p99 = np.percentile(r.lag_ms, [50, 99])
+    return (
+        f"lag, first packet -> backup's map: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max "
+        f"{max(r.lag_ms):.1f} ms ({len(r.lag_ms)} sampled flows, {r.lag_unseen} not seen; "
+        f"{POLL_S * 1000:.0f} ms polling)"
+    )
+
+
 def details(r: Result) -> str:
     def cpu(seconds: float) -> str:
         return f"{seconds / r.window:.0%} ({seconds / max(1, r.entered) * 1e6:.2f} us)"
@@ -550,7 +639,7 @@ def details(r: Result) -> str:
         f"gaps {r.gaps}, rejected {r.rejected}, wrong real {r.wrong_real}; CPU over the "
         f"{r.window:.1f} s window, share of one core and per flow entered: active daemon "
         f"{cpu(r.cpu_a)}, backup daemon {cpu(r.cpu_b)}, director NAPI {cpu(r.cpu_napi)}; "
-        f"role changes {r.role_changes} (a ends {r.role_a}); "
+        f"role changes {r.role_changes} (a ends {r.role_a}); {lag_text(r)}; "
         f"load average {r.load}"
         + ("; second attempt (the first found the NAPI thread idle)" if r.retried else "")
     )
@@ -586,6 +675,7 @@ def rows(budget: Budget, rates: tuple[int, ...] = RATES) -> list[Row]:
             for log in Path(tmp).glob("*.log"):
                 (keep / log.name).write_bytes(log.read_bytes())
     best, clean_so_far = 0.0, True
+    best_r: Result | None = None
     for r in results:
         out.append(
             Row(
@@ -599,8 +689,8 @@ def rows(budget: Budget, rates: tuple[int, ...] = RATES) -> list[Row]:
         clean = r.lost == 0 and r.gaps == 0 and r.ring_dropped == 0 and r.role_changes == 0
         # the highest rate such that it and every lower one lost nothing
         clean_so_far = clean_so_far and clean and r.entered > 0
-        if clean_so_far:
-            best = max(best, r.rate_in)
+        if clean_so_far and r.rate_in > best:
+            best, best_r = r.rate_in, r
     if results:
         r = max(results, key=lambda x: x.synced)
         out.append(
@@ -631,6 +721,17 @@ def rows(budget: Budget, rates: tuple[int, ...] = RATES) -> list[Row]:
             higher_is_better=True,
         )
     )
+    if best_r is not None and best_r.lag_ms:
+        for q in (50, 99):
+            out.append(
+                Row(
+                    SECTION,
+                    f"sync end-to-end: lag p{q} at that rate, first packet -> backup's map",
+                    "ms",
+                    [float(np.percentile(best_r.lag_ms, q))],
+                    note=lag_text(best_r) if q == 99 else "",
+                )
+            )
     return out
 
 

@@ -24,6 +24,10 @@
 #define SRC_OFF (IP_OFF + 12)
 #define TCP_FLAGS_OFF (IP_OFF + 20 + 13)
 #define MAX_LAG_NS 100000ULL /* at 400k frames/s: 40 frames of catch-up at most */
+/* Every STAMP_EVERY-th flow (odd: TCP and UDP in turn) has the time its first
+ * packet left recorded in gen_stamp[flow / STAMP_EVERY], for the sync lag. */
+#define STAMP_EVERY 255
+#define STAMP_SLOTS 8192
 
 struct gen_cfg {
 	__u64 interval_ps; /* between two frames, picoseconds */
@@ -48,6 +52,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct gen_cfg);
 } gen_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STAMP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_stamp SEC(".maps");
 
 /* One CPU runs the generator (user space pins it): a plain array is enough. */
 struct {
@@ -118,6 +129,13 @@ int carom_flow_gen(struct xdp_md *ctx)
 	data[IP_OFF + 11] = csum & 0xff;
 	if ((st->sent & 1) && !(flow & 1))
 		data[TCP_FLAGS_OFF] = 0x10; /* the TCP flow's second packet: ACK */
+	if (!(st->sent & 1) && flow % STAMP_EVERY == 0) {
+		__u32 slot = flow / STAMP_EVERY;
+		__u64 *stamp = slot < STAMP_SLOTS ? bpf_map_lookup_elem(&gen_stamp, &slot) : 0;
+
+		if (stamp)
+			*stamp = now;
+	}
 	st->sent++;
 	st->last_ns = now;
 	return XDP_TX;

@@ -3,8 +3,9 @@ namespace (`ip netns exec carom-s100k-g taskset -c 0 python -m
 benchmarks.lab.flowgen OBJ IFNAME ...`), it loads flow_gen.bpf.o, writes its
 config (two frame templates, pace, number of flows, first client address) and
 runs the program with BPF_PROG_TEST_RUN in live-frames mode until every frame is
-out. Prints {"frames", "t0_ns", "last_ns", "spins", "late", "late_ns"}
-(CLOCK_MONOTONIC, as the program read it)."""
+out. Prints {"frames", "t0_ns", "last_ns", "spins", "late", "late_ns", "stamps"}
+(CLOCK_MONOTONIC, as the program read it; stamps: [flow, first packet's time]
+of every 255th flow)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from carom.bpf import libbpf
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 REPEAT = 1 << 30  # a run ends by the time limit's signal (see xdpgen.py)
 STATE = struct.Struct("<6Q")
+STAMP_EVERY, STAMP_SLOTS = 255, 8192  # as in flow_gen.bpf.c
 
 
 def main() -> None:
@@ -82,6 +84,12 @@ def main() -> None:
             raise OSError(-rc, f"BPF_PROG_TEST_RUN: {rc}")
         sent = state()[1]
     t0, sent, last, spins, late, late_ns = state()
+    stamp_fd = obj.map("gen_stamp").fd
+    stamps = []  # (flow, CLOCK_MONOTONIC ns of its first packet)
+    for slot in range(min(STAMP_SLOTS, (sent // 2 + STAMP_EVERY - 1) // STAMP_EVERY)):
+        raw = libbpf.map_lookup(stamp_fd, struct.pack("<I", slot), 8)
+        if raw is not None and int.from_bytes(raw, "little"):
+            stamps.append((slot * STAMP_EVERY, int.from_bytes(raw, "little")))
     print(
         json.dumps(
             {
@@ -91,6 +99,7 @@ def main() -> None:
                 "spins": spins,
                 "late": late,
                 "late_ns": late_ns,
+                "stamps": stamps,
             }
         ),
         flush=True,
