@@ -25,7 +25,10 @@ For each offered rate (sustained for SECONDS), with both tables emptied before:
              records the backup received and applied, sequence gaps
   CPU        of each daemon (all its threads, /proc/PID/task/*/schedstat) and of
              the director's NAPI thread (the XDP program and the ring-buffer
-             writes), as shares of one core over the run
+             writes), as shares of one core over the run and per flow
+  lag        of every 255th flow: the generator records when its first packet
+             left, a thread of this process looks it up in b's pinned
+             conn_table every millisecond (LagPoller)
 """
 
 from __future__ import annotations
