@@ -364,48 +364,76 @@ def flow_key(base: int, flow: int) -> bytes:
 class LagPoller:
     """Sync lag of sampled flows: a thread looks the sampled flows up in the
     backup's pinned conn_table every POLL_S and keeps the time each first
-    appears; the generator reports when each one's first packet left."""
+    appears; the generator reports when each one's first packet left.
 
-    def __init__(self, path: str, base: int, flows: int, rate: int) -> None:
+    Only flows the active can have entered by now are looked up (its
+    conn_confirmed counter, with margin), the oldest first, at most POLL_MAX a
+    poll; a flow still missing STALE_S after it became due is looked up every
+    STALE_POLL_S only (flows whose frames were lost before the director never
+    arrive, and must not crowd out the others)."""
+
+    STALE_S, STALE_POLL_S = 0.2, 0.05
+
+    def __init__(self, path: str, stats: str, base: int, flows: int) -> None:
         self.fd = libbpf.obj_get(path)
-        self.rate = rate
+        self.stats_fd = libbpf.obj_get(stats)
+        self.base = base
         self.samples = list(range(0, flows, STAMP_EVERY))
         self.keys = {f: flow_key(base, f) for f in self.samples}
         self.seen: dict[int, int] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _confirmed(self) -> int:
+        ncpus = libbpf.num_possible_cpus()
+        key = int(abi.Counter.CONN_CONFIRMED).to_bytes(4, "little")
+        raw = libbpf.map_lookup(self.stats_fd, key, 8 * ncpus) or b""
+        return sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+
     def start(self) -> None:
-        self.start_ns = time.monotonic_ns()
+        self.confirmed0 = self._confirmed()
         self.thread.start()
 
     def _run(self) -> None:
         vs = codec.VAL_DT.itemsize
-        pending: list[int] = []
-        nxt = 0
+        fresh: list[tuple[int, int]] = []  # (flow, when it became due)
+        stale: list[int] = []
+        nxt, stale_at = 0, 0
         while not self.stop.is_set():
             now = time.monotonic_ns()
-            due = (now - self.start_ns) * self.rate / 1e9 + STAMP_EVERY  # sent by now, at most
+            due = (self._confirmed() - self.confirmed0) * 1.25 + STAMP_EVERY
             while nxt < len(self.samples) and self.samples[nxt] <= due:
-                pending.append(self.samples[nxt])
+                fresh.append((self.samples[nxt], now))
                 nxt += 1
-            for f in pending[:POLL_MAX]:
+            check = [f for f, _ in fresh[:POLL_MAX]]
+            if now >= stale_at:
+                check += stale
+                stale_at = now + int(self.STALE_POLL_S * 1e9)
+            for f in check:
                 if libbpf.map_lookup(self.fd, self.keys[f], vs) is not None:
                     self.seen[f] = now
-            pending = [f for f in pending if f not in self.seen]
+            old = now - int(self.STALE_S * 1e9)
+            stale = [f for f in stale if f not in self.seen]
+            stale += [f for f, t in fresh if t < old and f not in self.seen]
+            fresh = [(f, t) for f, t in fresh if t >= old and f not in self.seen]
             time.sleep(POLL_S)
 
-    def finish(self, stamps: list[list[int]]) -> tuple[list[float], int]:
-        """Lags in ms of the sampled flows seen, and how many were never seen."""
+    def finish(self, stamps: list[list[int]], entered: np.ndarray) -> tuple[list[float], int]:
+        """Lags in ms of the sampled flows seen, and how many flows the active
+        entered were never seen (`entered`: its table's keys, sorted, as
+        dump_flows returns them)."""
         self.stop.set()
         self.thread.join()
         os.close(self.fd)
+        os.close(self.stats_fd)
         lags, unseen = [], 0
         for f, sent_ns in stamps:
             if f in self.seen:
                 lags.append((self.seen[f] - sent_ns) / 1e6)
             else:
-                unseen += 1
+                key = (self.base + f) << 8 | (17 if f & 1 else 6)
+                i = int(np.searchsorted(entered, key))  # entered is sorted
+                unseen += int(i < len(entered) and entered[i] == key)
         return lags, unseen
 
 
@@ -551,7 +579,7 @@ class EndToEnd:
         t0 = time.monotonic()
         cpu0 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link0, roles0 = links(), self.a.role_changes() + self.b.role_changes()
-        poller = LagPoller(conn_b, base, flows, rate)
+        poller = LagPoller(conn_b, self.a.pin("stats"), base, flows)
         poller.start()
         stamps: list[list[int]] = []
         try:
@@ -562,7 +590,7 @@ class EndToEnd:
             )
             self.settle(confirmed, sb0["received_records"])
         finally:
-            lags, unseen = poller.finish(stamps)
+            poller.stop.set()
         t1 = time.monotonic()
         cpu1 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link1, roles1 = links(), self.a.role_changes() + self.b.role_changes()
@@ -571,6 +599,7 @@ class EndToEnd:
         sa1, sb1 = self.sync_stats(self.a), self.sync_stats(self.b)
         load = Path("/proc/loadavg").read_text().split()[0]
         ka, ra = dump_flows(conn_a)
+        lags, unseen = poller.finish(stamps, ka)
         kb, rb = dump_flows(conn_b)
         ids_a, ids_b = self.a.real_addresses(), self.b.real_addresses()
         both, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
