@@ -652,10 +652,13 @@ def lag_text(r: Result) -> str:
     if not r.lag_ms:
         return "lag: no sample"
     p50, p99 = np.percentile(r.lag_ms, [50, 99])
+    fifths = [float(np.median(q)) for q in np.array_split(np.array(r.lag_ms), 5) if len(q)]
     return (
         f"lag, first packet -> backup's map: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max "
         f"{max(r.lag_ms):.1f} ms ({len(r.lag_ms)} sampled flows, {r.lag_unseen} not seen; "
-        f"{POLL_S * 1000:.0f} ms polling)"
+        f"{POLL_S * 1000:.0f} ms polling; medians of each fifth of the run: "
+        + " ".join(f"{m:.1f}" for m in fifths)
+        + ")"
     )
 
 
