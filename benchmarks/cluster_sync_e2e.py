@@ -346,6 +346,7 @@ def clear(path: str) -> None:
 STAMP_EVERY = 255  # as in flow_gen.bpf.c: every 255th flow's first packet is timed
 POLL_S = 0.001
 POLL_MAX = 64  # lookups per poll: the oldest sampled flows not yet seen
+GEN_STATE_PIN = os.path.join(BPFFS, "s100k_gen_state")  # the generator's progress
 
 
 def flow_key(base: int, flow: int) -> bytes:
@@ -366,17 +367,18 @@ class LagPoller:
     backup's pinned conn_table every POLL_S and keeps the time each first
     appears; the generator reports when each one's first packet left.
 
-    Only flows the active can have entered by now are looked up (its
-    conn_confirmed counter, with margin), the oldest first, at most POLL_MAX a
-    poll; a flow still missing STALE_S after it became due is looked up every
-    STALE_POLL_S only (flows whose frames were lost before the director never
-    arrive, and must not crowd out the others)."""
+    Only flows whose first packet has left are looked up (the generator's
+    progress, read from its pinned gen_state), the oldest first, at most
+    POLL_MAX a poll; a flow still missing STALE_S after it left is looked up
+    every STALE_POLL_S only (flows whose frames were lost before the director
+    never arrive, and must not crowd out the others)."""
 
     STALE_S, STALE_POLL_S = 0.2, 0.05
 
-    def __init__(self, path: str, stats: str, base: int, flows: int) -> None:
+    def __init__(self, path: str, gen_state: str, base: int, flows: int) -> None:
         self.fd = libbpf.obj_get(path)
-        self.stats_fd = libbpf.obj_get(stats)
+        self.gen_state = gen_state
+        self.state_fd: int | None = None
         self.base = base
         self.samples = list(range(0, flows, STAMP_EVERY))
         self.keys = {f: flow_key(base, f) for f in self.samples}
@@ -384,14 +386,16 @@ class LagPoller:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _confirmed(self) -> int:
-        ncpus = libbpf.num_possible_cpus()
-        key = int(abi.Counter.CONN_CONFIRMED).to_bytes(4, "little")
-        raw = libbpf.map_lookup(self.stats_fd, key, 8 * ncpus) or b""
-        return sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+    def _sent_flows(self) -> int:
+        """Flows whose first packet the generator has sent (0 before it pinned)."""
+        if self.state_fd is None:
+            if not os.path.exists(self.gen_state):
+                return 0
+            self.state_fd = libbpf.obj_get(self.gen_state)
+        raw = libbpf.map_lookup(self.state_fd, bytes(4), 48) or bytes(48)
+        return (int.from_bytes(raw[8:16], "little") + 1) // 2  # gen_state.sent: frames
 
     def start(self) -> None:
-        self.confirmed0 = self._confirmed()
         self.thread.start()
 
     def _run(self) -> None:
@@ -401,7 +405,7 @@ class LagPoller:
         nxt, stale_at = 0, 0
         while not self.stop.is_set():
             now = time.monotonic_ns()
-            due = (self._confirmed() - self.confirmed0) * 1.25 + STAMP_EVERY
+            due = self._sent_flows() - 1
             while nxt < len(self.samples) and self.samples[nxt] <= due:
                 fresh.append((self.samples[nxt], now))
                 nxt += 1
@@ -425,7 +429,8 @@ class LagPoller:
         self.stop.set()
         self.thread.join()
         os.close(self.fd)
-        os.close(self.stats_fd)
+        if self.state_fd is not None:
+            os.close(self.state_fd)
         lags, unseen = [], 0
         for f, sent_ns in stamps:
             if f in self.seen:
@@ -539,6 +544,9 @@ class EndToEnd:
     def run_generator(self, rate: int, flows: int, base: int) -> dict[str, Any]:
         argv = [sys.executable, "-m", "benchmarks.lab.flowgen", str(self.gen_obj), IF_G]
         argv += [self.tcp.hex(), self.udp.hex(), str(rate), str(flows), str(base)]
+        argv += ["--pin", GEN_STATE_PIN]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(GEN_STATE_PIN)  # left by a run that was killed
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         out = subprocess.run(
             # nice: a generator that spins between frames yields to the daemons
@@ -579,7 +587,7 @@ class EndToEnd:
         t0 = time.monotonic()
         cpu0 = (self.a.cpu_ns(), self.b.cpu_ns(), schedstat_ns(self.napi))
         link0, roles0 = links(), self.a.role_changes() + self.b.role_changes()
-        poller = LagPoller(conn_b, self.a.pin("stats"), base, flows)
+        poller = LagPoller(conn_b, GEN_STATE_PIN, base, flows)
         poller.start()
         stamps: list[list[int]] = []
         try:

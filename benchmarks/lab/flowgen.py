@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import signal
 import socket
 import struct
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("rate", type=float, help="new flows per second (two frames each)")
     ap.add_argument("flows", type=int)
     ap.add_argument("base", type=int, help="first client address, as an integer")
+    ap.add_argument("--pin", help="pin gen_state here while running (progress for others)")
     args = ap.parse_args()
     tcp, udp = bytes.fromhex(args.tcp), bytes.fromhex(args.udp)
     assert len(tcp) == len(udp) == 60
@@ -52,6 +54,8 @@ def main() -> None:
     cfg = struct.pack("<QQII", interval_ps, frames, args.base, 0) + tcp + udp
     libbpf.map_update(obj.map("gen_cfg").fd, struct.pack("<I", 0), cfg)
     state_fd = obj.map("gen_state").fd
+    if args.pin:
+        libbpf.obj_pin(state_fd, args.pin)
     prog = obj.program_fd("carom_flow_gen")
     ctx = struct.pack("<6I", 0, len(tcp), 0, socket.if_nametoindex(args.ifname), 0, 0)
     data = ctypes.create_string_buffer(tcp, len(tcp))
@@ -84,6 +88,8 @@ def main() -> None:
             raise OSError(-rc, f"BPF_PROG_TEST_RUN: {rc}")
         sent = state()[1]
     t0, sent, last, spins, late, late_ns = state()
+    if args.pin:
+        os.unlink(args.pin)
     stamp_fd = obj.map("gen_stamp").fd
     stamps = []  # (flow, CLOCK_MONOTONIC ns of its first packet)
     for slot in range(min(STAMP_SLOTS, (sent // 2 + STAMP_EVERY - 1) // STAMP_EVERY)):
