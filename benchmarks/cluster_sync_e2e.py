@@ -29,6 +29,8 @@ For each offered rate (sustained for SECONDS), with both tables emptied before:
   lag        of every 255th flow: the generator records when its first packet
              left, a thread of this process looks it up in b's pinned
              conn_table every millisecond (LagPoller)
+
+The daemons' logs of the last run are copied to $TMPDIR/carom-s100k-logs/.
 """
 
 from __future__ import annotations
@@ -153,6 +155,10 @@ def build_topology() -> None:
 def teardown() -> None:
     for ns in (NS_G, NS_A, NS_B):
         del_netns(ns)
+    if os.path.ismount(BPFFS):  # the daemons removed their pins (stop --detach)
+        subprocess.run(["umount", "-l", BPFFS], check=False, timeout=30)
+    with contextlib.suppress(OSError):
+        os.rmdir(BPFFS)
 
 
 def pin_napi() -> int:
