@@ -388,7 +388,8 @@ class LagPoller:
         self.base = base
         self.samples = list(range(0, flows, STAMP_EVERY))
         self.keys = {f: flow_key(base, f) for f in self.samples}
-        self.seen: dict[int, int] = {}
+        self.seen: dict[int, int] = {}  # flow -> the poll that found it in b's map
+        self.before: dict[int, int] = {}  # flow -> the poll before that one (it was not there)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -408,7 +409,7 @@ class LagPoller:
         vs = codec.VAL_DT.itemsize
         fresh: list[tuple[int, int]] = []  # (flow, when it became due)
         stale: list[int] = []
-        nxt, stale_at = 0, 0
+        nxt, stale_at, prev = 0, 0, time.monotonic_ns()
         while not self.stop.is_set():
             now = time.monotonic_ns()
             due = self._sent_flows() - 1
@@ -416,36 +417,46 @@ class LagPoller:
                 fresh.append((self.samples[nxt], now))
                 nxt += 1
             check = [f for f, _ in fresh[:POLL_MAX]]
+            fresh_flows = set(check)
             if now >= stale_at:
                 check += stale
                 stale_at = now + int(self.STALE_POLL_S * 1e9)
             for f in check:
                 if libbpf.map_lookup(self.fd, self.keys[f], vs) is not None:
                     self.seen[f] = now
+                    self.before[f] = (
+                        prev if f in fresh_flows else now - int(self.STALE_POLL_S * 1e9)
+                    )
             old = now - int(self.STALE_S * 1e9)
             stale = [f for f in stale if f not in self.seen]
             stale += [f for f, t in fresh if t < old and f not in self.seen]
             fresh = [(f, t) for f, t in fresh if t >= old and f not in self.seen]
+            prev = now
             time.sleep(POLL_S)
 
-    def finish(self, stamps: list[list[int]], entered: np.ndarray) -> tuple[list[float], int]:
-        """Lags in ms of the sampled flows seen, and how many flows the active
-        entered were never seen (`entered`: its table's keys, sorted, as
-        dump_flows returns them)."""
+    def finish(
+        self, stamps: list[list[int]], entered: np.ndarray
+    ) -> tuple[list[float], list[float], int]:
+        """Lags in ms of the sampled flows seen (when the poll found them, and
+        when the poll before did not: the entry arrived in between; a late
+        poll, this process waiting for a CPU, widens the interval), and how
+        many flows the active entered were never seen (`entered`: its table's
+        keys, sorted, as dump_flows returns them)."""
         self.stop.set()
         self.thread.join()
         os.close(self.fd)
         if self.state_fd is not None:
             os.close(self.state_fd)
-        lags, unseen = [], 0
+        lags, lows, unseen = [], [], 0
         for f, sent_ns in stamps:
             if f in self.seen:
                 lags.append((self.seen[f] - sent_ns) / 1e6)
+                lows.append(max(0, self.before[f] - sent_ns) / 1e6)
             else:
                 key = (self.base + f) << 8 | (17 if f & 1 else 6)
                 i = int(np.searchsorted(entered, key))  # entered is sorted
                 unseen += int(i < len(entered) and entered[i] == key)
-        return lags, unseen
+        return lags, lows, unseen
 
 
 def link_stats(ns: str, ifname: str) -> dict[str, int]:
@@ -494,6 +505,7 @@ class Result:
     window: float  # seconds
     load: str
     lag_ms: list[float] = field(default_factory=list)  # sampled flows: first packet -> b's map
+    lag_low_ms: list[float] = field(default_factory=list)  # the same, from the poll before
     lag_unseen: int = 0  # sampled flows never seen in b's map
     retried: bool = False  # the first attempt found the director's NAPI thread idle
 
@@ -613,7 +625,7 @@ class EndToEnd:
         sa1, sb1 = self.sync_stats(self.a), self.sync_stats(self.b)
         load = Path("/proc/loadavg").read_text().split()[0]
         ka, ra = dump_flows(conn_a)
-        lags, unseen = poller.finish(stamps, ka)
+        lags, lows, unseen = poller.finish(stamps, ka)
         kb, rb = dump_flows(conn_b)
         ids_a, ids_b = self.a.real_addresses(), self.b.real_addresses()
         both, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
@@ -646,6 +658,7 @@ class EndToEnd:
             role_changes=roles1 - roles0,
             role_a=role_a,
             lag_ms=lags,
+            lag_low_ms=lows,
             lag_unseen=unseen,
             cpu_a=(cpu1[0] - cpu0[0]) / 1e9,
             cpu_b=(cpu1[1] - cpu0[1]) / 1e9,
@@ -666,11 +679,13 @@ def lag_text(r: Result) -> str:
     if not r.lag_ms:
         return "lag: no sample"
     p50, p99 = np.percentile(r.lag_ms, [50, 99])
+    lo50, lo99 = np.percentile(r.lag_low_ms, [50, 99])
     fifths = [float(np.median(q)) for q in np.array_split(np.array(r.lag_ms), 5) if len(q)]
     return (
         f"lag, first packet -> backup's map: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max "
         f"{max(r.lag_ms):.1f} ms ({len(r.lag_ms)} sampled flows, {r.lag_unseen} not seen; "
-        f"{POLL_S * 1000:.0f} ms polling; medians of each fifth of the run: "
+        f"{POLL_S * 1000:.0f} ms polling; the previous poll's time gives p50 {lo50:.1f} ms, "
+        f"p99 {lo99:.1f} ms; medians of each fifth of the run: "
         + " ".join(f"{m:.1f}" for m in fifths)
         + ")"
     )
