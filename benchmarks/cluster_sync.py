@@ -15,6 +15,8 @@
   the kernel writing the ring buffer, and epoll wake-ups.
 * sync lag in the lab, first packet to entry in the peer's map: see
   `lab_sync_rows` (needs the lab; skipped if another part holds it).
+* end to end at fixed new-flow rates, from the active's XDP program through
+  the daemons to the backup's map: benchmarks/cluster_sync_e2e.py.
 """
 
 from __future__ import annotations
@@ -401,10 +403,13 @@ def lab_rows(budget: Budget, flows: int = 1500, rate: float = 500.0) -> list[Row
 
 
 def run(budget_s: float = 180.0) -> list[Row]:
+    from benchmarks import cluster_sync_e2e
+
     budget = Budget(budget_s)
     rows = bulk_rows(budget)
     rows += stream_rows(budget)
     rows += lab_rows(budget)
+    rows += cluster_sync_e2e.rows(budget)
     return rows
 
 

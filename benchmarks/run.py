@@ -25,7 +25,7 @@ PARTS = [
     ("benchmarks.lab_tcp", 240.0),
     ("benchmarks.control_plane", 120.0),
     ("benchmarks.health_checks", 90.0),
-    ("benchmarks.cluster_sync", 150.0),
+    ("benchmarks.cluster_sync", 240.0),
 ]
 RESULTS = Path(__file__).parent / "results"
 

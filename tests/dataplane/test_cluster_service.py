@@ -194,7 +194,7 @@ def test_join_resync_stream_switchover_takeover(tmp_path: Path, port: int) -> No
         a._queue_events([source.Event(source.KIND_NEW, new, rid)])
         lag = await _until(lambda: got.lookup(new) is not None, 1, "streamed entry at b")
         assert lag < 0.1
-        assert b.stats["gaps"] == 0 and not b.node.dropped
+        assert b.gaps.gaps == 0 and not b.node.dropped
 
         # explain tells a synced entry from a local one (b's role must be active to
         # look at the entry: checked after the switchover below)

@@ -182,6 +182,43 @@ def test_a_full_ring_loses_events_counted_and_forwards_anyway() -> None:
         runner.close()
 
 
+@pytest.mark.root
+def test_the_batch_reader_follows_the_ring_around() -> None:
+    """The reader maps the ring (carom.bpf.ringbuf.RingReader): 5 rounds of 1000
+    flows through a 64 KiB ring (1170 records), read after each round, cross its
+    end four times; a record that wraps is read whole (the data pages are mapped
+    twice), every flow arrives once, in order, and nothing is dropped."""
+    runner = TestRunner(
+        Limits(
+            max_services=16,
+            max_reals=64,
+            maglev_table_size=1021,
+            conn_table_size=8192,
+            persist_table_size=4096,
+            max_vips=16,
+            conn_events_bytes=1 << 16,
+        )
+    )
+    try:
+        runner.write_state(base_state())
+        flows = _many(_udp(), 5000)
+        for r in range(5):
+            for f in flows[r * 1000 : (r + 1) * 1000]:
+                runner.run(f)
+                runner.run(f)
+            got = runner.events.drain()
+            assert [bytes(e.key) for e in got] == [
+                flow_key(f) for f in flows[r * 1000 : (r + 1) * 1000]
+            ]
+            assert {e.kind for e in got} == {abi.ConnEventKind.NEW}
+            assert runner.events.drain() == []
+        counters = runner.counters()
+        assert counters[C.CONN_CONFIRMED] == 5000 and counters[C.CONN_EVENTS_DROPPED] == 0
+        assert runner.events.malformed == 0
+    finally:
+        runner.close()
+
+
 def test_limits_refuse_a_ring_that_is_not_a_power_of_two() -> None:
     with pytest.raises(
         ValueError, match="not a power of two; a ring buffer needs one: use 65536 or 131072"

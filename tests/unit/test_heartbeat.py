@@ -184,6 +184,64 @@ def test_forged_replayed_and_unknown_datagrams_are_counted_and_ignored(tmp_path:
     }
 
 
+def test_gaps_count_datagrams_that_never_arrived_not_heartbeats(tmp_path: Path) -> None:
+    """Heartbeats and sync datagrams share the sender's sequence numbers: a
+    heartbeat between two sync datagrams is no gap (it was counted as one when
+    only sync datagrams were tracked: ~10 false gaps a second), a lost one is."""
+    node = HeartbeatNode(cluster(tmp_path, "a"), lambda t: None)
+    peer = HeartbeatNode(cluster(tmp_path, "b"), lambda t: None)
+    src = ipaddress.ip_address("127.0.0.2")
+    hb = wire.encode_heartbeat(peer.heartbeat())
+    for mtype in ("CONN_SYNC", "HEARTBEAT", "HEARTBEAT", "CONN_SYNC", "HEARTBEAT", "CONN_SYNC"):
+        node.datagram(peer._datagram(wire.MsgType[mtype], hb if mtype == "HEARTBEAT" else b""), src)
+    assert node.received == 6 and node.gaps.gaps == 0
+    peer._datagram(wire.MsgType.CONN_SYNC, b"")  # lost on the way
+    node.datagram(peer._datagram(wire.MsgType.CONN_SYNC, b""), src)
+    assert node.gaps.gaps == 1
+
+
+def test_sync_datagrams_read_together_are_applied_together(tmp_path: Path) -> None:
+    """A batch of datagrams (what one socket wake-up reads): consecutive CONN_SYNC
+    payloads of IPv4 records reach on_message as one payload with the counts
+    added; a heartbeat or an IPv6 record ends the run, order is kept, every
+    record arrives once."""
+    got: list[tuple[int, bytes]] = []
+    node = HeartbeatNode(
+        cluster(tmp_path, "a"), lambda t: None, on_message=lambda p, h, b: got.append((h.count, b))
+    )
+    peer = HeartbeatNode(cluster(tmp_path, "b"), lambda t: None)
+    src = ipaddress.ip_address("127.0.0.2")
+
+    def rec(i: int, v6: bool = False) -> bytes:
+        a = ipaddress.ip_address(f"2001:db8::{i + 1:x}" if v6 else f"198.51.100.{i + 1}")
+        vip = ipaddress.ip_address("2001:db8::100" if v6 else "192.0.2.100")
+        real = ipaddress.ip_address("192.0.2.11")
+        return wire.encode_record(wire.ConnRecord(wire.Op.UPSERT, 6, a, vip, 1000 + i, 80, real))
+
+    def sync(*recs: bytes) -> bytes:
+        return peer._datagram(wire.MsgType.CONN_SYNC, b"".join(recs), len(recs))
+
+    hb = peer._datagram(wire.MsgType.HEARTBEAT, wire.encode_heartbeat(peer.heartbeat()))
+    batch = [
+        sync(rec(0), rec(1), rec(2)),
+        sync(rec(3), rec(4)),
+        hb,
+        sync(rec(5)),
+        sync(rec(6, v6=True)),
+        sync(rec(7)),
+        sync(rec(8)),
+    ]
+    node.datagrams([(d, src) for d in batch])
+    assert got == [
+        (5, rec(0) + rec(1) + rec(2) + rec(3) + rec(4)),
+        (1, rec(5)),
+        (1, rec(6, v6=True)),
+        (2, rec(7) + rec(8)),
+    ]
+    assert node.received == 7 and node.gaps.gaps == 0 and not node.dropped
+    assert node.members.peers[2].heartbeat is not None  # the heartbeat was handled
+
+
 def test_fingerprint_mismatch_blocks_readiness(tmp_path: Path) -> None:
     node = HeartbeatNode(cluster(tmp_path, "a"), lambda t: None, fingerprint=lambda: b"A" * 16)
     peer = HeartbeatNode(cluster(tmp_path, "b"), lambda t: None, fingerprint=lambda: b"B" * 16)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from carom import abi
-from carom.bpf.ringbuf import RingBuffer
+from carom.bpf.ringbuf import BATCH_OK, RingBuffer, RingReader
 
 RECORD_SIZE = ctypes.sizeof(abi.ConnEventRecord)
 
@@ -57,7 +57,10 @@ class ConnEvents:
     def __init__(self, dataplane: HasRings) -> None:
         self._batch: list[ConnEvent] = []
         self.malformed = 0  # records that did not decode (never expected; counted)
-        self._ring = RingBuffer(dataplane.map_fd("conn_events"), self._on_record)
+        fd = dataplane.map_fd("conn_events")
+        # the batch reader where the CPU allows it (ringbuf.BATCH_OK), else libbpf's
+        self._reader = RingReader(fd) if BATCH_OK else None
+        self._ring = None if self._reader is not None else RingBuffer(fd, self._on_record)
 
     def _on_record(self, raw: bytes) -> None:
         try:
@@ -67,16 +70,30 @@ class ConnEvents:
 
     def fileno(self) -> int:
         """Readable while events wait: for loop.add_reader."""
+        if self._reader is not None:
+            return self._reader.fileno()
+        assert self._ring is not None
         return self._ring.fileno()
 
     def drain(self) -> list[ConnEvent]:
         """Every event waiting now, oldest first (never blocks)."""
-        self._ring.consume()
+        if self._reader is not None:
+            raw, n = self._reader.read(RECORD_SIZE)
+            self.malformed += self._reader.odd
+            self._reader.odd = 0
+            for i in range(n):
+                self._on_record(raw[i * RECORD_SIZE : (i + 1) * RECORD_SIZE])
+        else:
+            assert self._ring is not None
+            self._ring.consume()
         batch, self._batch = self._batch, []
         return batch
 
     def close(self) -> None:
-        self._ring.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._ring is not None:
+            self._ring.close()
 
     def __enter__(self) -> ConnEvents:
         return self

@@ -10,17 +10,20 @@ receives, and calls `on_role` when the role changes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import ipaddress
 import logging
 import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from carom.cluster import wire
 from carom.cluster.roles import Candidate, RoleMachine, State, Transition, elect
+from carom.cluster.sync import GapTracker
 from carom.cluster.wire import Header, Heartbeat, MsgType, ReplayWindow, WireError
 from carom.config.cluster import Cluster, Member
 from carom.config.fields import IPAddress
@@ -38,6 +41,9 @@ WIRE_ROLE = {
 # Datagrams accepted per peer per second before the rest are dropped (a
 # misbehaving or compromised peer cannot starve the daemon).
 RATE_PER_PEER = 20000
+READ_BATCH = 64  # datagrams read per wake-up of the socket
+RECV_SIZE = 65536
+REC4_SIZE = wire.record_size(4, 4)  # an IPv4 flow to an IPv4 real
 
 
 @dataclass
@@ -200,6 +206,7 @@ class HeartbeatNode:
         self.interval = cluster.heartbeat_ms / 1000
         self.holddown_until = float("inf")  # set when run() starts listening
         self.dropped: Counter[str] = Counter()
+        self.gaps = GapTracker()  # datagrams of a peer that never arrived
         self.received = 0
         self.sent = 0
         self._rate: dict[int, tuple[float, int]] = {}
@@ -249,32 +256,90 @@ class HeartbeatNode:
     # --- receiving --------------------------------------------------------------------
     def datagram(self, data: bytes, source: IPAddress) -> None:
         """One received datagram: authenticate, de-duplicate, dispatch."""
+        self.datagrams([(data, source)])
+
+    def datagrams(self, batch: Iterable[tuple[bytes, IPAddress]]) -> None:
+        """Datagrams read in one wake-up, each authenticated and de-duplicated in
+        order. A run of consecutive CONN_SYNC datagrams of one sender whose
+        payloads are all IPv4 records reaches on_message as one payload (one
+        batched map write instead of one per datagram: half the receiver's CPU
+        at 200k flows/s); the role decision runs once, after the batch."""
         now = time.monotonic()
+        run: list[tuple[Peer, Header, bytes]] = []
+        accepted = False
+        for data, source in batch:
+            got = self._accept(data, source, now)
+            if got is None:
+                continue
+            accepted = True
+            peer, header, payload = got
+            if self._joinable(header, payload):
+                if run and (run[0][0] is not peer or run[0][1].epoch != header.epoch):
+                    self._deliver(run)
+                    run = []
+                run.append(got)
+                continue
+            self._deliver(run)
+            run = []
+            self._dispatch(peer, header, payload, source, now)
+        self._deliver(run)
+        if accepted:
+            self.step(now)
+
+    def _accept(
+        self, data: bytes, source: IPAddress, now: float
+    ) -> tuple[Peer, Header, bytes] | None:
         pid = self.members.by_address.get(source)
         if pid is None:
             self.dropped["unknown_sender"] += 1
-            return
+            return None
         start, n = self._rate.get(pid, (now, 0))
         if now - start >= 1.0:
             start, n = now, 0
         self._rate[pid] = (start, n + 1)
         if n >= RATE_PER_PEER:
             self.dropped["rate_limited"] += 1
-            return
+            return None
         try:
             header, payload = wire.open_datagram(self.key, data)
         except WireError as exc:
             self.dropped[exc.reason] += 1
-            return
+            return None
         peer = self.members.peers.get(header.sender)
         if peer is None or header.sender != pid:
             self.dropped["unknown_sender"] += 1
-            return
+            return None
         reason = peer.window.accept(header.epoch, header.seq)
         if reason:
             self.dropped[reason] += 1
-            return
+            return None
+        # Heartbeats and sync share the sender's sequence: tracked here, on every
+        # accepted datagram, so a heartbeat between two sync datagrams is no gap.
+        self.gaps.see(header.sender, header.epoch, header.seq)
         self.received += 1
+        return peer, header, payload
+
+    def _joinable(self, header: Header, payload: bytes) -> bool:
+        """A CONN_SYNC payload of IPv4 records only: payloads like it can be
+        concatenated (records are self-delimiting; the counts add up)."""
+        return (
+            header.type is MsgType.CONN_SYNC
+            and self.on_message is not None
+            and len(payload) == header.count * REC4_SIZE
+        )
+
+    def _deliver(self, run: list[tuple[Peer, Header, bytes]]) -> None:
+        if not run or self.on_message is None:
+            return
+        if len(run) == 1:
+            self.on_message(*run[0])
+            return
+        header = dataclasses.replace(run[-1][1], count=sum(h.count for _, h, _ in run))
+        self.on_message(run[0][0], header, b"".join(p for _, _, p in run))
+
+    def _dispatch(
+        self, peer: Peer, header: Header, payload: bytes, source: IPAddress, now: float
+    ) -> None:
         if header.type is MsgType.HEARTBEAT:
             try:
                 hb = wire.decode_heartbeat(payload)
@@ -288,7 +353,6 @@ class HeartbeatNode:
             log.info("peer resigned the active role", extra={"peer": peer.member.name})
         elif self.on_message is not None:
             self.on_message(peer, header, payload)
-        self.step(now)
 
     def _check_fingerprint(self, peer: Peer, hb: Heartbeat) -> None:
         mine = self.fingerprint()
@@ -377,14 +441,39 @@ class HeartbeatNode:
         loop = asyncio.get_running_loop()
         node = self
 
+        def source(addr: tuple[str | int, ...]) -> IPAddress:
+            return ipaddress.ip_address(str(addr[0]).split("%")[0])
+
         class Proto(asyncio.DatagramProtocol):
+            """asyncio hands over one datagram per wake-up; the rest waiting in
+            the socket (up to READ_BATCH) are read here, so that sync datagrams
+            are applied together (HeartbeatNode.datagrams)."""
+
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+
             def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-                node.datagram(data, ipaddress.ip_address(str(addr[0]).split("%")[0]))
+                batch = [(data, source(addr))]
+                while len(batch) < READ_BATCH:
+                    try:
+                        more, frm = self.sock.recvfrom(RECV_SIZE)
+                    except OSError:  # BlockingIOError: nothing more waits
+                        break
+                    batch.append((more, source(frm)))
+                node.datagrams(batch)
 
         for addr in self.me.addresses:
-            t, _ = await loop.create_datagram_endpoint(
-                Proto, local_addr=(str(addr), self.cluster.port)
-            )
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                str(addr), self.cluster.port, type=socket.SOCK_DGRAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                sock.bind(sockaddr)
+            except OSError:
+                sock.close()
+                raise
+            t, _ = await loop.create_datagram_endpoint(functools.partial(Proto, sock), sock=sock)
             _big_buffer(t)
             self.transports.append(t)
         # Hold-down: listen for dead_after intervals plus a random part before

@@ -108,7 +108,7 @@ class ClusterService(Watches):
         self.bulk_done = False
         self.progress = bulk.Progress()
         self.live_keys: set[bytes] | None = None  # flows the stream touched during a pull
-        self.gaps = sync.GapTracker()
+        self.gaps = self.node.gaps  # over every datagram: the sequence is shared
         self.batcher = sync.Batcher(self._send_batch)  # records made one by one
         self.raw_batcher = sync.RawBatcher(self._send_raw, codec.REC4_DT.itemsize)  # numpy-encoded
         self.source: source.Source | source.RawRingSource | None = None
@@ -268,9 +268,6 @@ class ClusterService(Watches):
         return self._real_map
 
     def _on_message(self, peer: Peer, header: Header, payload: bytes) -> None:
-        missing = self.gaps.see(header.sender, header.epoch, header.seq)
-        if missing:
-            self.stats["gaps"] += missing
         if header.type is not MsgType.CONN_SYNC:
             self.stats["unexpected_type"] += 1
             return
@@ -489,7 +486,7 @@ class ClusterService(Watches):
                     "sent_datagrams": self.stats["sent_datagrams"],
                     "received_records": self.stats["received_records"],
                     "applied": self.stats["applied"],
-                    "gaps": self.stats["gaps"],
+                    "gaps": self.gaps.gaps,
                     "rejected": sum(self.node.dropped.values()),
                     "unknown_real": self.stats["unknown_real"],
                     "peer_claims": self.stats["peer_claims"],
