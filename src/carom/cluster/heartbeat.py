@@ -422,6 +422,7 @@ class HeartbeatNode:
                     "last_seen_ms": round((now - p.last_seen) * 1000) if p.last_seen else None,
                     "paths": {str(a): round((now - t) * 1000) for a, t in sorted(p.paths.items())},
                     "fingerprint_agrees": p.member.id not in self.mismatch,
+                    "fingerprint": p.heartbeat.fingerprint.hex() if p.heartbeat else None,
                 }
                 for p in self.members.peers.values()
             ],

@@ -33,6 +33,7 @@ from carom.bpf import libbpf
 from carom.cluster import bulk, codec, source, sync, wire
 from carom.cluster.heartbeat import HeartbeatNode, Peer
 from carom.cluster.roles import State, Transition
+from carom.cluster.views import HealthViews
 from carom.cluster.watch import Watches
 from carom.cluster.wire import ConnRecord, Header, MsgType, Op, WireError
 from carom.config.cluster import Cluster
@@ -85,7 +86,7 @@ def maglev_digest(rec: Any) -> bytes:
     return h.digest()
 
 
-class ClusterService(Watches):
+class ClusterService(Watches, HealthViews):
     """One director's part of the cluster protocol (a daemon task)."""
 
     def __init__(self, host: Host, cluster: Cluster) -> None:
@@ -119,11 +120,13 @@ class ClusterService(Watches):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._real_map: codec.RealMap | None = None
         self._real_map_of: object = None
+        self._init_views()
         self.server = bulk.BulkServer(
             self.key,
             cluster.me.id,
             {a: m.id for m in cluster.peers for a in m.addresses},
             self._snapshot,
+            views=self.view_frames,
         )
 
     # --- the data plane follows the role ----------------------------------------------
@@ -171,6 +174,7 @@ class ClusterService(Watches):
         if t.new is State.SYNCING:
             self.bulk_done = False
             self._start_pull()
+        self._views_on_role(t)
 
     def _end_grace(self) -> None:
         self._grace = None
@@ -271,6 +275,9 @@ class ClusterService(Watches):
         missing = self.gaps.see(header.sender, header.epoch, header.seq)
         if missing:
             self.stats["gaps"] += missing
+        if header.type is MsgType.HEALTH_VIEW:
+            self._on_view(peer, header, payload)
+            return
         if header.type is not MsgType.CONN_SYNC:
             self.stats["unexpected_type"] += 1
             return
@@ -354,6 +361,7 @@ class ClusterService(Watches):
                     chunk,
                     self.progress,
                     local=self._local_for(peer),
+                    on_view=functools.partial(self._on_view, peer),
                 )
             except (bulk.BulkError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 self.progress.state, self.progress.error = "failed", str(exc)
@@ -456,6 +464,8 @@ class ClusterService(Watches):
                 tg.create_task(self._watch_links(), name="cluster-links")
                 tg.create_task(self._probe_while_held(), name="cluster-vip-probe")
                 tg.create_task(self._watch_peer_hosts(), name="cluster-peer-hosts")
+                tg.create_task(self._view_refresh(), name="cluster-view-refresh")
+                tg.create_task(self._view_apply(), name="cluster-view-apply")
         finally:
             for s in servers:
                 s.close()
@@ -482,6 +492,7 @@ class ClusterService(Watches):
                 "forwarding": self.forwarding,
                 "fingerprint": self.digest.hex(),
                 "fingerprints_agree": not self.node.mismatch,
+                "health_view": self.view_status(self.host.config),
                 "sync": {
                     "source": self.source.name if self.source else None,
                     "source_lost": self.source.lost if self.source else 0,

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from carom import abi
 from carom.bpf import loader
 from carom.bpf.loader import Dataplane
-from carom.cluster.service import ClusterService
+from carom.cluster.service import ClusterService, maglev_digest
 from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
@@ -290,13 +290,13 @@ class Daemon:
         down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
         health_in = await self.health.inputs(config) if self.health else Inputs()
+        cluster = self.cluster
+        if cluster is not None:  # a backup's tables follow the active's health view
+            health_in = cluster.health_inputs(config, health_in)
+        inputs = with_cluster(health_in, inputs_of(config, neighbours, down_hosts))
 
-        def work() -> tuple[int, Desired]:
-            want = rec.desired(
-                config,
-                neighbours,
-                with_cluster(health_in, inputs_of(config, neighbours, down_hosts)),
-            )
+        def work() -> tuple[int, Desired, bytes | None]:
+            want = rec.desired(config, neighbours, inputs)
             tx: Transaction = rec.write(want)
             try:
                 apply_interfaces(dp, config, old, tx, fault)
@@ -313,10 +313,10 @@ class Daemon:
                     f"{exc} (after {writes} map writes); {what}", step, writes, not errors
                 ) from exc
             rec.commit(want, tx)
-            return tx.writes, want
+            return tx.writes, want, maglev_digest(rec) if cluster is not None else None
 
         try:
-            result: tuple[int, Desired] = await self.in_worker(work)
+            writes, desired, digest = await self.in_worker(work)
         except ApplyError as exc:
             if not exc.clean:
                 # The maps are not what either image says: read them back so the
@@ -324,7 +324,9 @@ class Daemon:
                 await self.in_worker(rec.adopt)
                 log.error("rollback incomplete; re-read the maps", extra={"error": str(exc)})
             raise
-        return result
+        if cluster is not None:  # the fingerprint, and the view the active publishes
+            cluster.tables_applied(config, inputs, digest)
+        return writes, desired
 
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
