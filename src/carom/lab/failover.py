@@ -51,10 +51,13 @@ def write_key(state_dir: str | Path = t.DEFAULT_STATE_DIR) -> Path:
     return path
 
 
-def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -> dict[str, Any]:
+def cluster_config(
+    node: str, preempt: bool = True, election: str = "builtin", **service: Any
+) -> dict[str, Any]:
     """The config of one director: every service balanced over the three reals
     and both directors (each director's own entry is `local`), and the cluster
-    section. The same file on both directors but for `node` and `local`."""
+    section. The same file on both directors but for `node` and `local`.
+    `service`: more fields for every service (a health check, down_flows)."""
 
     def reals(v6: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -70,6 +73,8 @@ def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -
         {"name": "banner", "vip": str(t.VIP4), "port": t.BANNER_PORT, "reals": reals(False)},
         {"name": "web6", "vip": str(t.VIP6), "port": t.HTTP_PORT, "reals": reals(True)},
     ]
+    for svc in services:
+        svc.update(service)
     members = [
         {
             "name": d.short,
@@ -250,17 +255,19 @@ class ClusterRun:
             f"{node} did not become {role} in {timeout}s: {c}\n{self.dirs[node].log()[-3000:]}"
         )
 
-    def start(self, preempt: bool = True, election: str = "builtin") -> None:
+    def start(self, preempt: bool = True, election: str = "builtin", **service: Any) -> None:
+        """Both directors up, dir1 active and dir2 synced; `service`: more fields
+        for every service (see cluster_config)."""
         write_key()
         for d in self.dirs.values():
             d.remove()
         d1, d2 = t.DIR1.name, t.DIR2.name
-        self.dirs[d1].start(cluster_config(d1, preempt, election))
+        self.dirs[d1].start(cluster_config(d1, preempt, election, **service))
         if election == "builtin":
             self.wait_role(d1, "active")
         else:
             self.wait_role(d1, "backup")  # keepalived has not spoken yet
-        self.dirs[d2].start(cluster_config(d2, preempt, election))
+        self.dirs[d2].start(cluster_config(d2, preempt, election, **service))
         self.wait_role(d2, "backup", bulk=True)
         if election == "keepalived":
             from carom.lab.keepalived import Keepalived
