@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import numpy as np
@@ -121,6 +122,9 @@ class ClusterService(Watches, HealthViews):
         self._real_map: codec.RealMap | None = None
         self._real_map_of: object = None
         self._init_views()
+        # the daemon's "put the VIPs on lo", run once this node's role is decided
+        self.when_decided: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self.decided = False
         self.server = bulk.BulkServer(
             self.key,
             cluster.me.id,
@@ -466,6 +470,7 @@ class ClusterService(Watches, HealthViews):
                 tg.create_task(self._watch_peer_hosts(), name="cluster-peer-hosts")
                 tg.create_task(self._view_refresh(), name="cluster-view-refresh")
                 tg.create_task(self._view_apply(), name="cluster-view-apply")
+                tg.create_task(self._until_decided(), name="cluster-vips-on-lo")
         finally:
             for s in servers:
                 s.close()
@@ -473,6 +478,27 @@ class ClusterService(Watches, HealthViews):
                 self._pull.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pull
+
+    async def _until_decided(self) -> None:
+        """Run when_decided once some director forwards: this node is active,
+        or a backup with a live active peer (which may schedule flows to it).
+        Until then nobody forwards (both directors restarted) and the router
+        still sends VIP traffic to the old active: with no VIP on lo its stack
+        drops it (the clients retransmit) instead of resetting flows it does
+        not serve."""
+        while not self.decided:
+            st = self.node.machine.state
+            peer_active = any(
+                p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE
+                for p in self.node.members.live_peers(time.monotonic())
+            )
+            if st is State.ACTIVE or (st is State.BACKUP and peer_active):
+                self.decided = True
+                log.info("role decided: putting the VIPs on lo", extra={"role": st.value})
+                if self.when_decided is not None:
+                    await self.when_decided()
+                return
+            await asyncio.sleep(0.02)
 
     async def _count_conns(self) -> None:
         while True:

@@ -208,7 +208,15 @@ class Daemon:
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
         await self.health.plan(config)
         started = time.monotonic()
-        await self._vips_on_lo(config, [])
+        if self.cluster is None:
+            await self._vips_on_lo(config, [])
+        else:
+            # Not before the cluster has decided this node's role: a node that
+            # restarts while no director forwards (both restarted) must not
+            # answer for flows it does not serve, which the router still sends
+            # to it: with no VIP on lo they are dropped and retransmitted until
+            # the new active forwards them (docs/cluster.md, "Both restarted").
+            self.cluster.when_decided = self._cluster_vips_on_lo
         if config.node.role == "active" and config.cluster is None:
             # The program attached by apply() schedules only under a running lease
             # (bpf/lease.h); a lone active director holds one from the start, so
@@ -259,6 +267,10 @@ class Daemon:
         """The data plane answers ARP/NDP for the VIPs only until this deadline."""
         assert self.dp is not None
         self.dp["lease"].update(0, deadline_ns)
+
+    async def _cluster_vips_on_lo(self) -> None:
+        if self.config is not None:
+            await self._vips_on_lo(self.config, [])
 
     async def _vips_on_lo(self, config: Config, old: list[abi.IPAddress]) -> None:
         """This node is a real server too: its VIPs live on lo (field note 3)."""
@@ -504,7 +516,7 @@ class Daemon:
         self.follower.forget_unused(addrs)
         if self.health is not None:
             await self.health.plan(new)
-        if old_vips != vips_of(new):
+        if old_vips != vips_of(new) and (self.cluster is None or self.cluster.decided):
             await self._vips_on_lo(new, old_vips)
         if self.cluster is not None:
             self.cluster.config_changed()
