@@ -17,6 +17,8 @@ connection every 20 ms:
 
 from __future__ import annotations
 
+import copy
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ import pytest
 
 from carom.lab import Lab
 from carom.lab import topology as t
-from carom.lab.failover import ClusterRun, Prober
+from carom.lab.failover import ClusterRun, Prober, cluster_config
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -84,14 +86,70 @@ def until(cond: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
+def tables(run: ClusterRun, node: str) -> list[tuple[str, str, str, int, str]]:
+    """What shapes a node's tables, for an assertion message."""
+    st = run.dirs[node].status()
+    return [
+        (s["name"], s["fingerprint"], r["address"], r["weight"], r["state"])
+        for s in st["services"]
+        for r in s["reals"]
+    ] + [("view", "", "", 0, str(st["cluster"]["health_view"]))]
+
+
+def dir1_active(run: ClusterRun) -> None:
+    """The tests below want dir1 active and dir2 its synced backup. On a busy
+    machine a stalled daemon may have handed the role over (without preempt
+    it stays there): switch back over."""
+    c2 = run.cluster(D2)
+    if c2["role"] == "active":
+        print("dir2 is active:", [x["reason"] for x in c2["transitions"]])
+        assert run.dirs[D2].request("switchover")["ok"]
+        run.wait_role(D1, "active")
+    run.wait_role(D2, "backup", bulk=True)
+    until(lambda: fingerprints(run)[0] == fingerprints(run)[1], 3, "fingerprints agree")
+
+
 def fingerprints(run: ClusterRun) -> tuple[str, str]:
     return run.cluster(D1)["fingerprint"], run.cluster(D2)["fingerprint"]
+
+
+def doctor(run: ClusterRun, node: str) -> dict[str, Any]:
+    d = run.dirs[node]
+    r = d.carom("doctor", "-c", str(d.config_path), "--json")
+    report: dict[str, Any] = json.loads(r.stdout)
+    return report
+
+
+def test_doctor_finds_tables_that_differ_across_the_cluster(run: ClusterRun) -> None:
+    """A planted mistake: real1 with weight 2 in dir2's config only."""
+    dir1_active(run)
+    good = cluster_config(D2, False, check=CHECK, down_flows="keep")
+    bad = copy.deepcopy(good)
+    web = next(s for s in bad["services"] if s["name"] == "web")
+    next(r for r in web["reals"] if r["address"] == str(R1.main.addr4))["weight"] = 2
+    assert run.dirs[D2].reload(bad)["ok"]
+    try:
+        until(lambda: not run.cluster(D1)["fingerprints_agree"], 2, "dir1 sees the mismatch")
+        for node, peer in ((D2, t.DIR1.short), (D1, t.DIR2.short)):
+            found = [f for f in doctor(run, node)["findings"] if f["check"] == "fingerprints"]
+            assert len(found) == 1, found
+            assert f"differ from {peer}'s" in found[0]["problem"], found
+            assert "weight" in found[0]["fix"], found
+    finally:
+        assert run.dirs[D2].reload(good)["ok"]
+    until(lambda: run.cluster(D1)["fingerprints_agree"], 2, "tables agree again")
+    report = doctor(run, D2)
+    assert not [f for f in report["findings"] if f["check"] == "fingerprints"], report
+    assert any(
+        p.startswith(f"fingerprints: Maglev tables equal to {t.DIR1.short}'s")
+        for p in report["passed"]
+    )
 
 
 def test_backup_tables_follow_the_active_when_its_own_check_fails(
     run: ClusterRun, lab: Lab
 ) -> None:
-    assert fingerprints(run)[0] == fingerprints(run)[1]
+    dir1_active(run)
     block_probes(lab, D2, R1)
     until(
         lambda: real_of(run, D2, R1)["health"]["state"] == "down", 5, "dir2's check of real1 down"
@@ -116,6 +174,7 @@ def test_backup_tables_follow_the_active_when_its_own_check_fails(
 
 
 def test_backup_takes_out_a_real_only_the_active_finds_down(run: ClusterRun, lab: Lab) -> None:
+    dir1_active(run)
     block_probes(lab, D1, R2)
     until(lambda: real_of(run, D1, R2)["state"] == "down", 5, "dir1 takes real2 out")
     t0 = time.monotonic()
@@ -123,11 +182,15 @@ def test_backup_takes_out_a_real_only_the_active_finds_down(run: ClusterRun, lab
     print(f"backup followed the active's view {1000 * (time.monotonic() - t0):.0f} ms later")
     mine = real_of(run, D2, R2)
     assert mine["health"]["state"] == "up", mine  # its own check disagrees
-    until(lambda: fingerprints(run)[0] == fingerprints(run)[1], 1, "fingerprints agree")
+    try:
+        until(lambda: fingerprints(run)[0] == fingerprints(run)[1], 1, "fingerprints agree")
+    except AssertionError:
+        raise AssertionError(f"tables differ:\n{tables(run, D1)}\n{tables(run, D2)}") from None
     assert run.cluster(D2)["fingerprints_agree"]
 
 
 def test_takeover_keeps_the_view_then_own_checks_and_no_flow_lost(run: ClusterRun) -> None:
+    dir1_active(run)
     before = fingerprints(run)
     assert before[0] == before[1]
     seen: dict[str, Any] = {}
