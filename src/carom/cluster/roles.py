@@ -92,16 +92,21 @@ class Candidate:
 def elect(candidates: Iterable[Candidate]) -> int | None:
     """The node id that should be active, among live nodes; None if nobody can be.
 
-    1. Only ready nodes can be elected.
+    1. Only ready nodes can be elected; if none is, a live active keeps the role.
     2. A live active node keeps the role (no preemption by default), unless a
        ready node that ranks better has `preempt` set.
     3. Two nodes both claiming active (split brain after a partition heals):
        the better-ranked keeps it.
     4. Otherwise the best-ranked ready node: priority, then lower node id.
     """
+    candidates = list(candidates)
     ready = sorted((c for c in candidates if c.ready), key=Candidate.rank)
     if not ready:
-        return None
+        # Nobody may take over (the tables differ from every peer's, a config
+        # mismatch): a live active keeps serving rather than leave the VIPs
+        # without a director; the fingerprint alarm says what to fix.
+        actives = sorted((c for c in candidates if c.active), key=Candidate.rank)
+        return actives[0].node_id if actives else None
     actives = [c for c in ready if c.active]
     if actives:
         incumbent = actives[0]  # best-ranked of those claiming active
