@@ -402,10 +402,12 @@ class ClusterRun:
         self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
         return res
 
-    def scenario_restart_both(self, gap_s: float = 0.4) -> Result:
+    def scenario_restart_both(self, gap_s: float = 0.4, reboot: bool = True) -> Result:
         """5c: both directors restarted within `gap_s` (< 0.5 s), as a reboot
         leaves them: daemons killed, data planes gone (empty connection
-        tables), VIPs off lo; the flows are pinged throughout. No director
+        tables), VIPs off lo; the flows are pinged throughout. With `reboot`
+        False (5d) only the daemons restart: they adopt their data planes,
+        connection tables included, and the VIPs stay on lo. No director
         forwards until the new active is elected; the router keeps sending
         to the old active, whose stack (no VIP yet) drops what it gets, and
         the clients retransmit. With empty tables on both, a flow survives
@@ -432,10 +434,10 @@ class ClusterRun:
                 self.kill(node)
             # what a reboot loses, the VIPs first: a data plane gone while the
             # VIP is still on lo would let the stack reset every flow it gets
-            for node in (active, other):
+            for node in (active, other) if reboot else ():
                 self.lab.exec(node, ["ip", "addr", "del", f"{t.VIP4}/32", "dev", "lo"])
                 self.lab.exec(node, ["ip", "-6", "addr", "del", f"{t.VIP6}/128", "dev", "lo"])
-            for node in (active, other):
+            for node in (active, other) if reboot else ():
                 self.dirs[node].carom("detach", "-c", str(self.dirs[node].config_path))
             threads = [threading.Thread(target=start, args=(n,)) for n in (active, other)]
             threads[0].start()
@@ -455,7 +457,8 @@ class ClusterRun:
             raise RuntimeError(f"no active and backup after the restart: {roles}")
 
         try:
-            res = self._scenario("5c both directors restarted", restart, 3.0, ping_during=True)
+            name = "5c both directors restarted" if reboot else "5d both daemons restarted"
+            res = self._scenario(name, restart, 3.0, ping_during=True)
         finally:
             res_two = watch.stop()
         res.two_forwarders_s = res_two
