@@ -53,9 +53,6 @@ log = logging.getLogger("carom.daemon")
 T = TypeVar("T")
 
 COUNTER_INTERVAL_S = 2.0
-# A cluster node whose adopted data plane's lease ran out less than this ago
-# was the active until moments ago (see Daemon._vips_off_lo_until_decided).
-RECENT_LEASE_S = 2.0
 # Test hook: a file naming an apply step ("maglev", "attach", ...); while it
 # exists, every apply fails right after that step (see tests/integration).
 FAULT_ENV = "CAROM_TEST_FAULTS"
@@ -202,12 +199,9 @@ class Daemon:
         self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = rec = Reconciler(self.dp)
         rec.fault = self.fault
-        was_active = self.dp.adopted and self._forwarding_role()
         self.cluster = ClusterService.attach(self, config.cluster)
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
-        if self.cluster is not None and was_active and config.node.vips_on_lo:
-            await self._vips_off_lo_until_decided(config)
         await self.follower.open()
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
         saved = health_task.overrides_path(socket_of(config), config.instance)
@@ -273,34 +267,6 @@ class Daemon:
         """The data plane answers ARP/NDP for the VIPs only until this deadline."""
         assert self.dp is not None
         self.dp["lease"].update(0, deadline_ns)
-
-    def _forwarding_role(self) -> bool:
-        """The adopted data plane was the active director's and forwarded until
-        moments ago (its lease ran out less than RECENT_LEASE_S ago, or runs
-        still): its daemon died, and the router still sends the VIPs here."""
-        assert self.dp is not None
-        try:
-            cfg = self.dp["node_cfg"].lookup(0)
-            lease = self.dp["lease"].lookup(0)
-        except OSError:
-            return False
-        if cfg is None or int(cfg.role) != int(abi.Role.ACTIVE) or lease is None:
-            return False
-        return int(lease) + int(RECENT_LEASE_S * 1e9) > time.monotonic_ns()
-
-    async def _vips_off_lo_until_decided(self, config: Config) -> None:
-        """This node was the active when its daemon died, so the router still
-        sends it the VIPs' traffic; this daemon stops that data plane
-        forwarding at its first apply, and until a director forwards again
-        (the peer may be restarting too) the stack would reset every flow it
-        does not serve. Without the VIPs it drops them; the clients
-        retransmit. They come back once the role is decided."""
-        try:
-            await asyncio.to_thread(realserver.down, vips_of(config), Path(vip_state_of(config)))
-        except (OSError, realserver.RealServerError) as exc:
-            log.warning("VIPs left on lo", extra={"error": str(exc)})
-            return
-        log.info("this node's data plane was active: VIPs off lo until the cluster decides")
 
     async def _cluster_vips_on_lo(self) -> None:
         if self.config is not None:
