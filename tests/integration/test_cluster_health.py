@@ -171,6 +171,16 @@ def test_backup_tables_follow_the_active_when_its_own_check_fails(
     out = run.dirs[D2].carom("status", "--socket", run.dirs[D2].socket).stdout
     assert f"local check: web {R1.main.addr4} down, tables follow the active: up" in out, out
     assert "tables follow dir1's" in out, out
+    # a drain on the backup is kept there for when it is active; its tables do not move
+    sock = ("--socket", run.dirs[D2].socket)
+    r3 = str(t.REALS[2].main.addr4)
+    drained = run.dirs[D2].carom("real", "drain", r3, *sock)
+    try:
+        assert "note: this node's tables follow dir1's health view" in drained.stdout, drained
+        assert real_of(run, D2, t.REALS[2])["state"] == "up"
+        assert fingerprints(run)[0] == fingerprints(run)[1]
+    finally:
+        run.dirs[D2].carom("real", "undrain", r3, *sock)
 
 
 def test_backup_takes_out_a_real_only_the_active_finds_down(run: ClusterRun, lab: Lab) -> None:

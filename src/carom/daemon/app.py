@@ -603,7 +603,14 @@ class Daemon:
             self.stop_event.set()
             return {"ok": True, "detach": self.stop_request.detach}
         if cmd in health_task.COMMANDS and self.health is not None:
-            return await self.health.handle(req)
+            reply = await self.health.handle(req)
+            if self.cluster is not None and self.cluster.view_following and reply.get("ok"):
+                reply["note"] = (
+                    f"this node's tables follow {self.cluster.view_from}'s health view: the "
+                    "override is kept here and shapes them once this node is active; run it "
+                    "on the active director to change the tables now"
+                )
+            return reply
         if cmd == "explain":
             assert self.dp is not None and self.rec is not None
             fps = expected_fingerprints(self.rec)
