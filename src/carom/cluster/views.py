@@ -98,17 +98,20 @@ class HealthViews:
             self._publish()
 
     # --- publishing (active) ------------------------------------------------------------
-    def _publish(self) -> None:
-        """Send the view of the last apply if it changed (a new generation)."""
+    def _publish(self) -> bool:
+        """Send the view of the last apply if it changed (a new generation);
+        whether it did."""
         if self._applied is None:
-            return
+            return False
         entries = hv.view_of(*self._applied)
-        if entries != self.published:
-            self.generation = (self.generation + 1) & 0xFFFFFFFF
-            self.published = entries
-            self.published_parts = wire.split_view(self.generation, entries)
-            self.stats["view_generations"] += 1
-            self._send_view()
+        if entries == self.published:
+            return False
+        self.generation = (self.generation + 1) & 0xFFFFFFFF
+        self.published = entries
+        self.published_parts = wire.split_view(self.generation, entries)
+        self.stats["view_generations"] += 1
+        self._send_view()
+        return True
 
     def _send_view(self) -> None:
         for p in self.published_parts:
@@ -124,9 +127,8 @@ class HealthViews:
     async def _view_refresh(self) -> None:
         while True:
             await asyncio.sleep(VIEW_REFRESH_S)
-            if self.node.machine.state is State.ACTIVE:
-                self._publish()  # a no-op apply may have been skipped: catch up
-                self._send_view()
+            if self.node.machine.state is State.ACTIVE and not self._publish():
+                self._send_view()  # the same generation again
 
     # --- following (everyone else) ------------------------------------------------------
     def _on_view(self, peer: Peer, header: Header, payload: bytes) -> None:
