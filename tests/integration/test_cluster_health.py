@@ -103,6 +103,7 @@ def dir1_active(run: ClusterRun) -> None:
     c2 = run.cluster(D2)
     if c2["role"] == "active":
         print("dir2 is active:", [x["reason"] for x in c2["transitions"]])
+        print("dir1:", [(x["from"], x["to"], x["reason"]) for x in run.cluster(D1)["transitions"]])
         assert run.dirs[D2].request("switchover")["ok"]
         run.wait_role(D1, "active")
     run.wait_role(D2, "backup", bulk=True)
