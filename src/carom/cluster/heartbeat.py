@@ -84,7 +84,7 @@ class Membership:
                 Candidate(
                     node_id=p.member.id,
                     priority=p.member.priority,
-                    active=hb.role == wire.Role.ACTIVE,
+                    active=hb.role == wire.Role.ACTIVE and not p.resigned,
                     ready=hb.ready and not p.resigned,
                     preempt=hb.preempt,
                 )
