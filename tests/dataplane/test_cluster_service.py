@@ -20,14 +20,15 @@ import pytest
 
 from carom import abi
 from carom.bpf.loader import Dataplane
-from carom.cluster import source, sync
+from carom.cluster import health_view, source, sync
 from carom.cluster.roles import State
-from carom.cluster.service import GRACE_S, ClusterService
+from carom.cluster.service import GRACE_S, ClusterService, maglev_digest
 from carom.cluster.wire import ConnRecord, Op
 from carom.config.cluster import Cluster
 from carom.config.limits import Limits
 from carom.config.schema import Config
 from carom.daemon import explain
+from carom.daemon.image import Effective, Inputs
 from carom.daemon.reconcile import Reconciler
 
 pytestmark = pytest.mark.root
@@ -94,9 +95,18 @@ class Host:
         )
         self.rec = Reconciler(self.dp)
         self.owner = Owner(self.dp)
+        self.cluster: ClusterService | None = None  # set: applies go through it, as the daemon's
+        self.own = Inputs()  # this node's own health checks' inputs
 
     def apply(self) -> None:
-        self.rec.apply(self.rec.desired(self.config, {}))
+        c = self.cluster
+        inputs = self.own if c is None else c.health_inputs(self.config, self.own)
+        self.rec.apply(self.rec.desired(self.config, {}, inputs))
+        if c is not None:
+            c.tables_applied(self.config, inputs, maglev_digest(self.rec))
+
+    async def reapply(self) -> None:
+        self.apply()
 
     def role(self) -> int:
         return int(self.dp["node_cfg"].lookup(0).role)
@@ -249,6 +259,57 @@ def test_fingerprint_mismatch_alarms_within_a_second_and_blocks_ready(
         # the VIP without a director
         ta.cancel()
         await _until(lambda: b.node.machine.state is State.ACTIVE, 2, "b takes over")
+        tb.cancel()
+        for task in (ta, tb):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_backup_follows_the_active_health_view_and_keeps_it_at_takeover(
+    tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active's health view over the real cluster channel: the backup's
+    tables follow it although its own checks disagree; at a takeover it keeps
+    the view for TAKEOVER_HOLD_S, then its own checks drive its tables."""
+    monkeypatch.setattr(health_view, "TAKEOVER_HOLD_S", 0.5)
+    down = ip(REALS[0])
+    skey = (ip(VIP), "tcp", 80)
+
+    async def scenario() -> None:
+        (a_host, a), (b_host, b) = _node(tmp_path, "a", port), _node(tmp_path, "b", port)
+        a_host.cluster, b_host.cluster = a, b
+        ta = asyncio.create_task(a.run())
+        await _until(lambda: a.node.machine.state is State.ACTIVE, 3, "a active")
+        tb = asyncio.create_task(b.run())
+        await _until(lambda: b.node.machine.state is State.BACKUP, 5, "b backup")
+        same = a.digest
+        # a's checks find REALS[0] down; b's own checks see every real up
+        a_host.own = Inputs(
+            health={(skey, down): Effective(0, "down", "refused")},
+            down={(ip(VIP), 6, 80): {down}},
+        )
+        a_host.apply()
+        assert a.digest != same
+        lag = await _until(lambda: b.digest == a.digest, 1, "b's tables follow a's view")
+        assert lag < 0.2
+        v = b.view_status(b_host.config)
+        assert v["tables_from"] == "following" and v["peer"] == "a" and v["entries"] == 1
+        assert (
+            v["disagree"]
+            == [{"service": f"{VIP}:80/tcp", "real": str(down), "local": "up", "tables": "down"}]
+            or v["disagree"][0]["local"] == "up"
+        ), v
+        assert a.status()["fingerprints_agree"] and b.status()["fingerprints_agree"]
+        # the active dies: b takes over with a's view (no table change), then its own
+        followed = b.digest
+        ta.cancel()
+        await _until(lambda: b.node.machine.state is State.ACTIVE, 2, "b takes over")
+        assert b.digest == followed
+        assert b.view_status(b_host.config)["tables_from"] == "inherited at takeover"
+        await _until(lambda: b.digest == same, 2, "b's own checks drive its tables")
+        assert b.view_status(b_host.config)["tables_from"] == "own checks"
         tb.cancel()
         for task in (ta, tb):
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from carom.cluster import bulk
+from carom.cluster import bulk, wire
 from carom.cluster.wire import Header, MsgType
 
 KEY = os.urandom(32)
@@ -92,3 +92,31 @@ def test_frames_of_another_session_are_refused() -> None:
         return got
 
     assert asyncio.run(go()) == []
+
+
+def test_the_health_view_comes_with_the_snapshot_before_done() -> None:
+    """A joiner holds the peer's health view when the resync completes, so its
+    tables agree with the active's as soon as it may be ready."""
+    parts = wire.split_view(4, [])
+    views = [(wire.encode_view_part(p), len(p.entries)) for p in parts]
+
+    async def go() -> list[tuple[str, bytes]]:
+        server = bulk.BulkServer(KEY, 1, {LOOP: 2}, lambda: PIECES, views=lambda: views)  # type: ignore[dict-item]
+        srv, port = await _serve(server)
+        seen: list[tuple[str, bytes]] = []
+        await bulk.pull(
+            KEY,
+            2,
+            1,
+            "127.0.0.1",
+            port,
+            lambda p, n: seen.append(("chunk", p)),
+            bulk.Progress(),
+            on_view=lambda h, p: seen.append((h.type.name, p)),
+        )
+        srv.close()
+        return seen
+
+    seen = asyncio.run(go())
+    assert [k for k, _ in seen] == ["chunk"] * len(PIECES) + ["HEALTH_VIEW"]
+    assert wire.decode_view_part(seen[-1][1], 0) == parts[0]

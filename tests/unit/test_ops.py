@@ -420,3 +420,35 @@ def test_a_busy_port_is_retried_and_then_served(monkeypatch: pytest.MonkeyPatch)
 
     reply = asyncio.run(go())
     assert reply.startswith(b"HTTP/1.1 200 OK") and b"carom_build_info" in reply
+
+
+def _cluster(ours: str, peers: list[tuple[str, bool, str]]) -> dict[str, Any]:
+    return {
+        "fingerprint": ours,
+        "peers": [{"name": n, "alive": a, "fingerprint": f} for n, a, f in peers],
+    }
+
+
+def test_fingerprints() -> None:
+    same = _cluster("aa" * 16, [("dir2", True, "aa" * 16)])
+    r = c.Report()
+    c.judge_fingerprints(r, [same, same])
+    assert not r.findings and r.passed == [
+        f"fingerprints: Maglev tables equal to dir2's ({'a' * 12})"
+    ]
+    # differing in one read only (a health change on its way): no finding
+    differ = _cluster("aa" * 16, [("dir2", True, "bb" * 16)])
+    r = c.Report()
+    c.judge_fingerprints(r, [differ, same])
+    assert not r.findings
+    # differing in every read: a finding, with this node's unresolved reals
+    r = c.Report()
+    c.judge_fingerprints(r, [differ, differ], ["192.0.2.13"])
+    (f,) = r.findings
+    assert f.check == "fingerprints" and "differ from dir2's" in f.problem
+    assert f"ours {'a' * 12}, theirs {'b' * 12}" in f.problem
+    assert "weight" in f.fix and "no MAC for 192.0.2.13" in f.fix
+    # a dead peer's tables do not count
+    r = c.Report()
+    c.judge_fingerprints(r, [_cluster("aa" * 16, [("dir2", False, "bb" * 16)])] * 2)
+    assert not r.findings and r.skipped

@@ -51,8 +51,14 @@ def test_election_rules() -> None:
     assert elect([c(1, 100, active=True), c(2, 200, preempt=True, ready=False)]) == 1
     # Split brain heals: the better-ranked active keeps it.
     assert elect([c(1, 100, active=True), c(2, 200, active=True)]) == 2
-    # An active that is not ready (it lost its tables) is passed over.
-    assert elect([c(1, 100, active=True, ready=False), c(2, 50)]) == 2
+    # Tables that differ (a table change on its way to the peers, a config
+    # mismatch): the active is not ready but keeps the role; it used to hand
+    # it to a peer whose last heartbeat still said ready (flows moved), or to
+    # nobody.
+    assert elect([c(1, 100, active=True, ready=False), c(2, 50)]) == 1
+    assert elect([c(1, 100, active=True, ready=False), c(2, 200, ready=False)]) == 1
+    assert elect([c(1, 100, active=True, ready=False), c(2, 200, preempt=True)]) == 2
+    assert elect([c(1, 100, ready=False), c(2, 200, ready=False)]) is None
 
 
 cands = st.lists(
@@ -73,5 +79,5 @@ cands = st.lists(
 def test_every_node_elects_the_same_one_whatever_the_order(cs: list[Candidate]) -> None:
     winner = elect(cs)
     assert elect(reversed(cs)) == winner
-    if winner is not None:
-        assert any(x.node_id == winner and x.ready for x in cs)
+    if winner is not None:  # a ready node, or the incumbent active
+        assert any(x.node_id == winner and (x.ready or x.active) for x in cs)

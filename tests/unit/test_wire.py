@@ -183,3 +183,93 @@ def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
         wire.decode_records(payload, header.count)
     except wire.WireError:
         pass
+
+
+# --- the health view (HEALTH_VIEW) ---------------------------------------------------
+
+VIEW_PART = wire.ViewPart(
+    generation=7,
+    part=0,
+    parts=2,
+    entries=(
+        wire.ViewEntry(
+            ip("192.0.2.100"), 6, 80, ip("192.0.2.11"), 0, wire.ViewState.DOWN, move=True
+        ),
+        wire.ViewEntry(
+            ip("2001:db8:2::100"), 17, 53, ip("2001:db8:2::11"), 30, wire.ViewState.SLOW_START
+        ),
+    ),
+)
+VIEW_HEX = (
+    "0100"
+    "0000"
+    "0002"
+    "00000007"  # format 1, flags, part 0 of 2, generation 7
+    "00"
+    "06"
+    "0050"
+    "c0000264"
+    "c000020b"
+    "00000000"
+    "01"
+    "01"  # v4, down, flows move
+    "03"
+    "11"
+    "0035"
+    "20010db8000200000000000000000100"
+    "20010db8000200000000000000000011"
+    "0000001e"
+    "03"
+    "00"  # weight 30, slow-start
+)
+
+
+def test_view_part_golden() -> None:
+    raw = wire.encode_view_part(VIEW_PART)
+    assert raw.hex() == VIEW_HEX
+    assert wire.decode_view_part(raw, 2) == VIEW_PART
+    h = Header(MsgType.HEALTH_VIEW, sender=7, epoch=1_790_000_000_000, seq=43, count=2)
+    dgram = wire.seal(KEY, h, raw)
+    assert dgram[: wire.HEADER.size].hex() == (
+        "43524d01070000020000000700000" + "1a0c4506c00000000000000002b"
+    )
+    assert wire.open_datagram(KEY, dgram) == (h, raw)
+
+
+def test_empty_view_is_one_empty_part() -> None:
+    (p,) = wire.split_view(3, [])
+    assert p == wire.ViewPart(3, 0, 1, ())
+    assert wire.encode_view_part(p).hex() == "01000000000100000003"
+
+
+@pytest.mark.parametrize(
+    ("hexed", "count", "reason"),
+    [
+        ("0100000000010000", 0, "truncated"),  # short header
+        ("0200000000010000000" + "3", 0, "version"),  # a newer view format
+        ("01000001000100000003", 0, "malformed"),  # part 1 of 1
+        ("01000000000100000003" + "0006", 1, "truncated"),
+        ("01000000000100000003" + "04060050", 1, "malformed"),  # family bits
+        ("01000000000100000003" + "00060050c0000264c000020b000000000901", 1, "malformed"),  # state
+        ("01000000000100000003" + "00", 0, "malformed"),  # bytes after the entries
+    ],
+)
+def test_bad_view_parts_get_their_drop_reason(hexed: str, count: int, reason: str) -> None:
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_view_part(bytes.fromhex(hexed), count)
+    assert exc.value.reason == reason
+
+
+def test_split_view_fills_datagrams_and_keeps_order() -> None:
+    entries = [
+        wire.ViewEntry(
+            ip("192.0.2.100"), 6, 80, ip(f"10.0.{i // 250}.{i % 250}"), i, wire.ViewState.UP
+        )
+        for i in range(500)
+    ]
+    parts = wire.split_view(9, entries)
+    assert len(parts) > 1 and {p.parts for p in parts} == {len(parts)}
+    assert [e for p in parts for e in p.entries] == entries
+    for p in parts:
+        h = Header(MsgType.HEALTH_VIEW, 1, 1, 1, len(p.entries))
+        assert len(wire.seal(KEY, h, wire.encode_view_part(p))) <= wire.MAX_DATAGRAM

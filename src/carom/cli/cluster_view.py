@@ -32,6 +32,37 @@ def render_cluster(c: dict[str, Any]) -> list[str]:
         f"stream, {bulk['seconds']} s; snapshots served {bulk['served']}"
         + (f"; error {bulk['error']}" if bulk["error"] else "")
     )
+    lines += render_view(c.get("health_view"))
     for t in c["transitions"][-3:]:
         lines.append(f"  {t['from']} -> {t['to']}: {t['reason']}")
+    return lines
+
+
+def render_view(v: dict[str, Any] | None) -> list[str]:
+    """Whose health view the tables follow, and where this node's own checks
+    disagree with it."""
+    if not v:
+        return []
+    ago = f", received {v['received_ms_ago']} ms ago" if v["received_ms_ago"] is not None else ""
+    if v["tables_from"] == "own checks":
+        pub = (
+            f"; publishes generation {v['published_generation']} "
+            f"({v['published_entries']} reals off their configured weight)"
+            if v["published_generation"] is not None
+            else ""
+        )
+        lines = [f"  health view: tables from this node's own checks{pub}"]
+    else:
+        how = "inherited at takeover, own checks soon" if "inherited" in v["tables_from"] else ""
+        lines = [
+            f"  health view: tables follow {v['peer']}'s ({v['entries']} reals off their "
+            f"configured weight{ago}{'; ' + how if how else ''}); local checks for status only"
+        ]
+    if v["unknown"]:
+        lines.append(f"    {v['unknown']} entries name services or reals this config lacks")
+    for d in v["disagree"]:
+        lines.append(
+            f"    local check: {d['service']} {d['real']} {d['local']}, "
+            f"tables follow the active: {d['tables']}"
+        )
     return lines

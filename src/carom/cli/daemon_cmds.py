@@ -179,6 +179,8 @@ def render_status(st: dict[str, Any]) -> str:
         "",
     ]
     totals: dict[int, dict[str, Any]] = {}
+    view = (st.get("cluster") or {}).get("health_view") or {}
+    following = view.get("tables_from", "own checks") != "own checks"
     for s in st["services"]:
         persist = f", persistence {s['persistence_timeout']}s" if s["persistence_timeout"] else ""
         ports = s.get("ports", s["port"])
@@ -194,7 +196,8 @@ def render_status(st: dict[str, Any]) -> str:
             detail = f"  ({r['detail']})" if r["state"] != "up" and r["detail"] else ""
             lines.append(f"  {r['address']:<22} w={r['weight']:<4} {r['state']:<10} {mac}{detail}")
             if r.get("health"):
-                lines.append(f"    {render_health(r['health'])}")
+                local = "local " if following else ""  # the tables follow the active's view
+                lines.append(f"    {local}{render_health(r['health'])}")
         if not s["reals"]:
             lines.append("  (no reals: new connections are dropped)")
     if totals:

@@ -36,6 +36,8 @@ def cmd_real(args: argparse.Namespace) -> int:
     else:
         applied = "" if reply.get("applied") else " (recorded; the apply failed: see the log)"
         print(f"{reply['text']}{applied}")
+        if reply.get("note"):
+            print(f"note: {reply['note']}")
     return 0
 
 

@@ -9,6 +9,7 @@ and flow control. The framing is the UDP one (cluster/wire.py: header, payload,
     joiner                                  peer (any role)
     BULK_REQUEST  epoch=nonce seq=1   --->  checks HMAC, member, source address
                   <---  BULK_CHUNK  epoch=nonce seq=1.. (records, count)
+                  <---  HEALTH_VIEW epoch=nonce seq=..n (the view its tables follow)
                   <---  BULK_DONE   epoch=nonce seq=n+1 payload u32 records sent
 
 The peer's frames carry the joiner's random 64-bit nonce as their epoch and
@@ -81,6 +82,9 @@ class BulkServer:
     me: int  # our node id
     members: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int]  # address -> id
     snapshot: Snapshot
+    # the health view the peer's tables follow, as HEALTH_VIEW payloads (none
+    # if it publishes none): a joiner is ready with the same tables at once
+    views: Callable[[], list[tuple[bytes, int]]] = list
     served: int = 0
     refused: dict[str, int] = field(default_factory=dict)
 
@@ -104,6 +108,13 @@ class BulkServer:
                 )
                 sent += count
                 await writer.drain()
+            for payload, count in self.views():
+                seq += 1
+                writer.write(
+                    frame(
+                        self.key, Header(MsgType.HEALTH_VIEW, self.me, nonce, seq, count), payload
+                    )
+                )
             seq += 1
             writer.write(
                 frame(self.key, Header(MsgType.BULK_DONE, self.me, nonce, seq), LEN.pack(sent))
@@ -153,8 +164,10 @@ async def pull(
     on_chunk: Callable[[bytes, int], None],
     progress: Progress,
     local: str | None = None,
+    on_view: Callable[[Header, bytes], None] | None = None,
 ) -> None:
-    """Request the peer's table and hand each chunk to `on_chunk` as it comes.
+    """Request the peer's table and hand each chunk to `on_chunk` as it comes
+    (and each part of its health view to `on_view`).
     `local`: our member address, which the peer checks the connection against.
     Raises BulkError (or OSError) if the peer does not deliver all of it."""
     nonce = secrets.randbits(63) | 1
@@ -180,6 +193,9 @@ async def pull(
             if header.type is MsgType.BULK_CHUNK:
                 on_chunk(payload, header.count)
                 progress.records += header.count
+            elif header.type is MsgType.HEALTH_VIEW:
+                if on_view is not None:
+                    on_view(header, payload)
             elif header.type is MsgType.BULK_DONE:
                 if len(payload) != LEN.size:
                     raise BulkError("malformed", "bulk done payload")

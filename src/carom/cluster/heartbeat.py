@@ -90,7 +90,7 @@ class Membership:
                 Candidate(
                     node_id=p.member.id,
                     priority=p.member.priority,
-                    active=hb.role == wire.Role.ACTIVE,
+                    active=hb.role == wire.Role.ACTIVE and not p.resigned,
                     ready=hb.ready and not p.resigned,
                     preempt=hb.preempt,
                 )
@@ -511,6 +511,7 @@ class HeartbeatNode:
                     "last_seen_ms": round((now - p.last_seen) * 1000) if p.last_seen else None,
                     "paths": {str(a): round((now - t) * 1000) for a, t in sorted(p.paths.items())},
                     "fingerprint_agrees": p.member.id not in self.mismatch,
+                    "fingerprint": p.heartbeat.fingerprint.hex() if p.heartbeat else None,
                 }
                 for p in self.members.peers.values()
             ],

@@ -92,21 +92,24 @@ class Candidate:
 def elect(candidates: Iterable[Candidate]) -> int | None:
     """The node id that should be active, among live nodes; None if nobody can be.
 
-    1. Only ready nodes can be elected.
+    1. Only ready nodes can be elected; a live active keeps the role even when
+       it is not ready (its tables differ from a peer's for a moment).
     2. A live active node keeps the role (no preemption by default), unless a
        ready node that ranks better has `preempt` set.
     3. Two nodes both claiming active (split brain after a partition heals):
        the better-ranked keeps it.
     4. Otherwise the best-ranked ready node: priority, then lower node id.
     """
+    candidates = list(candidates)
     ready = sorted((c for c in candidates if c.ready), key=Candidate.rank)
-    if not ready:
-        return None
-    actives = [c for c in ready if c.active]
+    # An active keeps the role even while its tables differ from a peer's (not
+    # ready): every table change reaches the peers a few ms apart, and a config
+    # mismatch is the operator's to fix (the fingerprint alarm); handing the
+    # role to the peer would move flows, or leave the VIPs without a director.
+    actives = sorted((c for c in candidates if c.active), key=Candidate.rank)
     if actives:
         incumbent = actives[0]  # best-ranked of those claiming active
-        challenger = ready[0]
-        if challenger.rank() < incumbent.rank() and challenger.preempt:
-            return challenger.node_id
+        if ready and ready[0].rank() < incumbent.rank() and ready[0].preempt:
+            return ready[0].node_id
         return incumbent.node_id
-    return ready[0].node_id
+    return ready[0].node_id if ready else None

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ from carom.bpf import libbpf
 from carom.cluster import bulk, codec, source, sync, wire
 from carom.cluster.heartbeat import HeartbeatNode, Peer
 from carom.cluster.roles import State, Transition
+from carom.cluster.views import HealthViews
 from carom.cluster.watch import Watches
 from carom.cluster.wire import ConnRecord, Header, MsgType, Op, WireError
 from carom.config.cluster import Cluster
@@ -85,7 +87,7 @@ def maglev_digest(rec: Any) -> bytes:
     return h.digest()
 
 
-class ClusterService(Watches):
+class ClusterService(Watches, HealthViews):
     """One director's part of the cluster protocol (a daemon task)."""
 
     def __init__(self, host: Host, cluster: Cluster) -> None:
@@ -119,11 +121,16 @@ class ClusterService(Watches):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._real_map: codec.RealMap | None = None
         self._real_map_of: object = None
+        self._init_views()
+        # the daemon's "put the VIPs on lo", run once this node's role is decided
+        self.when_decided: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self.decided = False
         self.server = bulk.BulkServer(
             self.key,
             cluster.me.id,
             {a: m.id for m in cluster.peers for a in m.addresses},
             self._snapshot,
+            views=self.view_frames,
         )
 
     # --- the data plane follows the role ----------------------------------------------
@@ -171,6 +178,7 @@ class ClusterService(Watches):
         if t.new is State.SYNCING:
             self.bulk_done = False
             self._start_pull()
+        self._views_on_role(t)
 
     def _end_grace(self) -> None:
         self._grace = None
@@ -268,6 +276,9 @@ class ClusterService(Watches):
         return self._real_map
 
     def _on_message(self, peer: Peer, header: Header, payload: bytes) -> None:
+        if header.type is MsgType.HEALTH_VIEW:
+            self._on_view(peer, header, payload)
+            return
         if header.type is not MsgType.CONN_SYNC:
             self.stats["unexpected_type"] += 1
             return
@@ -351,6 +362,7 @@ class ClusterService(Watches):
                     chunk,
                     self.progress,
                     local=self._local_for(peer),
+                    on_view=functools.partial(self._on_view, peer),
                 )
             except (bulk.BulkError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 self.progress.state, self.progress.error = "failed", str(exc)
@@ -453,6 +465,9 @@ class ClusterService(Watches):
                 tg.create_task(self._watch_links(), name="cluster-links")
                 tg.create_task(self._probe_while_held(), name="cluster-vip-probe")
                 tg.create_task(self._watch_peer_hosts(), name="cluster-peer-hosts")
+                tg.create_task(self._view_refresh(), name="cluster-view-refresh")
+                tg.create_task(self._view_apply(), name="cluster-view-apply")
+                tg.create_task(self._until_decided(), name="cluster-vips-on-lo")
         finally:
             for s in servers:
                 s.close()
@@ -460,6 +475,27 @@ class ClusterService(Watches):
                 self._pull.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pull
+
+    async def _until_decided(self) -> None:
+        """Run when_decided once some director forwards: this node is active,
+        or a backup with a live active peer (which may schedule flows to it).
+        Until then nobody forwards (both directors restarted) and the router
+        still sends VIP traffic to the old active: with no VIP on lo its stack
+        drops it (the clients retransmit) instead of resetting flows it does
+        not serve."""
+        while not self.decided:
+            st = self.node.machine.state
+            peer_active = any(
+                p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE
+                for p in self.node.members.live_peers(time.monotonic())
+            )
+            if st is State.ACTIVE or (st is State.BACKUP and peer_active):
+                self.decided = True
+                log.info("role decided: putting the VIPs on lo", extra={"role": st.value})
+                if self.when_decided is not None:
+                    await self.when_decided()
+                return
+            await asyncio.sleep(0.02)
 
     async def _count_conns(self) -> None:
         while True:
@@ -479,6 +515,7 @@ class ClusterService(Watches):
                 "forwarding": self.forwarding,
                 "fingerprint": self.digest.hex(),
                 "fingerprints_agree": not self.node.mismatch,
+                "health_view": self.view_status(self.host.config),
                 "sync": {
                     "source": self.source.name if self.source else None,
                     "source_lost": self.source.lost if self.source else 0,

@@ -21,6 +21,16 @@ for IPv4 and 60 for IPv6:
 
     op 1 (UPSERT/DELETE) | fam 1 (bit0 flow v6, bit1 real v6) | proto 1 | 0 1
     src 4|16  dst 4|16  sport 2  dport 2  real 4|16  idle_ms 4
+
+A health view (HEALTH_VIEW) is the active director's weight and state of every
+(service, real) whose values are not the configured ones, so every node builds
+the same Maglev tables (cluster/health_view.py). A view may take several
+datagrams (parts); the receiver applies it only once it holds every part:
+
+    format 1 (VIEW_FORMAT) | flags 1 (0) | part 2 | parts 2 | generation 4
+    entries (count in the header):
+      fam 1 (bit0 VIP v6, bit1 real v6) | proto 1 | port 2 | vip 4|16 | real 4|16
+      weight 4 | state 1 (ViewState) | flags 1 (bit0: the real's flows move)
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ class MsgType(enum.IntEnum):
     BULK_CHUNK = 4  # part of a snapshot (connection records)
     BULK_DONE = 5  # end of a snapshot; payload: u32 records sent in it
     RESIGN = 6  # planned switchover: the sender gives up the active role now
+    HEALTH_VIEW = 7  # part of the active's health view: weights and states per real
 
 
 class Op(enum.IntEnum):
@@ -274,3 +285,126 @@ class ReplayWindow:
             return "replay"
         self.seen |= 1 << back
         return None
+
+
+# --- the health view ------------------------------------------------------------------
+
+VIEW_FORMAT = 1
+VIEW_HEAD = struct.Struct("!BBHHI")  # format, flags, part, parts, generation
+VIEW_TAIL = struct.Struct("!IBB")  # weight, state, flags
+VIEW_MOVE = 1  # entry flag: a down real's established flows move to live reals
+
+
+class ViewState(enum.IntEnum):
+    """A real's state in a health view (the names are those of `carom status`)."""
+
+    UP = 0
+    DOWN = 1
+    DRAINED = 2
+    SLOW_START = 3
+    HELD = 4
+
+    @property
+    def text(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, text: str) -> ViewState:
+        return cls[text.upper().replace("-", "_")]
+
+
+@dataclass(frozen=True)
+class ViewEntry:
+    """One (service, real) of a health view."""
+
+    vip: Address  # the service's VIP
+    proto: int  # its IP protocol (6, 17)
+    port: int  # its port (the first of a multi-port service; 0: all ports)
+    real: Address  # the real's address
+    weight: int  # the Maglev weight the active uses (0: no new flows)
+    state: ViewState  # up, down, drained, slow-start, held
+    move: bool = False  # down, and its established flows move (down_flows: reschedule)
+
+    @property
+    def size(self) -> int:
+        return view_entry_size(self.vip.version, self.real.version)
+
+
+@dataclass(frozen=True)
+class ViewPart:
+    """One datagram's worth of a health view."""
+
+    generation: int  # the sender's view number (per sender epoch); +1 per change
+    part: int  # 0 .. parts-1
+    parts: int  # datagrams the whole view takes (>= 1; an empty view is one empty part)
+    entries: tuple[ViewEntry, ...]
+
+
+def view_entry_size(vip_version: int, real_version: int) -> int:
+    return 4 + (4 if vip_version == 4 else 16) + (4 if real_version == 4 else 16) + VIEW_TAIL.size
+
+
+def encode_view_part(p: ViewPart) -> bytes:
+    if not 0 <= p.part < p.parts <= 0xFFFF:
+        raise ValueError(f"view part {p.part} of {p.parts}")
+    out = [VIEW_HEAD.pack(VIEW_FORMAT, 0, p.part, p.parts, p.generation & 0xFFFFFFFF)]
+    for e in p.entries:
+        fam = (1 if e.vip.version == 6 else 0) | (2 if e.real.version == 6 else 0)
+        out.append(struct.pack("!BBH", fam, e.proto, e.port) + e.vip.packed + e.real.packed)
+        out.append(VIEW_TAIL.pack(e.weight, e.state, VIEW_MOVE if e.move else 0))
+    return b"".join(out)
+
+
+def decode_view_part(payload: bytes, count: int) -> ViewPart:
+    """A HEALTH_VIEW payload; WireError (dropped and counted) if it is not one
+    this node understands, a newer format included."""
+    if len(payload) < VIEW_HEAD.size:
+        raise WireError("truncated", "health view header")
+    fmt, _flags, part, parts, generation = VIEW_HEAD.unpack_from(payload)
+    if fmt != VIEW_FORMAT:
+        raise WireError("version", f"health view format {fmt}, this node reads {VIEW_FORMAT}")
+    if not part < parts:
+        raise WireError("malformed", f"health view part {part} of {parts}")
+    off = VIEW_HEAD.size
+    entries: list[ViewEntry] = []
+    ip = ipaddress.ip_address
+    for i in range(count):
+        if len(payload) - off < 4:
+            raise WireError("truncated", f"health view entry {i}")
+        fam, proto, port = struct.unpack_from("!BBH", payload, off)
+        if fam > 3:
+            raise WireError("malformed", f"health view entry {i}: family bits {fam}")
+        alen, rlen = (16 if fam & 1 else 4), (16 if fam & 2 else 4)
+        end = off + 4 + alen + rlen + VIEW_TAIL.size
+        if len(payload) < end:
+            raise WireError("truncated", f"health view entry {i}")
+        p = off + 4
+        vip, real = ip(payload[p : p + alen]), ip(payload[p + alen : p + alen + rlen])
+        weight, state, flags = VIEW_TAIL.unpack_from(payload, p + alen + rlen)
+        if state not in ViewState.__members__.values():
+            raise WireError("malformed", f"health view entry {i}: state {state}")
+        entries.append(
+            ViewEntry(vip, proto, port, real, weight, ViewState(state), bool(flags & VIEW_MOVE))
+        )
+        off = end
+    if off != len(payload):
+        raise WireError("malformed", f"{len(payload) - off} bytes after the last view entry")
+    return ViewPart(generation, part, parts, tuple(entries))
+
+
+def split_view(
+    generation: int, entries: list[ViewEntry], room: int = MAX_DATAGRAM
+) -> list[ViewPart]:
+    """A whole view as parts that each fit one datagram (an empty view: one part)."""
+    room -= HEADER.size + MAC_LEN + VIEW_HEAD.size
+    groups: list[list[ViewEntry]] = [[]]
+    used = 0
+    for e in entries:
+        if used + e.size > room and groups[-1]:
+            groups.append([])
+            used = 0
+        groups[-1].append(e)
+        used += e.size
+    if len(groups) > 0xFFFF:
+        raise ValueError(f"a health view of {len(entries)} entries needs {len(groups)} parts")
+    return [ViewPart(generation, i, len(groups), tuple(g)) for i, g in enumerate(groups)]

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from carom import abi
 from carom.bpf import loader
 from carom.bpf.loader import Dataplane
-from carom.cluster.service import ClusterService
+from carom.cluster.service import ClusterService, maglev_digest
 from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
@@ -206,7 +206,15 @@ class Daemon:
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
         await self.health.plan(config)
         started = time.monotonic()
-        await self._vips_on_lo(config, [])
+        if self.cluster is None:
+            await self._vips_on_lo(config, [])
+        else:
+            # Not before the cluster has decided this node's role: a node that
+            # restarts while no director forwards (both restarted) must not
+            # answer for flows it does not serve, which the router still sends
+            # to it: with no VIP on lo they are dropped and retransmitted until
+            # the new active forwards them (docs/cluster.md, "Both restarted").
+            self.cluster.when_decided = self._cluster_vips_on_lo
         if config.node.role == "active" and config.cluster is None:
             # The program attached by apply() schedules only under a running lease
             # (bpf/lease.h); a lone active director holds one from the start, so
@@ -260,6 +268,10 @@ class Daemon:
         assert self.dp is not None
         self.dp["lease"].update(0, deadline_ns)
 
+    async def _cluster_vips_on_lo(self) -> None:
+        if self.config is not None:
+            await self._vips_on_lo(self.config, [])
+
     async def _vips_on_lo(self, config: Config, old: list[abi.IPAddress]) -> None:
         """This node is a real server too: its VIPs live on lo (field note 3)."""
         if not config.node.vips_on_lo:
@@ -295,15 +307,15 @@ class Daemon:
         fault = self.fault
         t0 = time.monotonic()
         health_in = await self.health.inputs(config) if self.health else Inputs()
+        cluster = self.cluster
+        if cluster is not None:  # a backup's tables follow the active's health view
+            health_in = cluster.health_inputs(config, health_in)
         timing = self.apply_phases = {"health": time.monotonic() - t0}
 
-        def work() -> tuple[int, Desired]:
+        def work() -> tuple[int, Desired, Inputs, bytes | None]:
             t1 = time.monotonic()
-            want = rec.desired(
-                config,
-                neighbours,
-                with_cluster(health_in, inputs_of(config, neighbours, down_hosts)),
-            )
+            inputs = with_cluster(health_in, inputs_of(config, neighbours, down_hosts))
+            want = rec.desired(config, neighbours, inputs)
             t2 = time.monotonic()
             timing["desired"] = t2 - t1
             tx: Transaction = rec.write(want)
@@ -323,10 +335,10 @@ class Daemon:
                     f"{exc} (after {writes} map writes); {what}", step, writes, not errors
                 ) from exc
             rec.commit(want, tx)
-            return tx.writes, want
+            return tx.writes, want, inputs, maglev_digest(rec) if cluster is not None else None
 
         try:
-            result: tuple[int, Desired] = await self.in_worker(work)
+            writes, desired, inputs, digest = await self.in_worker(work)
         except ApplyError as exc:
             if not exc.clean:
                 # The maps are not what either image says: read them back so the
@@ -334,7 +346,9 @@ class Daemon:
                 await self.in_worker(rec.adopt)
                 log.error("rollback incomplete; re-read the maps", extra={"error": str(exc)})
             raise
-        return result
+        if cluster is not None:  # the fingerprint, and the view the active publishes
+            cluster.tables_applied(config, inputs, digest)
+        return writes, desired
 
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
@@ -516,7 +530,7 @@ class Daemon:
         self.follower.forget_unused(addrs)
         if self.health is not None:
             await self.health.plan(new)
-        if old_vips != vips_of(new):
+        if old_vips != vips_of(new) and (self.cluster is None or self.cluster.decided):
             await self._vips_on_lo(new, old_vips)
         if self.cluster is not None:
             self.cluster.config_changed()
@@ -604,7 +618,14 @@ class Daemon:
             self.stop_event.set()
             return {"ok": True, "detach": self.stop_request.detach}
         if cmd in health_task.COMMANDS and self.health is not None:
-            return await self.health.handle(req)
+            reply = await self.health.handle(req)
+            if self.cluster is not None and self.cluster.view_following and reply.get("ok"):
+                reply["note"] = (
+                    f"this node's tables follow {self.cluster.view_from}'s health view: the "
+                    "override is kept here and shapes them once this node is active; run it "
+                    "on the active director to change the tables now"
+                )
+            return reply
         if cmd == "explain":
             assert self.dp is not None and self.rec is not None
             fps = expected_fingerprints(self.rec)

@@ -8,13 +8,8 @@ Used by tests/integration/test_failover.py and `carom lab failover`.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,13 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carom import abi
-from carom.bpf import libbpf
-from carom.bpf.maps import TypedMap
 from carom.config.cluster import DEFAULT_PORT
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
+from carom.lab.failover_traffic import ForwarderWatch, Held, Prober, forwarded, quit_helper
 from carom.lab.lab import Lab
+
+__all__ = [
+    "ClusterRun",
+    "ForwarderWatch",
+    "Held",
+    "Prober",
+    "Result",
+    "cluster_config",
+    "forwarded",
+    "quit_helper",
+    "run_failover",
+]
 
 PRIORITY = {t.DIR1.name: 200, t.DIR2.name: 100}
 HEARTBEAT_MS = 100
@@ -51,10 +56,13 @@ def write_key(state_dir: str | Path = t.DEFAULT_STATE_DIR) -> Path:
     return path
 
 
-def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -> dict[str, Any]:
+def cluster_config(
+    node: str, preempt: bool = True, election: str = "builtin", **service: Any
+) -> dict[str, Any]:
     """The config of one director: every service balanced over the three reals
     and both directors (each director's own entry is `local`), and the cluster
-    section. The same file on both directors but for `node` and `local`."""
+    section. The same file on both directors but for `node` and `local`.
+    `service`: more fields for every service (a health check, down_flows)."""
 
     def reals(v6: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -70,6 +78,8 @@ def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -
         {"name": "banner", "vip": str(t.VIP4), "port": t.BANNER_PORT, "reals": reals(False)},
         {"name": "web6", "vip": str(t.VIP6), "port": t.HTTP_PORT, "reals": reals(True)},
     ]
+    for svc in services:
+        svc.update(service)
     members = [
         {
             "name": d.short,
@@ -89,120 +99,6 @@ def cluster_config(node: str, preempt: bool = True, election: str = "builtin") -
         "election": election,
     }
     return lab_config(node, services=services, cluster=cluster)
-
-
-def quit_helper(proc: subprocess.Popen[str]) -> None:
-    """End a lab helper process we started: `quit` on its stdin, kill if it hangs."""
-    if proc.poll() is not None:
-        return
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write("quit\n")
-        proc.stdin.flush()
-        proc.wait(5)
-    except (OSError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait()
-
-
-class Held:
-    """Long-lived connections from one client (carom.lab.holdclient)."""
-
-    def __init__(self, lab: Lab, client: str, banner: int, http: int, vip: str = str(t.VIP4)):
-        self.proc = lab.popen(
-            client,
-            [
-                sys.executable,
-                "-m",
-                "carom.lab.holdclient",
-                "--vip",
-                vip,
-                "--banner",
-                str(banner),
-                "--http",
-                str(http),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        first = self._line()
-        self.conns: list[dict[str, Any]] = first["connected"]
-        self.client = client
-        self.failed: dict[int, str] = {}  # index -> first error
-
-    def _line(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"holdclient exited ({self.proc.poll()})")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def ping(self) -> list[dict[str, Any]]:
-        """One round trip on every connection; failures and moves are kept in
-        `failed` (first error per connection), the raw results returned."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("ping\n")
-        self.proc.stdin.flush()
-        results: list[dict[str, Any]] = self._line()["ping"]
-        for i, r in enumerate(results):
-            if not r["ok"]:
-                self.failed.setdefault(i, r["error"])
-            elif r["server"] != self.conns[i]["server"]:
-                self.failed.setdefault(i, f"moved to {r['server']}")
-        return results
-
-    def lost(self) -> list[str]:
-        return [
-            f"{self.client} {self.conns[i]['kind']} port {self.conns[i]['local_port']} "
-            f"on {self.conns[i]['server']}: {err}"
-            for i, err in sorted(self.failed.items())
-        ]
-
-    def close(self) -> None:
-        quit_helper(self.proc)
-
-
-class Prober:
-    """New connections every 20 ms from a client (carom.lab.prober)."""
-
-    def __init__(self, lab: Lab, client: str, every: float = 0.02) -> None:
-        self.proc = lab.popen(
-            client,
-            [sys.executable, "-m", "carom.lab.prober", "--vip", str(t.VIP4), "--every", str(every)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        json.loads(self.proc.stdout.readline())
-        self.every = every
-
-    def attempts(self) -> list[tuple[float, bool, str]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("dump\n")
-        self.proc.stdin.flush()
-        return [tuple(a) for a in json.loads(self.proc.stdout.readline())["attempts"]]
-
-    def outage_ms(self, since: float, until: float) -> tuple[float, int]:
-        """How long after `since` new connections were not served reliably: up to
-        the first success after the last failure (or, with no failure, the longest
-        gap between successes), and how many attempts failed."""
-        att = [a for a in self.attempts() if since <= a[0] <= until]
-        failed = [a[0] for a in att if not a[1]]
-        ok = [a[0] for a in att if a[1]]
-        if failed:
-            after = [s for s in ok if s > failed[-1]]
-            end = after[0] if after else until
-            return round((end - since) * 1000, 1), len(failed)
-        worst, last = 0.0, since
-        for s in ok:
-            worst, last = max(worst, s - last), s
-        return round(max(0.0, worst - self.every) * 1000, 1), 0
-
-    def close(self) -> None:
-        quit_helper(self.proc)
 
 
 @dataclass
@@ -254,17 +150,19 @@ class ClusterRun:
             f"{node} did not become {role} in {timeout}s: {c}\n{self.dirs[node].log()[-3000:]}"
         )
 
-    def start(self, preempt: bool = True, election: str = "builtin") -> None:
+    def start(self, preempt: bool = True, election: str = "builtin", **service: Any) -> None:
+        """Both directors up, dir1 active and dir2 synced; `service`: more fields
+        for every service (see cluster_config)."""
         write_key()
         for d in self.dirs.values():
             d.remove()
         d1, d2 = t.DIR1.name, t.DIR2.name
-        self.dirs[d1].start(cluster_config(d1, preempt, election))
+        self.dirs[d1].start(cluster_config(d1, preempt, election, **service))
         if election == "builtin":
             self.wait_role(d1, "active")
         else:
             self.wait_role(d1, "backup")  # keepalived has not spoken yet
-        self.dirs[d2].start(cluster_config(d2, preempt, election))
+        self.dirs[d2].start(cluster_config(d2, preempt, election, **service))
         self.wait_role(d2, "backup", bulk=True)
         if election == "keepalived":
             from carom.lab.keepalived import Keepalived
@@ -316,12 +214,33 @@ class ClusterRun:
     def lost(self) -> list[str]:
         return [x for h in self.held for x in h.lost()]
 
-    def _scenario(self, name: str, act: Callable[[], None], watch_s: float = 3.0) -> Result:
+    def _scenario(
+        self, name: str, act: Callable[[], None], watch_s: float = 3.0, ping_during: bool = False
+    ) -> Result:
+        """Run `act` under the long-lived flows (pinged every 100 ms during it
+        too with `ping_during`, else only before and after) and the prober."""
         before = set(self.lost())
         flows = sum(len(h.conns) - len(h.failed) for h in self.held)
         self.ping_for(0.3)
         at = time.monotonic()
-        act()
+        if ping_during:
+            stop = threading.Event()
+
+            def ping() -> None:
+                while not stop.is_set():
+                    for h in self.held:
+                        h.ping()
+                    stop.wait(0.1)
+
+            pinger = threading.Thread(target=ping, name="pings", daemon=True)
+            pinger.start()
+            try:
+                act()
+            finally:
+                stop.set()
+                pinger.join()
+        else:
+            act()
         self.ping_for(watch_s)
         lost = [x for x in self.lost() if x not in before]
         res = Result(name, flows, lost)
@@ -483,6 +402,90 @@ class ClusterRun:
         self.say(f"  both directors forwarded for at most {res.two_forwarders_s} s")
         return res
 
+    def scenario_restart_both(self, gap_s: float = 0.4, reboot: bool = True) -> Result:
+        """5c: both directors restarted within `gap_s` (< 0.5 s), as a reboot
+        leaves them: daemons killed, data planes gone (empty connection
+        tables), VIPs off lo; the flows are pinged throughout. With `reboot`
+        False (5d) only the daemons restart: they adopt their data planes,
+        connection tables included, and the VIPs stay on lo. No director
+        forwards until the new active is elected; the router keeps sending
+        to the old active, whose stack (no VIP yet) drops what it gets, and
+        the clients retransmit. With empty tables on both, a flow survives
+        only if Maglev sends it to the real it was on: it does whenever the
+        tables equal those before the restart. A flow that moved while the
+        tables differ is explained ("never synced and table changed"), and so
+        is, after a reboot, a flow served by a restarted director itself (its
+        host restarted: in the lab its server lives on, but its VIP was gone
+        for seconds, and the server's own retransmissions may come too late
+        for the client's 5 s); any other loss is not."""
+        active = next(n for n in self.dirs if self.cluster(n)["role"] == "active")
+        other = next(n for n in self.dirs if n != active)
+        fp_before = self.cluster(active)["fingerprint"]
+        watch = ForwarderWatch()
+        started: dict[str, float] = {}
+        errors: list[BaseException] = []
+
+        def start(node: str) -> None:
+            started[node] = time.monotonic()
+            try:
+                self.dirs[node].start()
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        def restart() -> None:
+            for node in (active, other):
+                self.kill(node)
+            # what a reboot loses, the VIPs first: a data plane gone while the
+            # VIP is still on lo would let the stack reset every flow it gets
+            for node in (active, other) if reboot else ():
+                self.lab.exec(node, ["ip", "addr", "del", f"{t.VIP4}/32", "dev", "lo"])
+                self.lab.exec(node, ["ip", "-6", "addr", "del", f"{t.VIP6}/128", "dev", "lo"])
+            for node in (active, other) if reboot else ():
+                self.dirs[node].carom("detach", "-c", str(self.dirs[node].config_path))
+            threads = [threading.Thread(target=start, args=(n,)) for n in (active, other)]
+            threads[0].start()
+            time.sleep(gap_s)
+            threads[1].start()
+            for th in threads:
+                th.join()
+            if errors:
+                raise errors[0]
+            deadline = time.monotonic() + 15.0
+            roles: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                roles = {n: self.cluster(n)["role"] for n in self.dirs}
+                if sorted(roles.values()) == ["active", "backup"]:
+                    return
+                time.sleep(0.05)
+            raise RuntimeError(f"no active and backup after the restart: {roles}")
+
+        try:
+            name = "5c both directors restarted" if reboot else "5d both daemons restarted"
+            res = self._scenario(name, restart, 3.0, ping_during=True)
+        finally:
+            res_two = watch.stop()
+        res.two_forwarders_s = res_two
+        gap = abs(started[other] - started[active])
+        now_active = next(n for n in self.dirs if self.cluster(n)["role"] == "active")
+        fp_after = self.cluster(now_active)["fingerprint"]
+        same = fp_after == fp_before
+        explained = [x for x in res.lost if not same and ": moved to " in x]
+        on_host = [
+            x
+            for x in res.lost
+            if reboot and x not in explained and (f" on {active}:" in x or f" on {other}:" in x)
+        ]
+        res.lost = [x for x in res.lost if x not in explained and x not in on_host]
+        res.notes.append(
+            f"restarted {gap:.2f} s apart, {now_active} active after; tables "
+            f"{'equal to' if same else 'DIFFERENT from'} those before; both forwarded for at "
+            f"most {res.two_forwarders_s} s; lost: {len(explained)} moved with the tables, "
+            f"{len(on_host)} served by a restarted director itself (explained), "
+            f"{len(res.lost)} unexplained"
+        )
+        self.say(f"  {res.notes[-1]}")
+        return res
+
     def scenario_switchover(self) -> Result:
         """4: planned switchover from the active to the backup."""
         d1, d2 = t.DIR1.name, t.DIR2.name
@@ -494,54 +497,6 @@ class ClusterRun:
             self.wait_role(d2, "active", timeout=5.0)
 
         return self._scenario("4 planned switchover", switch, watch_s=2.0)
-
-
-def forwarded(node: t.Node) -> int:
-    """Frames this director's data plane has scheduled (to a remote real or to its
-    own stack as a real), read from its pinned `stats` map: works whether or not
-    its daemon runs, or is frozen."""
-    fd = libbpf.obj_get(os.path.join(t.LAB_BPFFS, "carom", node.short, "stats"))
-    try:
-        info = libbpf.map_info(fd)
-        m = TypedMap("stats", fd, info.type, info.max_entries, ctypes.c_uint32, ctypes.c_uint64)
-        return sum(
-            int(m.sum(int(c)) or 0) for c in (abi.Counter.TX_DSR, abi.Counter.PASS_LOCAL_REAL)
-        )
-    finally:
-        os.close(fd)
-
-
-class ForwarderWatch:
-    """Samples both directors' scheduling counters every `every` s in a thread:
-    how long, at most, both scheduled traffic in the same windows."""
-
-    def __init__(self, every: float = 0.1) -> None:
-        self.every = every
-        self.samples: list[tuple[float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            # a data plane being replaced or removed: no sample this time
-            with contextlib.suppress(OSError):
-                self.samples.append((time.monotonic(), forwarded(t.DIR1), forwarded(t.DIR2)))
-            time.sleep(self.every)
-
-    def stop(self) -> float:
-        """The longest stretch (seconds) of consecutive windows in which both
-        directors scheduled at least one frame."""
-        self._stop.set()
-        self._thread.join()
-        longest = run = 0.0
-        for (t0, a0, b0), (t1, a1, b1) in zip(self.samples, self.samples[1:], strict=False):
-            if a1 > a0 and b1 > b0:
-                run += t1 - t0
-                longest = max(longest, run)
-            else:
-                run = 0.0
-        return round(longest, 2)
 
 
 def run_failover(say: Callable[[str], None] = print, keep: bool = False) -> int:

@@ -8,7 +8,7 @@ source of every check."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -304,3 +304,51 @@ def status_snapshot_values(st: Mapping[str, Any]) -> dict[str, Any]:
         "drop_loop": st.get("counters", {}).get("drop_loop", 0),
         "active": (st.get("ownership") or {}).get("active", st.get("role") == "active"),
     }
+
+
+# --- the cluster (issue 9: both directors build identical tables) -------------------
+
+
+def judge_fingerprints(
+    report: Report,
+    reads: Sequence[Mapping[str, Any]],
+    unresolved: Iterable[str] = (),
+) -> None:
+    """`reads`: the `cluster` part of two or more status reads, a few seconds
+    apart; a peer whose tables differ in every read is a finding (one read
+    alone may catch a health change on its way through the cluster).
+    `unresolved`: reals this node has no MAC for (out of its tables)."""
+    last = reads[-1]
+    ours = str(last.get("fingerprint"))
+    live = [p for p in last.get("peers", []) if p.get("alive")]
+    if not live:
+        report.skipped.append("fingerprints: no live peer director to compare tables with")
+        return
+    for peer in live:
+        name = peer["name"]
+        theirs = []
+        for r in reads:
+            p = next((x for x in r.get("peers", []) if x.get("name") == name), None)
+            theirs.append(
+                p is not None and p.get("fingerprint") not in (None, r.get("fingerprint"))
+            )
+        if not all(theirs):
+            report.passed.append(f"fingerprints: Maglev tables equal to {name}'s ({ours[:12]})")
+            continue
+        missing = sorted(set(unresolved))
+        hint = (
+            f"; this node has no MAC for {', '.join(missing)} (out of its tables): "
+            "`carom status` says why, the peer may resolve them"
+            if missing
+            else ""
+        )
+        report.find(
+            "fingerprints",
+            f"this node's Maglev tables differ from {name}'s (ours {ours[:12]}, theirs "
+            f"{str(peer.get('fingerprint'))[:12]}): after a takeover, flows not synced yet "
+            "would move to other reals, and neither node counts as ready to take over",
+            "make the services and their reals (address, weight) the same in both configs "
+            "(only `local` and cluster.node differ), then `carom reload`; `carom status` on "
+            "each shows every service's table fingerprint: the service whose differs is the "
+            f"one{hint}",
+        )

@@ -280,7 +280,26 @@ def run(cfg: Config, socket_path: str) -> c.Report:
             "start it (`carom run -c CONFIG` or `systemctl start carom@INSTANCE`); the "
             "data-plane checks need it",
         )
-    if cfg.cluster is not None:
-        report.skipped.append("fingerprints: comparing the cluster's tables is not written yet")
-    probe(cfg, first, report, status)
+    reads: list[dict[str, Any]] = []
+
+    def status_kept() -> dict[str, Any] | None:
+        st = status()
+        if st is not None and st.get("cluster"):
+            reads.append(st["cluster"])
+        return st
+
+    if first is not None and first.get("cluster"):
+        reads.append(first["cluster"])
+    probe(cfg, first, report, status_kept)
+    if cfg.cluster is not None and first is not None:
+        if not reads:
+            report.skipped.append("fingerprints: the daemon reports no cluster state")
+        else:
+            unresolved = {
+                r["address"]
+                for s in (first.get("services") or [])
+                for r in s["reals"]
+                if r.get("state") == "unresolved"
+            }
+            c.judge_fingerprints(report, reads, unresolved)
     return report
