@@ -25,7 +25,7 @@
 #include "parse.h"
 #include "stats.h"
 
-/* The tuple of the record: the packet's, with the ports read from the frame
+/* The tuple of the record: the packet's, with its protocol, and the ports read from the frame
  * when the decision came before the transport header was parsed (a backup's
  * pass, say), so a port filter and the printed line see them too. */
 static __always_inline void trace_key(void *data, void *end, const struct packet *p,
@@ -35,6 +35,7 @@ static __always_inline void trace_key(void *data, void *end, const struct packet
 	__u16 *ports;
 
 	*key = p->flow;
+	key->proto = p->l4_proto; /* the key's is set with the ports (parse_l4) */
 	if (key->sport || key->dport || p->fragment ||
 	    (p->l4_proto != IPPROTO_TCP && p->l4_proto != IPPROTO_UDP))
 		return;
