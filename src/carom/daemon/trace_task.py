@@ -144,14 +144,16 @@ class TraceTask:
             while True:
                 await asyncio.sleep(DRAIN_S)
                 ring.consume()
+                batch = []
                 if events:
                     services, reals = self._names()
                     batch = [from_event(e, offset, services, reals).to_json() for e in events]
                     events.clear()
                     for record in batch:
                         await send({"record": record})
-                if time.monotonic() >= next_stats:
-                    next_stats += STATS_S
+                # after records (so a short trace ends with its counts) and every second
+                if batch or time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_S
                     sampled = self._count(abi.Counter.TRACE_SAMPLED) - base[0]
                     dropped = self._count(abi.Counter.TRACE_DROPPED) - base[1]
                     await send({"stats": {"sampled": sampled, "dropped": dropped}})
