@@ -73,9 +73,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
             replies.close()  # the daemon switches tracing off
         if pcap_file is not None:
             pcap_file.close()
+    lost = stats.get("dropped", "?")
     print(
         f"{shown} shown; the data plane sampled {stats.get('sampled', '?')} decisions, "
-        f"{stats.get('dropped', '?')} lost (trace ring full: raise --sample)",
+        f"{lost} lost"
+        + (
+            " (the trace ring was full: raise --sample or narrow the filter)"
+            if isinstance(lost, int) and lost
+            else ""
+        ),
         file=sys.stderr,
     )
     return 0
