@@ -118,3 +118,19 @@ def test_pcap_reads_back(tmp_path: Path) -> None:
     assert bytes(frames[0]) == frame[:128] and frames[0].wirelen == len(frame)
     assert frames[0][TCP].dport == 80 and frames[0][Ether].dst == "02:00:00:00:00:12"
     assert float(frames[0].time) == 5.0
+
+
+def test_trace_request_checked_before_anything_is_switched_on() -> None:
+    from carom.daemon.trace_task import MAX_ONE_IN, setting_of
+
+    s = setting_of({"command": "trace", "sample": 100, "host": CLIENT, "port": 80})
+    assert (s.one_in, str(s.host), s.port) == (100, CLIENT, 80)
+    assert setting_of({"command": "trace"}).one_in == 1
+    for bad, error in (
+        ({"sample": 0}, "sample 0"),
+        ({"sample": MAX_ONE_IN + 1}, "one decision in N"),
+        ({"port": 70000}, "not a port number"),
+        ({"host": "web"}, "not an IP address"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            setting_of({"command": "trace", **bad})

@@ -107,17 +107,22 @@ class TraceTask:
         return control.Stream(first, lambda send: self._pump(send, setting), LEASE_S, self.stop)
 
     def _names(self) -> tuple[dict[int, str], dict[int, str]]:
-        """Service and real names by id, rebuilt when an apply changed them."""
+        """Service and real names by id, rebuilt when an apply changed them (a
+        reload commits in the worker thread: a table caught mid-change is read
+        again at the next drain)."""
         rec, config = self.daemon.rec, self.daemon.config
         assert rec is not None and config is not None
         if self._names_of is not rec.last:
-            self._names_of = rec.last
-            self._services = {}
-            for svc in config.services:
-                info = rec.current.services.get(svc_ident(svc))
-                if info is not None:
-                    self._services[int(info.id)] = svc.display_name
-            self._reals = {rid: str(addr) for addr, rid in rec.real_ids.items()}
+            try:
+                services = {}
+                for svc in config.services:
+                    info = rec.current.services.get(svc_ident(svc))
+                    if info is not None:
+                        services[int(info.id)] = svc.display_name
+                reals = {rid: str(addr) for addr, rid in list(rec.real_ids.items())}
+            except RuntimeError:  # changed size during iteration
+                return self._services, self._reals
+            self._names_of, self._services, self._reals = rec.last, services, reals
         return self._services, self._reals
 
     def _count(self, counter: abi.Counter) -> int:
