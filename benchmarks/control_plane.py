@@ -26,6 +26,7 @@ import yaml
 
 from benchmarks.common import Budget, Row, alternate
 from carom.bpf.loader import ensure_bpffs
+from carom.config.limits import Limits
 from carom.daemon import control
 from carom.sched import maglev_native
 from carom.sched.maglev import Impl, TableCache, build_ids
@@ -191,6 +192,10 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
+        # the Maglev array is mapped into the daemon (BPF_F_MMAPABLE): its pages
+        # count as resident file pages, but they are the kernel's map memory
+        limits = Limits.model_validate(cfg.get("limits", {}))
+        mapped_kb = -(-limits.max_services * limits.maglev_table_size * 8 // 4096) * 4
         return [
             Row(
                 SECTION,
@@ -210,8 +215,10 @@ def daemon_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 SECTION,
                 "daemon memory (RSS), 100 reals, 1M-entry conn table",
                 "MiB",
-                [rss_kb / 1024],
-                note="user space only; BPF maps are kernel memory",
+                [(rss_kb - mapped_kb) / 1024],
+                note="user space only; BPF maps are kernel memory: VmRSS "
+                f"{rss_kb / 1024:.0f} MiB counts the {mapped_kb / 1024:.0f} MiB Maglev array "
+                "mapped into the daemon, left out here",
             ),
         ]
     finally:
@@ -311,10 +318,16 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         up = sum(1 for s in st["services"] for r in s["reals"] if r["state"] == "up")
         assert up == SCALE_SERVICES * SCALE_REALS, f"only {up} reals up"
         start_writes = st["last_reload"]["writes"]
+        phases = st["last_reload"].get("start_phases", {})
+        # before the daemon's clock started (interpreter, imports, `ip netns exec`) and
+        # the first status reply
+        phases = {"python": started - st["uptime_s"], **phases}
         tables = st["maglev_tables"]["distinct"]
         spare = _scale_addr(SCALE_ADDRS)  # carried by the reals' side, in no service
         times, writes, status_ms, built, applied, parsed = [], [], [], [], [], []
         busy_times: list[float] = []
+        parts: dict[str, list[float]] = {}  # the apply's parts, ms
+        neigh: list[float] = []  # the reload's neighbours phase, ms
         ideal = 65537 / SCALE_REALS  # the slots of the replaced real
         for i in range(rounds):
             if budget.expired():
@@ -350,6 +363,10 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                         writes.append(float(reply["writes"]))
                         built.append(float(reply.get("tables_built", 0)))
                         applied.append(reply["phases"]["apply"] * 1000)
+                        for k, v in reply["phases"].items():
+                            if k.startswith("apply_"):
+                                parts.setdefault(k.removeprefix("apply_"), []).append(v * 1000)
+                        neigh.append(reply["phases"]["neighbours"] * 1000)
                         parsed.append(reply["phases"]["parse"] * 1000)
                     status_ms.extend(answered)
             # a neighbour MAC change of a real used by 8 services: events, not polling
@@ -371,13 +388,16 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
         time.sleep(0.5)
         st = d.request("status")["status"]
         lag = st["loop_lag_ms"]["max"]
+        worst = st["loop_lag_ms"].get("worst") or {}
         return [
             Row(
                 SECTION,
                 "4096 services x 8 reals: start to forwarding",
                 "s",
                 [started],
-                note=f"{tables} distinct tables over 400 addresses; {start_writes} map writes",
+                note=f"{tables} distinct tables over 400 addresses; {start_writes} map writes "
+                "(Maglev slots stored through the mapped array); in the daemon, s: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),
             ),
             Row(
                 SECTION,
@@ -385,7 +405,8 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "ms",
                 times,
                 note="target <= 200 ms; includes parsing the 4096-service config (only the "
-                "changed service is parsed again) and resolving the new real's MAC; tables "
+                "changed service is parsed again) and resolving the new real's MAC "
+                f"(median {np.median(neigh) if neigh else float('nan'):.0f} ms); tables "
                 f"built per reload: at most {max(built, default=0):.0f}",
             ),
             Row(
@@ -400,6 +421,7 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "  of which the daemon's apply (tables, writes, commit)",
                 "ms",
                 applied,
+                note=", ".join(f"{k} {np.median(v):.0f}" for k, v in parts.items()),
             ),
             Row(
                 SECTION,
@@ -428,11 +450,21 @@ def scale_rows(budget: Budget, rounds: int = 5) -> list[Row]:
                 "largest event-loop stall during reloads, status and MAC changes",
                 "ms",
                 [float(lag)],
-                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms",
+                note="daemon's loop-lag probe (10 ms ticks); target <= 50 ms; "
+                f"{st['loop_lag_ms'].get('stalls', 0)} ticks >= 50 ms late; the worst: "
+                f"{worst.get('gc_ms', 0)} ms in gc, the daemon got {worst.get('cpu_ms', '?')} ms "
+                f"of CPU (its loop thread {worst.get('loop_cpu_ms', '?')}), loop at "
+                f"{worst.get('where') or '?'} ({worst.get('samples', 0)} samples), other "
+                f"thread: {worst.get('others') or '-'}",
             ),
         ]
     finally:
         d.stop()
+        keep = os.environ.get("CAROM_BENCH_LOGS")  # a directory: the daemon's log is kept there
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            stamp = time.strftime("%H%M%S")
+            shutil.copy(os.path.join(tmp, "daemon.log"), os.path.join(keep, f"scale-{stamp}.log"))
         _teardown_netns()
         subprocess.run(["umount", "-l", os.path.join(tmp, "bpffs")], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 from collections.abc import Iterator
+from typing import IO
 
 import pytest
 
@@ -17,18 +18,27 @@ from carom.lab import Lab
 NAMESPACE_LOCK = "/run/carom-tests.lock"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def exclusive_namespaces() -> Iterator[None]:
-    """Wait for any other test run on this machine to finish with its namespaces."""
-    if os.geteuid() != 0:
-        yield
-        return
-    with open(NAMESPACE_LOCK, "w") as lock:
+_held_lock: list[IO[str]] = []
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Wait for any other test run on this machine to finish with its namespaces,
+    before the first integration test starts, and hold the lock to the end of
+    the session. A hook wrapper outside pytest-timeout's: the wait is not
+    counted in the test's timeout (another run may hold the lock for minutes)."""
+    if not _held_lock and os.geteuid() == 0:
+        lock = open(NAMESPACE_LOCK, "w")  # noqa: SIM115 - held for the session
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        _held_lock.append(lock)
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for lock in _held_lock:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    _held_lock.clear()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from carom.bpf.loader import ensure_bpffs
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
+from carom.lab.failover import Held
 from carom.lab.traffic import Capture, curl
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -99,63 +99,17 @@ def test_ipv6_dsr(lab: Lab, director: Director) -> None:
     assert set(served) == set(REAL_NAMES)
 
 
-class HoldClient:
-    def __init__(self, lab: Lab, client: str, vip: str, banner: int, http: int) -> None:
-        self.proc = lab.popen(
-            client,
-            [
-                sys.executable,
-                "-m",
-                "carom.lab.holdclient",
-                "--vip",
-                vip,
-                "--banner",
-                str(banner),
-                "--http",
-                str(http),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.connected = self._read()["connected"]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"holdclient exited with {self.proc.poll()}"
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def ping(self) -> list[dict[str, Any]]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("ping\n")
-        self.proc.stdin.flush()
-        result: list[dict[str, Any]] = self._read()["ping"]
-        return result
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def assert_same_servers(hold: HoldClient, when: str) -> None:
+def assert_same_servers(hold: Held, when: str) -> None:
     results = hold.ping()
-    for conn, res in zip(hold.connected, results, strict=True):
+    for conn, res in zip(hold.conns, results, strict=True):
         assert res["ok"], f"{when}: {conn['kind']} connection broke: {res}"
         assert res["server"] == conn["server"], f"{when}: moved {conn} -> {res}"
 
 
 def test_explain_names_the_server_that_answers(lab: Lab, director: Director) -> None:
-    hold = HoldClient(lab, "client1", str(t.VIP4), banner=0, http=3)
+    hold = Held(lab, "client1", banner=0, http=3)
     try:
-        for conn in hold.connected:
+        for conn in hold.conns:
             client = f"{t.CLIENT1.main.addr4}:{conn['local_port']}"
             r = director.carom(
                 "explain", "--socket", director.socket, "--json", client, f"{t.VIP4}:80/tcp"
@@ -175,9 +129,9 @@ def test_explain_names_the_server_that_answers(lab: Lab, director: Director) -> 
 
 def test_long_lived_connections_survive_reload_and_restart(lab: Lab, director: Director) -> None:
     base = lab_config()
-    hold = HoldClient(lab, "client1", str(t.VIP4), banner=8, http=8)
+    hold = Held(lab, "client1", banner=8, http=8)
     try:
-        servers = Counter(c["server"] for c in hold.connected)
+        servers = Counter(c["server"] for c in hold.conns)
         assert len(servers) >= 2, f"connections all on one server: {servers}"
         assert_same_servers(hold, "before reload")
 

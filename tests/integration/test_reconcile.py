@@ -24,8 +24,9 @@ from carom.bpf.maps import TypedMap
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
+from carom.lab.failover import Held
 from carom.lab.traffic import curl
-from tests.integration.test_daemon import HoldClient, assert_same_servers
+from tests.integration.test_daemon import assert_same_servers
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -131,9 +132,9 @@ def test_draining_real_keeps_its_id_while_connections_live(lab: Lab, dir1: Direc
     cfg["limits"]["max_reals"] = 4
     cfg["timeouts"] = {"tcp_idle": 6, "udp_idle": 6}
     dir1.start(cfg)
-    hold = HoldClient(lab, "client1", str(t.VIP4), banner=8, http=8)
+    hold = Held(lab, "client1", banner=8, http=8)
     try:
-        servers = Counter(c["server"] for c in hold.connected)
+        servers = Counter(c["server"] for c in hold.conns)
         assert servers["carom-real3"] > 0, f"no connection on real3: {servers}"
         assert_same_servers(hold, "before reload")
         ids = {r["address"]: r["real_id"] for r in dir1.status()["services"][0]["reals"]}
@@ -152,10 +153,17 @@ def test_draining_real_keeps_its_id_while_connections_live(lab: Lab, dir1: Direc
         hold.close()
 
     # Closed, then idle past tcp_idle (+ the data plane's 1 s last_seen granularity):
-    # nothing can point to id 3 any more.
-    time.sleep(6 + 3)
-    reply = dir1.reload(swapped)
+    # nothing can point to id 3 any more. Poll instead of sleeping a fixed time: a
+    # refused reload changes nothing, and the id must be free soon after tcp_idle.
+    closed = time.monotonic()
+    while True:
+        reply = dir1.reload(swapped)
+        if reply["ok"] or time.monotonic() - closed > 6 + 10:
+            break
+        assert "no free real id" in reply["error"], reply
+        time.sleep(0.5)
     assert reply["ok"], reply
+    assert time.monotonic() - closed >= 6 - 1, "the id was free before tcp_idle had passed"
     st = dir1.status()
     ids = {r["address"]: r["real_id"] for r in st["services"][0]["reals"]}
     assert ids[DIR2_ADDR] == 3, ids
@@ -184,7 +192,7 @@ def test_failure_at_any_apply_step_rolls_back_and_keeps_serving(lab: Lab, dir1: 
     dir1.start(base)
     before = snapshot()
     fingerprints = [s["fingerprint"] for s in dir1.status()["services"]]
-    hold = HoldClient(lab, "client1", str(t.VIP4), banner=4, http=4)
+    hold = Held(lab, "client1", banner=4, http=4)
     try:
         for step in STEPS:
             FAULT_FILE.write_text(step)

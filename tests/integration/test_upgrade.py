@@ -18,8 +18,9 @@ from carom.daemon import control
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import BPFFS, Director, lab_config
+from carom.lab.failover import Held
 from carom.lab.traffic import curl
-from tests.integration.test_daemon import HoldClient, assert_same_servers
+from tests.integration.test_daemon import assert_same_servers
 from tests.packets.oldlayout import build_old, older_layout
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -71,10 +72,10 @@ def test_restart_onto_a_new_layout_keeps_every_connection(lab: Lab, tmp_path: Pa
     new = Director(lab, "carom-dir1")
     old.remove()  # whatever an earlier test left
     old.start(lab_config())
-    hold: HoldClient | None = None
+    hold: Held | None = None
     try:
-        hold = HoldClient(lab, "client1", str(t.VIP4), banner=16, http=16)
-        servers = Counter(c["server"] for c in hold.connected)
+        hold = Held(lab, "client1", banner=16, http=16)
+        servers = Counter(c["server"] for c in hold.conns)
         assert "carom-real3" in servers and len(servers) == 3, servers
         assert_same_servers(hold, "on the old version")
         forwarded = old.status()["counters"]["tx_dsr"]

@@ -58,19 +58,31 @@ def struct_members(text: str, name: str) -> list[str]:
     return [line for line in lines if line.endswith(";")]
 
 
+def set_map_flags(maps_h: str, name: str, flags: str | None) -> str:
+    """The definition of map `name` with its map_flags line replaced (None: none)."""
+    m = re.search(rf"struct \{{\n(?:(?!\}} \w+ SEC).)*?\}} {name} SEC", maps_h, flags=re.S)
+    assert m is not None, f"map {name} not found in maps.h"
+    body = re.sub(r"\t__uint\(map_flags, [^)]*\);\n", "", m.group(0))
+    if flags is not None:
+        body = body.replace("struct {\n", f"struct {{\n\t__uint(map_flags, {flags});\n", 1)
+    return maps_h[: m.start()] + body + maps_h[m.end() :]
+
+
 def older_layout(files: dict[str, str]) -> None:
     """conn_val with its members in reverse order (same size: libbpf alone would
     reuse the pin, and the new program would read real ids from other bytes),
     persist_val with a field since dropped in front and without `reserved`, and
-    one more counter in the middle of the list, and one more map. Built from whatever the current
-    headers hold, so it stays an *older version of today's* layout."""
+    one more counter in the middle of the list, one more map, and the Maglev
+    array without BPF_F_MMAPABLE (as before it was memory-mapped). Built from
+    whatever the current headers hold, so it stays an *older version of today's*
+    layout."""
     h = files["structs.h"]
     h = replace_struct(h, "conn_val", "\n".join(reversed(struct_members(h, "conn_val"))))
     persist = [m for m in struct_members(h, "persist_val") if "reserved" not in m]
     h = replace_struct(h, "persist_val", "\n".join(["\t__u64 old_only;", *persist]))
     files["structs.h"] = h
     files["consts.h"] = _insert_counter(files["consts.h"], "MIG_OLD_ONLY", "CONN_HIT")
-    maps = files["maps.h"]
+    maps = set_map_flags(files["maps.h"], "maglev", None)
     at = maps.rindex("#endif")
     files["maps.h"] = maps[:at] + OLD_ONLY_MAP + maps[at:]
 

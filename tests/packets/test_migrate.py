@@ -39,7 +39,13 @@ from tests.packets.cases import (
     persist_key,
     tcp4,
 )
-from tests.packets.oldlayout import build_old, older_layout, replace_struct, struct_members
+from tests.packets.oldlayout import (
+    build_old,
+    older_layout,
+    replace_struct,
+    set_map_flags,
+    struct_members,
+)
 
 pytestmark = pytest.mark.root
 
@@ -197,8 +203,14 @@ def test_upgrade_carries_every_flow(
     try:
         assert new.adopted and new.migration is not None
         moved = {mv.name for mv in new.migration.moves}
-        assert moved == {"conn_table", "persist_table", "stats"}, new.migration.describe()
+        assert moved == {"conn_table", "persist_table", "stats", "maglev"}, new.migration.describe()
         text = "\n".join(new.migration.describe())
+        assert "maglev: flags 0x0 -> 0x400" in text  # BPF_F_MMAPABLE
+        # The Maglev rows, copied whole into the memory-mapped array.
+        assert new["maglev"].mapped() is not None and old["maglev"].mapped() is None
+        entries = LIMITS.max_services * LIMITS.maglev_table_size
+        assert new["maglev"].read_range(0, entries) == old["maglev"].read_range(0, entries)
+        assert any(new["maglev"].read_range(0, entries))
         assert "mig_old_map: no longer used" in text and "foreign" not in text
         assert "real_id moved" in text and "-old_only" in text and "-CAROM_CNT_MIG_OLD_ONLY" in text
 
@@ -234,6 +246,10 @@ def test_upgrade_carries_every_flow(
         for client, rid in persisted.items():
             verdict, out, _ = run(tcp4(dst=VIP_PERSIST, dport=443, src=client, sport=50000))
             assert verdict == abi.Verdict.TX and dst_real(out) == rid
+        # A new flow on the new program: scheduled by the copied Maglev row.
+        fresh = tcp4(sport=45000)
+        verdict, out, _ = run(fresh)
+        assert verdict == abi.Verdict.TX and dst_real(out) == maglev_real(state, 0, flow_key(fresh))
         counted_new = {c.name: sum(new["stats"].lookup(int(c)) or [0]) for c in C}
         assert counted_new["CONN_HIT"] == N_RAW
         assert counted_new["PERSIST_HIT"] == N_PERSIST
@@ -255,7 +271,7 @@ def test_upgrade_carries_every_flow(
         assert counted_old["MIG_OLD_ONLY"] == 7 * ncpu
 
         # The pins now name the new maps; nothing half-done is left.
-        for name in ("conn_table", "persist_table", "stats"):
+        for name in ("conn_table", "persist_table", "stats", "maglev"):
             fd = libbpf.obj_get(f"{pin_dir}/{name}")
             try:
                 assert libbpf.map_info(fd).id == libbpf.map_info(new[name].fd).id
@@ -318,6 +334,29 @@ def test_unconvertible_layout_is_refused_and_keeps_the_pins(
             after[p.name] = libbpf.map_info(fd).id
             os.close(fd)
         assert after == ids
+    finally:
+        old.close()
+
+
+def test_flag_change_that_is_not_migratable_is_refused(
+    tmp_path: Path, pin_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only flags about how the kernel keeps a map move it (MIGRATABLE_FLAGS);
+    any other flag change is refused and the pins stay."""
+
+    def read_only_maglev(files: dict[str, str]) -> None:
+        files["maps.h"] = set_map_flags(files["maps.h"], "maglev", "BPF_F_RDONLY_PROG")
+
+    old = load_old(build_old(tmp_path, read_only_maglev), pin_dir, monkeypatch)
+    try:
+        maglev_id = libbpf.map_info(old.obj.map("maglev").fd).id
+        with pytest.raises(MigrationError, match=r"maglev: flags 0x80 -> 0x400 \(type or flags"):
+            Dataplane.load(LIMITS, pin_dir)
+        fd = libbpf.obj_get(f"{pin_dir}/maglev")
+        try:
+            assert libbpf.map_info(fd).id == maglev_id
+        finally:
+            os.close(fd)
     finally:
         old.close()
 

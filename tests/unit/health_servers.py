@@ -38,9 +38,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """/ -> 200 "carom ok", /down -> 503, /redirect -> 302; records Host headers."""
 
     seen_hosts: list[str] = []
+    peers: list[tuple[str, int]] = []  # the client address of each GET
 
     def do_GET(self) -> None:
         self.seen_hosts.append(self.headers.get("Host", ""))
+        self.peers.append(self.client_address)
         status, body = {
             "/": (200, b"hello: carom ok\n"),
             "/down": (503, b"maintenance\n"),

@@ -10,7 +10,9 @@ import socket
 import sys
 import tempfile
 import time
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from carom.health.spec import (
     HttpCheck,
     ProbeKey,
     SynCheck,
+    Target,
     TcpCheck,
     Timing,
     UdpCheck,
@@ -162,6 +165,122 @@ def test_https_verification_passes_with_a_trusted_ca(monkeypatch: pytest.MonkeyP
                 assert not wrong_name.ok and "TLS" in wrong_name.reason
 
         asyncio.run(main())
+
+
+def test_the_engine_reuses_sockets_and_judges_each_probe_on_its_own() -> None:
+    """The socket of a passing probe is disconnected (RST) and reused, not
+    closed; a failing probe's is closed. Mixed passes and failures (refusal,
+    timeout, error reply) each get their own verdict (no late event of a
+    socket's previous probe leaks in), and a server sees a new connection (a
+    new source port) every time."""
+    short = Timing(interval=1.0, timeout=0.3)
+
+    async def main() -> None:
+        async with http_server() as web:
+            with silent_listener() as silent:
+                plan: list[tuple[CheckSpec, int, str]] = [
+                    (TcpCheck(timing=T), web, "connected"),
+                    (TcpCheck(timing=T), free_port(), "connection refused"),
+                    (HttpCheck(timing=short), silent, "timed out after 0.3 s"),
+                    (HttpCheck(timing=T), web, "HTTP 200"),
+                    (HttpCheck(timing=T, path="/down"), web, "HTTP 503, expected 2xx or 3xx"),
+                    (HttpCheck(timing=T, body=b"carom ok"), web, "HTTP 200"),
+                ]
+                eng = engine.SocketEngine()
+                loop = asyncio.get_running_loop()
+                seen = len(_Handler.peers)
+                try:
+                    fds = []
+                    for spec, port, want in plan * 3:
+                        got: asyncio.Future[CheckResult] = loop.create_future()
+                        p = eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        fds.append(p.fd)
+                        result = await got
+                        assert result.reason == want, (spec, result)
+                        assert eng.in_flight == 0
+                    assert eng.idle == 1  # the last probe passed: its socket is kept
+                    # a probe after a pass (ok, ok at 3, 503 after 200) reuses its socket
+                    passed = [
+                        i for i, (_, _, w) in enumerate(plan * 3) if w in ("connected", "HTTP 200")
+                    ]
+                    assert all(fds[i + 1] == fds[i] for i in passed if i + 1 < len(fds)), fds
+                    # all at once: each gets its own socket, all come back to the pool
+                    futures = []
+                    for spec, port, _ in plan:
+                        got = loop.create_future()
+                        eng.start(ProbeKey(target=target(port), check=spec), got.set_result)
+                        futures.append(got)
+                    results = await asyncio.gather(*futures)
+                    assert [r.reason for r in results] == [want for _, _, want in plan]
+                    assert eng.idle == 3  # the three that passed
+                    eng.drop_idle()  # what the scheduler does at every update
+                    assert eng.idle == 0
+                finally:
+                    eng.close()
+        peers = _Handler.peers[seen:]
+        assert len(peers) == 4 * 3 and len(set(peers)) == len(peers), peers
+
+    asyncio.run(main())
+
+
+def test_a_pooled_socket_taken_mid_batch_ignores_its_idle_event() -> None:
+    """A pooled socket has an event pending from its disconnect (read in its idle
+    state: ERR|HUP). If a probe takes that socket while the batch holding the
+    event is being handled (a waiting probe started by another's result), the
+    event must not count for the new probe: here it would have failed a probe
+    that actually times out with `connection closed`."""
+    short = Timing(interval=1.0, timeout=0.5)
+
+    class Spy:
+        """The engine's epoll set, with a hook run right after a read."""
+
+        def __init__(self, real: Any) -> None:
+            self.real, self.hook, self.seen = real, None, []  # type: ignore[var-annotated]
+
+        def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+            events = self.real.poll(timeout, most)
+            hook, self.hook = self.hook, None
+            if hook is not None:
+                self.seen = list(events)
+                hook()
+            return events  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with silent_listener() as silent, silent_listener() as other:
+            eng = engine.SocketEngine()
+            spy = Spy(eng._ep)
+            eng._ep = spy  # type: ignore[assignment]
+            try:
+                first: asyncio.Future[CheckResult] = loop.create_future()
+                p = eng.start(ProbeKey(target(other), TcpCheck(timing=T)), first.set_result)
+                assert (await first).ok and eng.idle == 1
+                pooled = p.fd
+                second: asyncio.Future[CheckResult] = loop.create_future()
+                key = ProbeKey(target(silent), HttpCheck(timing=short))
+                spy.hook = lambda: eng.start(key, second.set_result)
+                # a probe of another family (another pool) makes the next tick
+                third: asyncio.Future[CheckResult] = loop.create_future()
+                with socket.socket(socket.AF_INET6) as six:
+                    six.bind(("::1", 0))
+                    six.listen(8)
+                    local6 = IPv6Address("::1")
+                    tick = ProbeKey(
+                        Target(address=local6, port=six.getsockname()[1], real=local6),
+                        TcpCheck(timing=T),
+                    )
+                    eng.start(tick, third.set_result)
+                    assert (await third).ok
+                result = await second
+                assert any(fd == pooled for fd, _ in spy.seen), spy.seen  # the race ran
+                assert result.reason == "timed out after 0.5 s", result
+            finally:
+                eng.close()
+
+    asyncio.run(main())
 
 
 # --- hostile servers ----------------------------------------------------------
@@ -322,6 +441,42 @@ def test_exec_exit_status_environment_and_no_shell() -> None:
     assert not missing.ok and missing.reason == "no such file or directory"
 
 
+def test_exec_through_the_vip_path_command_line_and_missing_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """via: vip: a fixed script joins the real's cgroup and nsenter enters the
+    probe namespace; the configured argv follows as arguments, untouched. Without
+    the path set up the probe fails with the reason, it never runs unmarked."""
+    from carom.health import exec_path
+    from carom.health.spec import Target, Via
+
+    via = Via(netns="carom-hc-x", mark=1001)
+    cgroup = tmp_path / "carom-hc-x" / "1001"
+    cgroup.mkdir(parents=True)
+    (cgroup / "cgroup.procs").write_text("")
+    monkeypatch.setattr(exec_path, "cgroup_of", lambda v: str(cgroup) if v == via else None)
+    argv = exec_path.argv(via, ("echo", "$(id); rm -rf /"))
+    assert argv == [
+        "/bin/sh",
+        "-c",
+        'echo 0 > "$0" && exec "$@"',
+        str(cgroup / "cgroup.procs"),
+        "nsenter",
+        "--net=/run/netns/carom-hc-x",
+        "--",
+        "echo",
+        "$(id); rm -rf /",
+    ]
+    vip = IPv4Address("192.0.2.100")
+    for missing in (Via(netns="", mark=0), Via(netns="carom-hc-x", mark=1002)):
+        key = ProbeKey(
+            Target(address=vip, port=80, real=vip, via=missing),
+            ExecCheck(timing=T, command=("/bin/true",)),
+        )
+        result = asyncio.run(run_check(key))
+        assert not result.ok and "exec via: vip" in result.reason, result
+
+
 def test_exec_timeout_kills_the_whole_process_group() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pidfile = Path(tmp) / "pid"
@@ -426,6 +581,54 @@ def test_syn_half_open_never_completes_a_connection() -> None:
         assert not closed.ok and closed.reason == "RST: port closed"
 
     asyncio.run(main())
+
+
+@pytest.mark.root
+def test_syn_half_open_over_ipv6() -> None:
+    """The same on ::1: the IPv6 raw socket sees no IP header, the filter works
+    on the TCP header and the source is checked on receipt."""
+    loop6 = IPv6Address("::1")
+
+    async def main() -> None:
+        accepted = 0
+
+        async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            writer.close()
+
+        server = await asyncio.start_server(count, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            key = ProbeKey(Target(address=loop6, port=port, real=loop6), SynCheck(timing=T))
+            results = [await run_check(key) for _ in range(3)]
+            await asyncio.sleep(0.2)
+        finally:
+            server.close()
+        assert all(r.ok and r.reason == "SYN-ACK" for r in results), results
+        assert accepted == 0
+        with socket.socket(socket.AF_INET6) as s:  # a port nothing listens on
+            s.bind(("::1", 0))
+            closed_port = s.getsockname()[1]
+        key = ProbeKey(Target(address=loop6, port=closed_port, real=loop6), SynCheck(timing=T))
+        closed = await run_check(key)
+        assert not closed.ok and closed.reason == "RST: port closed", closed
+
+    asyncio.run(main())
+
+
+def test_syn_segment_checksum_golden_ipv6() -> None:
+    """IPv6 pseudo-header (RFC 8200 8.1): addresses, 32-bit length, next header."""
+    from carom.health.syn import RST, checksum, syn_segment
+
+    src, dst = "2001:db8::2", "2001:db8::11"
+    seg = syn_segment(src, dst, 40000, 80, 7)
+    pseudo = IPv6Address(src).packed + IPv6Address(dst).packed + bytes([0, 0, 0, 24, 0, 0, 0, 6])
+    assert checksum(pseudo + seg) == 0
+    rst = syn_segment(src, dst, 40000, 80, 8, flags=RST)  # the RST sent on the VIP path
+    assert len(rst) == 20 and rst[13] == RST and rst[4:8] == bytes.fromhex("00000008")
+    pseudo = pseudo[:35] + bytes([20]) + pseudo[36:]
+    assert checksum(pseudo + rst) == 0
 
 
 def test_syn_segment_checksum_golden() -> None:

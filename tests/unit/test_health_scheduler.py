@@ -236,7 +236,9 @@ def test_a_probe_that_fails_to_start_is_a_failed_result_and_the_timer_goes_on(
 ) -> None:
     from carom.health import engine
 
-    def broken(self: object, key: ProbeKey, done: object, sockaddr: object = None) -> None:
+    def broken(
+        self: object, key: ProbeKey, done: object, sockaddr: object = None, request: object = None
+    ) -> None:
         raise ValueError("a bug")
 
     monkeypatch.setattr(engine.SocketEngine, "start", broken)

@@ -242,3 +242,45 @@ def test_a_via_vip_probe_without_a_route_yet_fails_instead_of_going_astray() -> 
     local = keys[(cfg.services[0].key, IPv4Address("192.0.2.2"))].target
     assert remote.address == IPv4Address("192.0.2.100") and remote.via == NO_PATH
     assert local.address == IPv4Address("192.0.2.100") and local.via is None  # its own stack
+
+
+def unchecked(reals: list[str]) -> Config:
+    lines = "".join(f"      - address: {a}\n" for a in reals)
+    return parse_config(
+        "interfaces: [eth0]\n"
+        "services:\n"
+        "  - name: web\n"
+        "    vip: 192.0.2.100\n"
+        "    port: 80\n"
+        "    reals:\n" + lines
+    )
+
+
+def test_pair_numbers_are_never_reused_after_a_real_leaves() -> None:
+    """The bookkeeping (rotation, slow start, shown state) is keyed by a number
+    per (service, real): a real that joins after another left must not take
+    the leaver's number (it used to: numbers were the dict's length)."""
+    rig = Rig(unchecked(["192.0.2.11", "192.0.2.12", "192.0.2.13"]))
+    first = {a: n for n, a, _, _ in rig.task._rows_of(rig.cfg)[0][1]}
+    later = unchecked(["192.0.2.11", "192.0.2.13", "192.0.2.14"])
+    run(rig.task.plan(later))  # a reload: .12 leaves, .14 joins
+    second = {a: n for n, a, _, _ in rig.task._rows_of(later)[0][1]}
+    assert second[R1] == first[R1] and second[R3] == first[R3]  # kept
+    assert second[ip_address("192.0.2.14")] not in first.values()
+
+
+def test_a_service_only_its_config_decides_keeps_its_weights_and_logs_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No checks, overrides, min_healthy or slow start: effective() takes the
+    short path, and still says when a real that was drained by an override is
+    up again (and sets nothing for reals at their configured weight)."""
+    cfg = unchecked(["192.0.2.11", "192.0.2.12"])
+    rig = Rig(cfg)
+    overrides.drain(rig.task.overrides, cfg, "192.0.2.11")
+    assert rig.task.effective(cfg)[(cfg.services[0].key, R1)].state == "drained"
+    overrides.undrain(rig.task.overrides, cfg, "192.0.2.11")
+    assert not rig.task.overrides
+    with caplog.at_level("INFO", logger="carom.health"):
+        assert rig.task.effective(cfg) == {}
+    assert "192.0.2.11: drained -> up" in caplog.text

@@ -146,6 +146,7 @@ _obj_pin = _sig("bpf_obj_pin", _c.c_int, _c.c_int, _c.c_char_p)
 _obj_get = _sig("bpf_obj_get", _c.c_int, _c.c_char_p)
 _prog_test_run = _sig("bpf_prog_test_run_opts", _c.c_int, _c.c_int, _c.POINTER(TestRunOpts))
 _xdp_attach = _sig("bpf_xdp_attach", _c.c_int, _c.c_int, _c.c_int, _c.c_uint32, _vp)
+_prog_attach = _sig("bpf_prog_attach", _c.c_int, _c.c_int, _c.c_int, _c.c_int, _c.c_uint)
 _xdp_detach = _sig("bpf_xdp_detach", _c.c_int, _c.c_int, _c.c_uint32, _vp)
 _xdp_query_id = _sig("bpf_xdp_query_id", _c.c_int, _c.c_int, _c.c_int, _c.POINTER(_c.c_uint32))
 _prog_get_fd_by_id = _sig("bpf_prog_get_fd_by_id", _c.c_int, _c.c_uint32)
@@ -438,6 +439,11 @@ def obj_get(path: str) -> int:
 
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(_prog_get_fd_by_id(prog_id), f"program id {prog_id}")
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach a program to a cgroup (or another attachable fd) by type."""
+    _check(_prog_attach(prog_fd, target_fd, attach_type, flags), "bpf_prog_attach")
 
 
 def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: int | None = None) -> None:

@@ -259,6 +259,8 @@ class Dataplane:
         """Release our file descriptors; attached programs and pins stay."""
         if self.migration is not None:
             self.migration.close()
+        for m in self.maps.values():
+            m.unmap()
         self.obj.close()
 
 

@@ -4,6 +4,7 @@ per-CPU values come back as one value per CPU (or summed)."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
 ARRAY_TYPES = {BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY}
+BPF_F_MMAPABLE = 1 << 10
 
 CType = Any  # a ctypes type: abi.Struct subclass or c_uint32/c_uint64
 
@@ -51,6 +53,36 @@ class TypedMap:
         self.ncpus = libbpf.num_possible_cpus() if self.percpu else 1
         # Per-CPU values are laid out with each CPU's copy rounded up to 8 bytes.
         self.slot_size = (self.value_size + 7) & ~7 if self.percpu else self.value_size
+        self._mapped: mmap.mmap | None = None
+
+    # --- memory-mapped arrays (BPF_F_MMAPABLE) -----------------------------------------
+    @property
+    def elem_size(self) -> int:
+        """Bytes per element in an array's memory: the kernel rounds values up to 8."""
+        return (self.value_size + 7) & ~7
+
+    def mapped(self) -> mmap.mmap | None:
+        """The array's values mapped into this process (element i at byte
+        i * elem_size), or None if the map was created without BPF_F_MMAPABLE
+        (an older pinned layout). Stores into it are the map's contents at once:
+        what the BPF program reads next, without a syscall."""
+        if self._mapped is None and self.is_array and not self.percpu:
+            if not int(libbpf.map_info(self.fd).map_flags) & BPF_F_MMAPABLE:
+                return None
+            size = -(-self.max_entries * self.elem_size // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._mapped = mmap.mmap(
+                self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        return self._mapped
+
+    def unmap(self) -> None:
+        """Drop the mapping (it keeps the map alive); kept while a view of it lives."""
+        if self._mapped is not None:
+            try:
+                self._mapped.close()
+            except BufferError:  # a numpy view still uses it: unmapped when that goes
+                return
+            self._mapped = None
 
     def _split(self, raw: bytes) -> list[Any]:
         return [

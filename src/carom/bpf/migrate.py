@@ -11,8 +11,11 @@ pins and the description can never be stale.
 
 A map that matches is reused through its pin as before. A map that differs is
 created fresh by the load, and `Migration.copy` fills it from the old one,
-converting every entry field by field (carom.bpf.layout). The old program keeps
-forwarding on the old maps meanwhile. The daemon then applies its config and
+converting every entry field by field (carom.bpf.layout). A change of flags
+that only says how the kernel keeps the map (MIGRATABLE_FLAGS, e.g. the Maglev
+array becoming BPF_F_MMAPABLE) is a move too: same entries, copied whole
+(arrays in big raw chunks, through the new map's memory when it is mapped).
+The old program keeps forwarding on the old maps meanwhile. The daemon then applies its config and
 swaps the program (an atomic XDP replace), and `Migration.finish` completes
 the move: connection and persistence entries created by the old program since
 the copy are added, counters are carried over (by counter name for `stats`),
@@ -27,15 +30,20 @@ import contextlib
 import ctypes
 import errno
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from carom.bpf import libbpf
 from carom.bpf.layout import Layout, LayoutError, Record, Scalar, changes, converter, describe
 from carom.bpf.maps import (
     ARRAY_TYPES,
+    BPF_F_MMAPABLE,
+    BPF_MAP_TYPE_ARRAY,
     BPF_MAP_TYPE_HASH,
     BPF_MAP_TYPE_LRU_HASH,
     PERCPU_TYPES,
@@ -47,6 +55,11 @@ STAGING = "__migrating"  # a new map's pin before it replaces the old one (bpffs
 # Array maps indexed by a C enum: entries are carried by the enum constant's name.
 INDEX_ENUMS = {"stats": ("carom_counter", "__MAX")}
 CHUNK = 4096
+ARRAY_CHUNK = 65536  # raw array copies: entries per batched read
+BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU = 1 << 0, 1 << 1
+# Flags about how the kernel keeps a map, not what it holds: a change of these
+# moves the entries into a map created with the new flags.
+MIGRATABLE_FLAGS = BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_MMAPABLE
 # LRU entries carry the time they were last used: the more recent copy wins.
 SEEN_FIELD = "last_seen_ns"
 
@@ -73,7 +86,7 @@ class Shape:
         for attr in ("map_type", "flags", "key_size", "value_size", "max_entries"):
             a, b = getattr(self, attr), getattr(new, attr)
             if a != b:
-                out.append(f"{attr} {a} -> {b}")
+                out.append(f"{attr} {a:#x} -> {b:#x}" if attr == "flags" else f"{attr} {a} -> {b}")
         for what, a, b in (("key", self.key, new.key), ("value", self.value, new.value)):
             if a is not None and b is not None and a != b:
                 out.append(f"{what} layout: " + ", ".join(changes(a, b) or ["changed"]))
@@ -174,6 +187,17 @@ class MapMove:
     def is_lru(self) -> bool:
         return self.new.map_type == BPF_MAP_TYPE_LRU_HASH
 
+    @property
+    def raw_array(self) -> bool:
+        """A plain array whose entries need no conversion: copied in raw chunks."""
+        return (
+            self.new.map_type == BPF_MAP_TYPE_ARRAY
+            and self.old.map_type == BPF_MAP_TYPE_ARRAY
+            and self.index_map is None
+            and self.old.value_size == self.new.value_size
+            and self.convert_value is bytes
+        )
+
 
 @dataclass
 class Migration:
@@ -194,6 +218,9 @@ class Migration:
             mv.new_fd = new_fds[mv.name]
             if mv.percpu:
                 continue  # counters are carried at the swap, see finish()
+            if mv.raw_array:
+                mv.copied = _copy_array(mv)
+                continue
             mv.copied = self._write(mv, self._converted(mv), flags=libbpf.BPF_ANY)
         return {mv.name: mv.copied for mv in self.moves if not mv.percpu}
 
@@ -313,6 +340,41 @@ class Migration:
         return n
 
 
+def _copy_array(mv: MapMove) -> int:
+    """Every element of a plain array, old into new, in chunks of ARRAY_CHUNK:
+    one batched read each, and a store into the new map's memory when it is
+    BPF_F_MMAPABLE (else one batched update). The Maglev array of 4096
+    services is 268M elements: one Python step per element would take hours."""
+    vsize, count = mv.new.value_size, min(mv.old.max_entries, mv.new.max_entries)
+    mem = None
+    if mv.new.flags & BPF_F_MMAPABLE:
+        esize = (vsize + 7) & ~7  # the kernel's element stride
+        size = -(-mv.new.max_entries * esize // mmap.PAGESIZE) * mmap.PAGESIZE
+        mem = mmap.mmap(mv.new_fd, size, flags=mmap.MAP_SHARED)
+    copied = 0
+    dst: np.ndarray | None = None
+    try:
+        if mem is not None:
+            dst = np.ndarray((count, vsize), dtype=np.uint8, buffer=mem, strides=(esize, 1))
+        for kraw, vraw, n in libbpf.map_lookup_batch_raw(
+            mv.old_fd, 4, mv.old.value_size, mv.old.max_entries, chunk=ARRAY_CHUNK
+        ):
+            first = int.from_bytes(kraw[:4], "little")
+            n = min(n, count - first)
+            if n <= 0:
+                break
+            if dst is not None:  # the keys of an array chunk are first..first+n-1
+                dst[first : first + n] = np.frombuffer(vraw, np.uint8, n * vsize).reshape(n, vsize)
+            else:
+                libbpf.map_update_batch(mv.new_fd, kraw[: 4 * n], vraw[: n * vsize], n)
+            copied += n
+    finally:
+        dst = None  # the view goes before the mapping
+        if mem is not None:
+            mem.close()
+    return copied
+
+
 def _field(layout: Layout | None, name: str) -> tuple[int, int] | None:
     """(offset, size) of a top-level scalar field of a record layout."""
     if isinstance(layout, Record):
@@ -384,7 +446,7 @@ def plan(obj: libbpf.BpfObject, pin_dir: str, sized: Iterable[str]) -> Migration
                 if old == new:
                     continue
                 reasons = old.differences(new)
-                if old.map_type != new.map_type or old.flags != new.flags:
+                if old.map_type != new.map_type or (old.flags ^ new.flags) & ~MIGRATABLE_FLAGS:
                     problems.append(f"{m.name}: {'; '.join(reasons)} (type or flags changed)")
                     continue
                 if old.max_entries != new.max_entries and m.name in sized:

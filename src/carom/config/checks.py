@@ -7,7 +7,7 @@ is written ("path does not apply to kind tcp") and docs/config.md has one table.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Annotated, Any, Literal
 
 import dns.exception
@@ -255,14 +255,6 @@ class Check(BaseModel):
             problems.append(
                 ((), 'kind exec needs command, e.g. command: ["/usr/local/bin/check-app"]')
             )
-        if self.via == "vip" and self.kind in ("exec", "syn"):
-            problems.append(
-                (
-                    ("via",),
-                    f"kind {self.kind} cannot take the VIP path (only tcp, http, https, udp, "
-                    "dns and agent can); use via: real",
-                )
-            )
         if self.kind == "agent" and self.port is None:
             problems.append(
                 ((), "kind agent needs port: the port the agent listens on, e.g. port: 10000")
@@ -321,6 +313,25 @@ def _probe_source(value: Any) -> Any:
     return iface
 
 
+def _probe_source6(value: Any) -> Any:
+    if value is None or isinstance(value, IPv6Interface):
+        return value
+    if not isinstance(value, str):
+        _fail("write the address with its prefix length as text, e.g. 2001:db8::fa/64")
+    try:
+        iface = IPv6Interface(value)
+    except ValueError:
+        _fail(f"{value!r} is not an IPv6 address with a prefix; e.g. 2001:db8::fa/64")
+    if "/" not in value or iface.network.prefixlen >= 127:
+        _fail(
+            f"{value!r} needs the prefix of the reals' segment (e.g. /64), so that the "
+            "probe namespace reaches the reals directly"
+        )
+    if iface.ip.is_link_local or iface.ip.is_multicast or iface.ip.is_unspecified:
+        _fail(f"{value!r} must be a global or unique-local unicast address, e.g. 2001:db8::fa/64")
+    return iface
+
+
 def _ifname(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", value):
         _fail(f"{value!r} is not an interface name (1-15 characters, no spaces or '/')")
@@ -338,6 +349,12 @@ class HealthSettings(BaseModel):
         "checks with via: vip; an address no other host uses",
         examples=["192.0.2.250/24"],
     )
+    probe_source6: Annotated[IPv6Interface | None, BeforeValidator(_probe_source6)] = Field(
+        default=None,
+        description="the same for IPv6 services: address/prefix of the probe namespace on "
+        "the reals' segment, added without duplicate address detection",
+        examples=["2001:db8::fa/64"],
+    )
     probe_interface: Annotated[Text | None, AfterValidator(_ifname)] = Field(
         default=None,
         description="the interface facing the reals (the probe namespace's macvlan "
@@ -350,13 +367,15 @@ class HealthSettings(BaseModel):
         data: dict[str, Any] = handler(self)
         if self.probe_source is not None:
             data["probe_source"] = str(self.probe_source)
+        if self.probe_source6 is not None:
+            data["probe_source6"] = str(self.probe_source6)
         return data
 
 
 def vip_path_problems(
     services: list[tuple[int, Any]], health: HealthSettings
 ) -> list[tuple[Loc, str]]:
-    """A check with via: vip needs the probe namespace's address, and an IPv4 VIP."""
+    """A check with via: vip needs the probe namespace's address in the VIP's family."""
     problems: list[tuple[Loc, str]] = []
     for i, svc in services:
         checks: list[tuple[Loc, Check | None]] = [(("services", i, "check"), svc.check)]
@@ -364,14 +383,16 @@ def vip_path_problems(
         for loc, check in checks:
             if check is None or check.via != "vip":
                 continue
-            if svc.vip.version != 4:
+            if svc.vip.version == 6 and health.probe_source6 is None:
                 problems.append(
                     (
                         (*loc, "via"),
-                        "via: vip is IPv4 only for now; use via: real for this IPv6 service",
+                        "via: vip for an IPv6 service needs health.probe_source6, an unused "
+                        "address on the reals' segment for the probe namespace (e.g. health: "
+                        "{probe_source6: 2001:db8::fa/64}); or use via: real",
                     )
                 )
-            elif health.probe_source is None:
+            elif svc.vip.version == 4 and health.probe_source is None:
                 problems.append(
                     (
                         (*loc, "via"),

@@ -38,14 +38,15 @@ MAX_SERVICES = 4096
 MAX_REALS = 65536
 MAX_VIPS = 65536
 
-MapKind = Literal["array", "percpu_array", "hash", "lru_hash", "ringbuf"]
+# mmap_array: an array created BPF_F_MMAPABLE (maglev), kept in whole pages
+MapKind = Literal["array", "mmap_array", "percpu_array", "hash", "lru_hash", "ringbuf"]
 
 # The maps whose size comes from the limits, and their kernel map type (bpf/maps.h).
 MAP_KINDS: dict[str, MapKind] = {
     "vip_addrs": "hash",
     "services": "hash",
     "svc_stats": "percpu_array",
-    "maglev": "array",
+    "maglev": "mmap_array",
     "reals": "array",
     "real_stats": "percpu_array",
     "real_macs": "hash",
@@ -196,6 +197,9 @@ def map_memory(name: str, kind: MapKind, entries: int, cpus: int) -> MapMemory:
     if kind == "array":
         per = value
         total = entries * per
+    elif kind == "mmap_array":  # header and values each in whole pages
+        per = value
+        total = PAGE_SIZE + -(-entries * per // PAGE_SIZE) * PAGE_SIZE
     elif kind == "percpu_array":
         per = value * cpus + 8  # a per-CPU pointer per entry
         total = entries * per

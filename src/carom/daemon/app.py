@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import io
 import json
 import logging
@@ -44,8 +43,9 @@ from carom.daemon.image import (
     with_cluster,
 )
 from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_mode
+from carom.daemon.looplag import SWITCH_INTERVAL_S, LoopLag, quiet_gc
 from carom.daemon.reconcile import Reconciler
-from carom.daemon.status import LoopLag, build_status, expected_fingerprints
+from carom.daemon.status import build_status, expected_fingerprints
 from carom.daemon.trace_task import TraceTask
 from carom.net import egress, realserver
 from carom.ops.hub import Ops
@@ -111,17 +111,6 @@ def _parse(path: str, text: str | None) -> Config | list[str]:
         return exc.errors
 
 
-def settle_heap() -> None:
-    """Move what is alive now out of the cyclic collector's reach (gc.freeze),
-    then let it run again. A config of 4096 services is ~10^5 objects; any
-    collection over them (even of the young generations, right after a reload)
-    holds the GIL for 100+ ms and stalls the event loop. Objects freed by
-    reference counting still go at once; only garbage cycles made during a
-    reload stay (a few small asyncio objects at most)."""
-    gc.freeze()
-    gc.enable()
-
-
 @dataclass
 class Stop:
     detach: bool = False
@@ -159,6 +148,7 @@ class Daemon:
         self.ops = Ops(self)  # /metrics and the HTTP API; ops.metrics.register() adds metrics
         self.cluster: ClusterService | None = None
         self.health: health_task.HealthTask | None = None
+        self.apply_phases: dict[str, float] = {}  # seconds of the last apply's parts
         self.tracer = TraceTask(self)  # `carom trace`
 
     async def load(self) -> Config:
@@ -189,7 +179,11 @@ class Daemon:
     # --- start --------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
         config = self.configs.load(self.config_path)  # nothing else runs yet
+        took = {"config": time.monotonic() - t0}
+        # before anything is loaded: a path that cannot be ours stops the start
+        control.check_socket_path(socket_of(config))
         routes = await asyncio.to_thread(egress.route_interfaces, egress.remote_reals(config))
         self._check_egress(config, routes)  # before anything is loaded or attached
         for w in config.warnings() + egress.egress_warnings(config, routes):
@@ -198,14 +192,18 @@ class Daemon:
         loader.ensure_bpffs(str(config.bpffs))
         pin_dir = pin_dir_of(config)
         os.makedirs(os.path.dirname(pin_dir), exist_ok=True)
+        t0 = time.monotonic()
         self.dp = Dataplane.load(config.limits, pin_dir)
         self.rec = rec = Reconciler(self.dp)
+        took["load"] = time.monotonic() - t0
         rec.fault = self.fault
         self.cluster = ClusterService.attach(self, config.cluster)
         if self.dp.adopted:
             await self.in_worker(rec.adopt)
+        t0 = time.monotonic()
         await self.follower.open()
         await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        took["neighbours"] = time.monotonic() - t0
         saved = health_task.overrides_path(socket_of(config), config.instance)
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
         await self.health.plan(config)
@@ -218,6 +216,7 @@ class Daemon:
             # established flows to the local stack until the ownership task runs.
             self._write_lease(ownership.lease_deadline_ns())
         writes, want = await self.apply(config, None)
+        took["apply"] = time.monotonic() - started
         self.dp.finish_migration()  # older pinned layouts: swap the pins now
         links = await asyncio.to_thread(ownership.links_of, config.interfaces)
         self.owner = ownership.VipOwner(
@@ -234,9 +233,9 @@ class Daemon:
             "ok": True,
             "seconds": time.monotonic() - started,
             "tables_built": want.built,
+            "start_phases": {k: round(v, 3) for k, v in took.items()},
         }
         self.loops_seen = self.dp["stats"].sum(int(abi.Counter.DROP_LOOP)) or 0
-        settle_heap()
         log.info(
             "carom running",
             extra={
@@ -245,6 +244,7 @@ class Daemon:
                 "map_writes": writes,
                 "services": len(config.services),
                 "tables_built": want.built,
+                **{f"{k}_s": round(v, 3) for k, v in took.items()},
             },
         )
 
@@ -286,20 +286,30 @@ class Daemon:
         image, map writes, then attach/detach, in the worker thread. A failure
         rolls every step back and raises ApplyError saying what happened;
         ReconcileError means the config cannot be applied and nothing was written."""
+        with quiet_gc():  # a desired image of 32k reals: no collection over it
+            return await self._apply(config, old)
+
+    async def _apply(self, config: Config, old: Config | None) -> tuple[int, Desired]:
         rec, dp = self.rec, self.dp
         assert rec is not None and dp is not None
         neighbours = dict(self.follower.table)
         down_hosts = frozenset(self.cluster.down_hosts) if self.cluster else frozenset()
         fault = self.fault
+        t0 = time.monotonic()
         health_in = await self.health.inputs(config) if self.health else Inputs()
+        timing = self.apply_phases = {"health": time.monotonic() - t0}
 
         def work() -> tuple[int, Desired]:
+            t1 = time.monotonic()
             want = rec.desired(
                 config,
                 neighbours,
                 with_cluster(health_in, inputs_of(config, neighbours, down_hosts)),
             )
+            t2 = time.monotonic()
+            timing["desired"] = t2 - t1
             tx: Transaction = rec.write(want)
+            timing["write"] = time.monotonic() - t2
             try:
                 apply_interfaces(dp, config, old, tx, fault)
             except Exception as exc:
@@ -330,7 +340,9 @@ class Daemon:
 
     # --- tasks --------------------------------------------------------------------------
     async def run(self) -> Stop:
-        await self.start()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # the loop's GIL waits (looplag.py)
+        with quiet_gc():
+            await self.start()
         assert self.config is not None and self.owner is not None and self.health is not None
         server = await control.serve(socket_of(self.config), self.handle)
         loop = asyncio.get_running_loop()
@@ -455,14 +467,11 @@ class Daemon:
         async with self.lock:
             assert self.config is not None and self.rec is not None and self.dp is not None
             started = time.monotonic()
-            # no collection while ~10^5 new objects arrive: settle_heap() below
-            gc.disable()
-            try:
+            # no collection while ~10^5 new objects arrive, then they are frozen
+            with quiet_gc():
                 reply = await self._reload(started, origin)
-                self.ops.reload_done(reply)
-                return reply
-            finally:
-                gc.enable()
+            self.ops.reload_done(reply)
+            return reply
 
     async def _reload(self, started: float, origin: str) -> dict[str, Any]:
         assert self.config is not None and self.rec is not None and self.dp is not None
@@ -500,6 +509,11 @@ class Daemon:
                 "rolled_back": exc.clean,
             }
             return {"ok": False, "error": f"reload failed: {exc}", "rolled_back": exc.clean}
+        applied = time.monotonic()
+        # per service and per real: 4096 services hold the loop for ~20 ms
+        warnings = await asyncio.to_thread(
+            lambda: new.warnings() + egress.egress_warnings(new, routes)
+        )
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)
@@ -513,13 +527,14 @@ class Daemon:
             self.owner.set_active(new.node.role == "active")
         if self.owner is not None and old_vips != vips_of(new):
             self.owner.refresh_vips()
-        settle_heap()
         done = time.monotonic()
         took = done - started
         phases = {
             "parse": round(parsed - started, 4),
             "neighbours": round(resolved - parsed, 4),
             "apply": round(done - resolved, 4),
+            **{f"apply_{k}": round(v, 4) for k, v in self.apply_phases.items()},
+            "apply_after": round(done - applied, 4),  # health plan, VIPs, cluster
         }
         log.info(
             "reloaded",
@@ -545,7 +560,7 @@ class Daemon:
             "phases": phases,
             "tables_built": want.built,
             "services_parsed": self.configs.last_changed,
-            "warnings": new.warnings() + egress.egress_warnings(new, routes),
+            "warnings": warnings,
         }
 
     def _refused(self, error: str, origin: str) -> dict[str, Any]:
@@ -618,9 +633,15 @@ class Daemon:
         """The status reply, encoded here with json's C encoder one service at a
         time: the whole reply in one call holds the GIL for 60 ms at 4096
         services, and the pure-Python encoder costs ~8x the CPU, which a reload
-        running beside it pays for. Each service is a short hold."""
+        running beside it pays for. Each service is a short hold. No cyclic
+        collection until the status is freed: a collection over it would hold
+        the GIL for tens of ms (see status())."""
+        with quiet_gc(freeze=False):
+            return self._encode_status()
+
+    def _encode_status(self) -> bytes:
         encoder = json.JSONEncoder(default=str)
-        st = self.status()
+        st = self.status(freeze=False)
         services = st.pop("services", [])
         buf = io.StringIO()  # no single join of 10^4 pieces
         buf.write('{"ok": true, "status": ')
@@ -633,18 +654,24 @@ class Daemon:
         buf.write("]}}")
         return buf.getvalue().encode()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, freeze: bool = True) -> dict[str, Any]:
         """The status. Called in a worker thread (control socket, metrics): the map
         reads happen here, the parts the event loop owns and mutates (health,
-        neighbours, ownership, cluster, loop lag) are read on the loop."""
+        neighbours, ownership, cluster, loop lag) are read on the loop. It is
+        ~10^5 dicts and lists at 4096 services, built without cyclic collection
+        and frozen afterwards (it holds no cycles; the metrics snapshot keeps it
+        a while), unless the caller frees it at once (`freeze` False)."""
         assert self.config is not None and self.dp is not None and self.rec is not None
         config = self.config
-        st = build_status(config, self.dp, self.rec)
+        with quiet_gc(freeze=freeze):
+            st = build_status(config, self.dp, self.rec)
+            if self.health is not None:
+                self.health.annotate(config, st)  # per real: here, not on the loop
         return self._on_loop(lambda: self._live_status(config, st))
 
     def _live_status(self, config: Config, st: dict[str, Any]) -> dict[str, Any]:
         if self.health is not None:
-            st |= self.health.annotate(st)
+            st |= self.health.summary(config)
         return {
             "instance": config.instance,
             "pid": os.getpid(),

@@ -54,6 +54,7 @@ from carom.daemon.image import (
     svc_idents,
     svc_key,
 )
+from carom.daemon.rows import MaglevRows
 from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
@@ -97,6 +98,7 @@ class Reconciler:
         self._zero_row = np.zeros(self.size, dtype=np.uint32)
         self._zero_row.flags.writeable = False
         self.fresh = not dp.adopted
+        self.rows = MaglevRows(dp["maglev"], self.size)  # through the mapped array
         # Test hook: called after each apply step, may raise to inject a failure.
         self.fault: Callable[[str], None] | None = None
         # The role the cluster decided (carom.cluster.service); None: node.role of
@@ -145,10 +147,9 @@ class Reconciler:
         img.node = cfg if cfg is not None else abi.NodeCfg()
         for key, info in dp["services"].items():
             img.services[ident_of(key)] = info
-        maglev_map = dp["maglev"]
         seen: dict[bytes, np.ndarray] = {}
         for sid in sorted({int(i.id) for i in img.services.values()}):
-            row = self._read_row(maglev_map, sid)
+            row = self.rows.read(sid)
             # identical rows share one array, as they do after a build
             img.rows[sid] = seen.setdefault(row.tobytes(), row)
         real_ids: dict[Address, int] = {}
@@ -169,11 +170,6 @@ class Reconciler:
         self.real_ids = real_ids
         self.fresh = False
         log.info("adopted data plane: %d services, %d reals", len(img.services), len(img.reals))
-
-    def _read_row(self, m: Any, sid: int) -> np.ndarray:
-        row = np.frombuffer(m.read_range(sid * self.size, self.size), dtype=np.uint32).copy()
-        row.flags.writeable = False
-        return row
 
     # --- ids ----------------------------------------------------------------------------
     def referenced_real_ids(self, config: Config) -> set[int]:
@@ -406,10 +402,8 @@ class Reconciler:
             if sid is None:
                 sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
             used_svc_ids.add(sid)
-            moves = (
-                any(r.address in inputs.down.get(ident, ()) for r in svc.reals)
-                and ident not in inputs.keep_flows
-            )
+            down = inputs.down.get(ident, frozenset())
+            moves = bool(down) and ident not in inputs.keep_flows
             info = abi.SvcInfo(
                 id=sid,
                 flags=(persist_flag if svc.persistence_timeout else 0)
@@ -423,10 +417,9 @@ class Reconciler:
                 img.services[each] = info
             members = []
             view = []
-            down = inputs.down.get(ident, frozenset())
             for r in svc.reals:
                 eff = effective.get((svc.key, r.address)) if effective else None
-                if r.address in down:
+                if down and r.address in down:  # (an empty set still hashes it)
                     rid = real_ids[r.address]
                     keep = ident in inputs.keep_flows
                     if not keep:
@@ -565,8 +558,8 @@ class Reconciler:
                 if old_row is row:
                     continue
                 if old_row is None:
-                    old_row = self._zero_row if self.fresh else self._read_row(dp["maglev"], sid)
-                tx.writes += self._write_slots(sid, old_row, row)
+                    old_row = self._zero_row if self.fresh else self.rows.read(sid)
+                tx.writes += self.rows.write(sid, old_row, row)
                 tx.undo.append(self._restore_row(sid, row, old_row))
             done("maglev")
             # 2b. "down, move its flows" bits, before the services that flag them
@@ -636,19 +629,9 @@ class Reconciler:
 
     def _restore_row(self, sid: int, row: np.ndarray, old_row: np.ndarray) -> Callable[[], None]:
         def restore() -> None:
-            self._write_slots(sid, row, old_row)
+            self.rows.write(sid, row, old_row)
 
         return restore
-
-    def _write_slots(self, sid: int, old_row: np.ndarray, row: np.ndarray) -> int:
-        """Write the slots of row `sid` where `row` differs from `old_row`."""
-        changed = np.flatnonzero(old_row != row)
-        if not len(changed):
-            return 0
-        idx = (changed + sid * self.size).astype(np.uint32)
-        vals = np.ascontiguousarray(row[changed], dtype=np.uint32)
-        self.dp["maglev"].update_batch_raw(idx.tobytes(), vals.tobytes(), len(idx))
-        return len(idx)
 
     def commit(self, want: Desired, tx: Transaction) -> None:
         """Make `want` the reconciler's state: what the maps now hold."""

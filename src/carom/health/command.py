@@ -4,7 +4,11 @@ No shell: the argv from the config is run as given, and the target reaches the
 command through the environment (CAROM_REAL, CAROM_ADDRESS, CAROM_PORT), so no
 config value or address is ever interpolated into a command line. The command
 runs in its own session; when the probe times out or is cancelled, the whole
-process group is killed by its id (a script's children too) and reaped."""
+process group is killed by its id (a script's children too) and reaped.
+
+With `via: vip` the command runs in the probe namespace, in a cgroup whose
+sockets carry the real's mark (exec_path.py), so a command that connects to
+CAROM_ADDRESS (the VIP) takes that real's DSR path."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import os
 import signal
 import subprocess
 
+from carom.health import exec_path
 from carom.health.spec import EXEC_OUTPUT_CAP, CheckResult, ExecCheck, Target
 
 
@@ -55,9 +60,12 @@ def _kill_group(pid: int) -> None:
 
 async def probe(check: ExecCheck, target: Target) -> CheckResult:
     loop = asyncio.get_running_loop()
+    command = list(check.command)
+    if target.via is not None:  # in the real's cgroup, in the probe namespace
+        command = exec_path.argv(target.via, check.command)
     transport, out = await loop.subprocess_exec(
         _Output,
-        *check.command,
+        *command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

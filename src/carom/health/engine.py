@@ -1,26 +1,49 @@
 """TCP connect and plain HTTP probes without a coroutine: non-blocking sockets
-on one epoll set, driven by callbacks.
+on one epoll set, driven by callbacks, and reused from probe to probe.
 
 These two kinds run every second for every real, so their cost is the cost of
 health checking (issue: 1,000 reals x 2 checks on at most 10% of a core). A
 coroutine per probe costs a task, a timeout context, a future per socket wait
-and several event-loop round trips; here a probe is one small object, its
-socket's events arrive in batches through one epoll fd registered with the
-event loop, and timeouts share one timer that fires at most every TICK seconds.
+and several event-loop round trips; here a probe is one small object, and one
+timer tick every TICK seconds (while probes are in flight) reads the events of
+all of them from one epoll set and ends those past their timeout. The tick is
+on the same TICK boundaries as the scheduler's timing wheel, so one wake-up of
+the process serves starts, events and timeouts together: a few hundred
+wake-ups a second however many probes run, instead of one per event. The price
+is that a probe's result (and its measured time) is known up to TICK late.
+
+System calls per probe (benchmarks/health_checks.py measures the effect):
+- a socket is not closed after its probe but disconnected, `connect()` with
+  AF_UNSPEC (tcp_disconnect: the kernel sends RST, as a close with SO_LINGER 0
+  does, and frees the source port), and kept in a pool for the next probe with
+  the same family and path. Each probe is still a new connection (new source
+  port, new handshake); what is saved is socket(), setsockopt(SO_LINGER),
+  epoll_ctl(ADD) and close(), and the kernel's allocation and teardown of a
+  socket. Only a socket whose probe passed is kept; after a failure (its path
+  may be gone: a probe namespace made anew) it is closed with RST, and the
+  scheduler empties the pool at every update (a reload);
+- sockets stay in the epoll set, edge-triggered for both directions, so an HTTP
+  probe needs no epoll_ctl(MOD) between its request and its reply (an event for
+  an idle pooled socket is ignored: the kernel reports the state at delivery
+  time, so a late event never speaks for a finished probe);
+- a connect is judged by the event: EPOLLOUT without EPOLLERR/EPOLLHUP is a
+  completed handshake, so getsockopt(SO_ERROR) runs only on failure.
+That leaves connect and disconnect for a TCP probe, plus send and recv for HTTP.
 
 Semantics are those of tcp.probe and http._probe_plain (same reasons, same
 caps): connect, for HTTP send the request and read the head (at most
 HTTP_HEAD_CAP bytes) and, if `body` is set, up to HTTP_BODY_CAP bytes of body;
-every socket is closed with RST."""
+every connection ends with RST."""
 
 from __future__ import annotations
 
 import _socket
 import asyncio
+import collections
+import ctypes
 import errno
 import functools
-import heapq
-import itertools
+import math
 import os
 import select
 import socket
@@ -36,16 +59,23 @@ from carom.health.spec import (
     HttpCheck,
     ProbeKey,
     TcpCheck,
+    Via,
 )
 from carom.health.tcp import _LINGER_ZERO
 from carom.health.vip_path import socket_in
 
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-TICK = 0.005  # seconds: timeouts are checked at most this often (batched)
+TICK = 0.01  # seconds between ticks: events, timeouts and starts are served in batches
+POOL_MAX = 1024  # idle sockets kept per engine, at most (more in flight are closed)
 Done = Callable[[CheckResult], None]
 _EPOLLOUT = select.EPOLLOUT
 _EPOLLIN = select.EPOLLIN
+_FAILED = select.EPOLLERR | select.EPOLLHUP
+_WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
 _REASONS = {errno.ECONNRESET: "connection reset", errno.ECONNREFUSED: "connection refused"}
+_libc = ctypes.CDLL(None, use_errno=True)
+_UNSPEC = ctypes.create_string_buffer(16)  # a struct sockaddr with sa_family AF_UNSPEC (0)
+PoolKey = tuple[int, Via | None]  # the address family and the path of a socket
 
 
 def handles(key: ProbeKey) -> bool:
@@ -58,15 +88,23 @@ def _reason(err: int) -> str:
     return _REASONS.get(err) or os.strerror(err).lower()
 
 
+def disconnect(sock: _socket.socket) -> bool:
+    """Reset the socket's connection (RST if it had one) and make it unconnected
+    again, ready for another connect(). False if the kernel refused."""
+    return bool(_libc.connect(sock.fileno(), _UNSPEC, 16) == 0)
+
+
 class SocketProbe:
     """One probe in flight: its socket, what it has read, and whom to tell."""
 
     __slots__ = (
+        "batch",
         "buf",
         "deadline",
         "done",
         "fd",
         "key",
+        "pool",
         "reading",
         "request",
         "sock",
@@ -74,18 +112,19 @@ class SocketProbe:
         "status",
     )
 
-    def __init__(self, key: ProbeKey, done: Done, started: float) -> None:
+    def __init__(self, key: ProbeKey, done: Done, started: float, request: bytes | None) -> None:
         self.key = key
         self.done: Done | None = done  # None once finished
         self.started = started
         self.deadline = started + key.check.timing.timeout
         self.sock: _socket.socket | None = None
         self.fd = -1
-        check = key.check
-        self.request = _request(key) if isinstance(check, HttpCheck) else None
+        self.pool: PoolKey = (0, None)
+        self.request = request  # HTTP: the bytes to send once connected
         self.reading = False  # HTTP: the request is sent, events are the reply
         self.buf = bytearray()
         self.status = 0  # HTTP status once the head passed, while the body is read
+        self.batch = 0  # the engine's epoll read count when it started
 
 
 class SocketEngine:
@@ -95,102 +134,181 @@ class SocketEngine:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self._ep = select.epoll()
-        self._loop.add_reader(self._ep.fileno(), self._ready)
-        self._by_fd: dict[int, SocketProbe] = {}
-        self._deadlines: list[tuple[float, int, SocketProbe]] = []
-        self._seq = itertools.count()
+        self._by_fd: dict[int, SocketProbe] = {}  # probes in flight
+        self._pools: dict[PoolKey, list[_socket.socket]] = {}  # idle sockets
+        self._idle = 0
+        # probes in start order per timeout: each queue's deadlines only grow
+        self._deadlines: dict[float, collections.deque[SocketProbe]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._polls = 0  # epoll reads so far: a probe started after read N ignores N's events
 
     @property
     def in_flight(self) -> int:
         return len(self._by_fd)
 
+    @property
+    def idle(self) -> int:
+        """Sockets kept for the next probes."""
+        return self._idle
+
     def start(
-        self, key: ProbeKey, done: Done, sockaddr: tuple[str, int] | None = None
+        self,
+        key: ProbeKey,
+        done: Done,
+        sockaddr: tuple[str, int] | None = None,
+        request: bytes | None = None,
     ) -> SocketProbe:
         """Start a probe; `done` gets its result exactly once (maybe before this
-        returns, for a connection refused at once), unless it is aborted."""
-        p = SocketProbe(key, done, self._clock())
+        returns, for a connection refused at once), unless it is aborted.
+        `sockaddr` and `request` may be given worked out in advance (the
+        scheduler does, once per key)."""
         target = key.target
-        sock: _socket.socket
+        if request is None and isinstance(key.check, HttpCheck):
+            request = _request(key)
+        p = SocketProbe(key, done, self._clock(), request)
+        p.batch = self._polls
+        p.pool = pool = (_family(key), target.via)
         try:
-            if target.via is not None:
-                sock = socket_in(target.via, _family(key), socket.SOCK_STREAM)
-            else:
-                # the C socket type: socket.socket's Python layer (its __init__,
-                # its close bookkeeping) is a tenth of a probe's own cost
-                sock = _socket.socket(_family(key), _STREAM_NONBLOCK)
+            sock = self._take(pool)
         except OSError as exc:
-            self._finish(p, CheckResult(ok=False, reason=describe_error(exc)))
+            self._finish(p, False, describe_error(exc))
             return p
         p.sock, p.fd = sock, sock.fileno()
+        self._by_fd[p.fd] = p
         err = sock.connect_ex(sockaddr or (str(target.address), target.port))
-        if err == 0:
-            self._connected(p)
-        elif err == errno.EINPROGRESS:
-            self._by_fd[p.fd] = p
-            self._ep.register(p.fd, _EPOLLOUT)
+        if err == errno.EINPROGRESS:
             self._watch(p)
+        elif err == 0:
+            self._watch(p)
+            self._connected(p)
         else:
-            self._finish(p, CheckResult(ok=False, reason=_reason(err)))
+            self._finish(p, False, _reason(err))
         return p
 
     def abort(self, p: SocketProbe) -> None:
         """Drop a probe without a result (its key was removed, or closing)."""
         p.done = None
-        self._release(p)
+        self._release(p, keep=False)
 
     def close(self) -> None:
         for p in list(self._by_fd.values()):
-            self.abort(p)
+            p.done = None
+            self._close(p.sock)
+            p.sock = None
+        self._by_fd.clear()
+        for socks in self._pools.values():
+            for sock in socks:
+                sock.close()
+        self._pools.clear()
+        self._idle = 0
         if self._timer is not None:
             self._timer.cancel()
-        self._loop.remove_reader(self._ep.fileno())
+            self._timer = None
         self._ep.close()
 
+    # --- sockets -----------------------------------------------------------------
+    def _take(self, pool: PoolKey) -> _socket.socket:
+        """An idle socket of this family and path, or a new one in the epoll set."""
+        socks = self._pools.get(pool)
+        if socks:
+            self._idle -= 1
+            return socks.pop()
+        family, via = pool
+        sock: _socket.socket
+        if via is not None:
+            sock = socket_in(via, family, socket.SOCK_STREAM)
+        else:
+            # the C socket type: socket.socket's Python layer (its __init__,
+            # its close bookkeeping) is a tenth of a probe's own cost
+            sock = _socket.socket(family, _STREAM_NONBLOCK)
+        try:
+            self._ep.register(sock.fileno(), _WATCH)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def drop_idle(self) -> None:
+        """Close every pooled socket (after a reload: a probe namespace made anew
+        must not be reached through sockets made in the old one)."""
+        for socks in self._pools.values():
+            for sock in socks:
+                sock.close()
+        self._pools.clear()
+        self._idle = 0
+
+    def _release(self, p: SocketProbe, keep: bool) -> None:
+        """End the probe's connection with RST; keep its socket for the next
+        probe only if this one worked (a socket that failed, maybe because its
+        path is gone, is closed: the next probe gets a new one)."""
+        sock, p.sock = p.sock, None
+        if sock is None:
+            return
+        self._by_fd.pop(p.fd, None)
+        if keep and self._idle < POOL_MAX and disconnect(sock):
+            self._pools.setdefault(p.pool, []).append(sock)
+            self._idle += 1
+        else:
+            self._close(sock)
+
+    @staticmethod
+    def _close(sock: _socket.socket | None) -> None:
+        """Close with RST: no TIME_WAIT, no wait for a peer that never answers a
+        FIN. Closing the only descriptor also takes it out of the epoll set."""
+        if sock is None:
+            return
+        try:  # noqa: SIM105 (not a context manager: cheaper, and this is rare now)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ZERO)
+        except OSError:
+            pass
+        sock.close()
+
     # --- events ------------------------------------------------------------------
-    def _ready(self) -> None:
+    def _poll(self) -> None:
+        by_fd = self._by_fd
         while True:
+            self._polls += 1
+            batch = self._polls
             events = self._ep.poll(0, 512)
-            for fd, _ in events:
-                p = self._by_fd.get(fd)
-                if p is not None and p.done is not None:
-                    self._event(p)
+            for fd, mask in events:
+                p = by_fd.get(fd)
+                if p is None or p.done is None:
+                    continue  # an idle pooled socket: its disconnect woke it
+                if p.batch == batch:
+                    # started while this batch is handled (a waiting probe, on a
+                    # pooled socket): the event was read before, in the socket's
+                    # idle state; the probe's own events come with the next poll
+                    continue
+                if p.reading:
+                    self._read(p)
+                elif mask & _FAILED:
+                    assert p.sock is not None
+                    err = p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    self._finish(p, False, _reason(err) if err else "connection closed")
+                elif mask & _EPOLLOUT:
+                    self._connected(p)
+                # else: a late event of the socket's previous probe, reported in
+                # this one's state (connecting: nothing to say yet)
             if len(events) < 512:
                 return
 
-    def _event(self, p: SocketProbe) -> None:
-        assert p.sock is not None
-        if p.reading:
-            self._read(p)
-            return
-        err = p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._finish(p, CheckResult(ok=False, reason=_reason(err)))
-        else:
-            self._connected(p)
-
     def _connected(self, p: SocketProbe) -> None:
+        request = p.request
+        if request is None:
+            self._finish(p, True, "connected")
+            return
         assert p.sock is not None
-        if p.request is None:
-            self._finish(p, CheckResult(ok=True, reason="connected"))
-            return
         try:
-            sent = p.sock.send(p.request)
+            sent = p.sock.send(request)
         except OSError as exc:
-            self._finish(p, CheckResult(ok=False, reason=describe_error(exc)))
+            self._finish(p, False, describe_error(exc))
             return
-        if sent != len(p.request):  # a fresh socket takes a few hundred bytes at once
-            self._finish(p, CheckResult(ok=False, reason="request not sent whole"))
+        if sent != len(request):  # a fresh socket takes a few hundred bytes at once
+            self._finish(p, False, "request not sent whole")
             return
+        # edge-triggered on both directions: the reply's arrival is a new event,
+        # delivered at a later poll (this thread runs both), no epoll_ctl needed
         p.reading = True
-        if p.fd in self._by_fd:
-            self._ep.modify(p.fd, _EPOLLIN)
-        else:
-            self._by_fd[p.fd] = p
-            self._ep.register(p.fd, _EPOLLIN)
-            self._watch(p)
 
     def _read(self, p: SocketProbe) -> None:
         assert p.sock is not None
@@ -202,92 +320,82 @@ class SocketEngine:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._finish(p, CheckResult(ok=False, reason=describe_error(exc)))
+                self._finish(p, False, describe_error(exc))
                 return
             if p.status:  # reading the body for check.body
                 assert check.body is not None
                 p.buf += chunk
                 if not chunk or check.body in p.buf or len(p.buf) >= HTTP_BODY_CAP:
                     body = bytes(p.buf[:HTTP_BODY_CAP])
-                    self._finish(p, judge_body(check, p.status, body))
+                    self._judged(p, judge_body(check, p.status, body))
                     return
                 continue
             if not chunk:
                 what = "no response" if not p.buf else "a truncated response head"
-                self._finish(p, CheckResult(ok=False, reason=f"server closed after {what}"))
+                self._finish(p, False, f"server closed after {what}")
                 return
             p.buf += chunk
             end = _head_end(p.buf)
             if end < 0:
                 if len(p.buf) > HTTP_HEAD_CAP:
                     what = "headers" if b"\n" in p.buf else "line"
-                    reason = f"response {what} longer than {HTTP_HEAD_CAP} bytes"
-                    self._finish(p, CheckResult(ok=False, reason=reason))
+                    self._finish(p, False, f"response {what} longer than {HTTP_HEAD_CAP} bytes")
                     return
                 continue
             status = judge_head(check, bytes(p.buf[:end]))
             if isinstance(status, CheckResult):
-                self._finish(p, status)
+                self._judged(p, status)
                 return
             if check.body is None:
-                self._finish(p, CheckResult(ok=True, reason=f"HTTP {status}"))
+                self._finish(p, True, f"HTTP {status}")
                 return
             p.status = status
             p.buf = bytearray(p.buf[end:])
             if check.body in p.buf or len(p.buf) >= HTTP_BODY_CAP:
-                self._finish(p, judge_body(check, status, bytes(p.buf[:HTTP_BODY_CAP])))
+                self._judged(p, judge_body(check, status, bytes(p.buf[:HTTP_BODY_CAP])))
                 return
 
     # --- timeouts ------------------------------------------------------------------
+    # --- the tick ------------------------------------------------------------------
     def _watch(self, p: SocketProbe) -> None:
-        heapq.heappush(self._deadlines, (p.deadline, next(self._seq), p))
-        self._arm(p.deadline)
+        timeout = p.key.check.timing.timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = collections.deque()
+        queue.append(p)
+        if self._timer is None:
+            self._arm()
 
-    def _arm(self, at: float) -> None:
-        at = max(at, self._clock())
-        if self._timer is not None and self._timer_at <= at:
-            return  # an earlier wake-up will see this deadline
-        if self._timer is not None:
-            self._timer.cancel()
-        # batched: one wake-up serves every deadline of the next TICK
-        self._timer_at = at + TICK
-        self._timer = self._loop.call_later(self._timer_at - self._clock(), self._expire)
+    def _arm(self) -> None:
+        """The next tick, at the next multiple of TICK on the loop's clock (where
+        the scheduler's wheel serves its slots: one wake-up does both)."""
+        at = (math.floor(self._loop.time() / TICK) + 1) * TICK
+        self._timer = self._loop.call_at(at, self._tick)
 
-    def _expire(self) -> None:
+    def _tick(self) -> None:
         self._timer = None
+        self._poll()
         now = self._clock()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, p = heapq.heappop(heap)
-            if p.done is not None:
-                timeout = p.key.check.timing.timeout
-                self._finish(p, CheckResult(ok=False, reason=f"timed out after {timeout:g} s"))
-        while heap and heap[0][2].done is None:  # finished early: drop lazily
-            heapq.heappop(heap)
-        if heap:
-            self._arm(heap[0][0])
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and (queue[0].done is None or queue[0].deadline <= now):
+                p = queue.popleft()  # finished (dropped lazily), or timed out
+                if p.done is not None:
+                    self._finish(p, False, f"timed out after {timeout:g} s")
+            if not queue:
+                del self._deadlines[timeout]
+        if self._by_fd and self._timer is None:
+            self._arm()
 
     # --- the end -------------------------------------------------------------------
-    def _finish(self, p: SocketProbe, result: CheckResult) -> None:
-        done, p.done = p.done, None
-        self._release(p)
-        if done is not None:
-            elapsed = self._clock() - p.started
-            # tcp and http results carry no agent fields: only the time is added
-            done(CheckResult(ok=result.ok, reason=result.reason, elapsed=elapsed))
+    def _judged(self, p: SocketProbe, result: CheckResult) -> None:
+        self._finish(p, result.ok, result.reason)
 
-    def _release(self, p: SocketProbe) -> None:
-        sock, p.sock = p.sock, None
-        if sock is None:
-            return
-        # no unregister: closing the only descriptor of a socket takes it out of
-        # the epoll set (one system call less per probe)
-        self._by_fd.pop(p.fd, None)
-        try:  # noqa: SIM105 (hot path: no context manager) RST, no TIME_WAIT
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ZERO)
-        except OSError:
-            pass
-        sock.close()
+    def _finish(self, p: SocketProbe, ok: bool, reason: str) -> None:
+        done, p.done = p.done, None
+        self._release(p, keep=ok)
+        if done is not None:
+            # tcp and http results carry no agent fields: one result, with its time
+            done(CheckResult(ok, reason, self._clock() - p.started))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -295,6 +403,11 @@ def _request(key: ProbeKey) -> bytes:
     """A key's HTTP request: the same bytes every second, built once."""
     assert isinstance(key.check, HttpCheck)
     return build_request(key.check, key.target)
+
+
+def request_of(key: ProbeKey) -> bytes | None:
+    """The HTTP request of a key the engine runs, None for a TCP connect."""
+    return _request(key) if isinstance(key.check, HttpCheck) else None
 
 
 def _family(key: ProbeKey) -> int:

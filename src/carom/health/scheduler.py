@@ -1,14 +1,17 @@
-"""Runs the probes: one timer heap for every key, batched, bounded, cancellation-safe.
+"""Runs the probes: one timing wheel for every key, batched, bounded, cancellation-safe.
 
 - One probe per (target, check definition): services that share a real and a
   definition share its probe and its state (`update` takes a set of keys).
 - Jitter: a new key's first probe starts at a random point of its first
   interval, so a thousand checks configured at once do not fire together; after
-  that each key keeps its own phase (start-to-start timing).
-- Cheap at scale (1,000 reals x 2 checks a second): no task per key. Start
-  times sit in one heap served by one timer that wakes at most every TICK
-  seconds and starts everything due; TCP and plain HTTP probes run as
-  callbacks on one epoll set (engine.py), other kinds as a task per probe.
+  that each key keeps its own phase (due-to-due timing: a start up to TICK
+  late does not shift the next).
+- Cheap at scale (1,000 reals x 2 checks a second): no task and no timer per
+  key. Start times sit in a timing wheel of TICK-wide slots (a dict of lists,
+  and a heap of the few slot numbers in use), served by one timer at the end
+  of the earliest slot that starts everything due; TCP and plain HTTP probes
+  run as callbacks on one epoll set (engine.py) whose tick falls on the same
+  TICK boundaries, other kinds as a task per probe.
 - Bounded concurrency: at most `max_concurrent` probes are in flight; a probe's
   timeout starts once it has a slot. A key's probes never overlap.
 - `update` keeps the state of keys that stay (a reload never flaps a real) and
@@ -24,6 +27,7 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,6 +43,7 @@ log = logging.getLogger("carom.health")
 Prober = Callable[[ProbeKey], Awaitable[CheckResult]]
 OnChange = Callable[[ProbeKey, HealthState, HealthState, CheckResult], None]
 TICK = engine.TICK  # start times are served in batches this far apart at most
+_EARLY = 1e-4  # seconds: a timer that fires this much early still serves its slot
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,20 @@ class ProbeStatus:
 @dataclass(eq=False)
 class _Key:
     """The scheduler's own record of one key (hashed by identity: cheaper on the
-    hot path than the nested frozen ProbeKey)."""
+    hot path than the nested frozen ProbeKey). Its status is kept in mutable
+    fields and made a ProbeStatus only when asked: a probe's result then costs
+    no allocation beyond the CheckResult itself."""
 
     key: ProbeKey
     sockaddr: tuple[str, int]  # where the probe connects, worked out once
-    status: ProbeStatus
-    gen: int  # its heap entries carry this; a removed key's entries are stale
+    gen: int  # -1 once removed: its wheel entry (and a waiting one) is then stale
+    fast: bool = False  # run on the socket engine (tcp, plain http)
+    request: bytes | None = None  # http on the engine: the request, built once
+    state: HealthState = field(default_factory=HealthState)
+    last: CheckResult | None = None
+    probes: int = 0
+    failures: int = 0
+    due: float = 0.0  # when the probe in flight (or the next) was due
     started: float = 0.0  # clock() at the start of the probe in flight (or the last)
     task: asyncio.Task[CheckResult] | None = field(default=None, repr=False)
     probe: engine.SocketProbe | None = field(default=None, repr=False)
@@ -67,6 +80,10 @@ class _Key:
     @property
     def busy(self) -> bool:
         return self.task is not None or self.probe is not None
+
+    @property
+    def status(self) -> ProbeStatus:
+        return ProbeStatus(self.state, self.last, self.probes, self.failures)
 
 
 class HealthScheduler:
@@ -90,8 +107,10 @@ class HealthScheduler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._keys: dict[ProbeKey, _Key] = {}
-        self._heap: list[tuple[float, int, int, _Key]] = []  # due, seq, gen, key
-        self._seq = itertools.count()
+        # the timing wheel: keys by the TICK slot their next probe is due in, and
+        # a heap of the slots that hold keys (a few hundred a second, as ints)
+        self._wheel: dict[int, list[_Key]] = {}
+        self._slots: list[int] = []
         self._gens = itertools.count(1)
         self._waiting: collections.deque[tuple[int, _Key]] = collections.deque()
         self._in_flight = 0
@@ -107,13 +126,16 @@ class HealthScheduler:
         if self._closed:
             raise RuntimeError("the health scheduler is closed")
         wanted = set(keys)
+        if self._engine is not None:
+            self._engine.drop_idle()  # sockets of a probe namespace that may be gone
         for key in [k for k in self._keys if k not in wanted]:
             self._drop(self._keys.pop(key))
         now = self._clock()
         for key in wanted - self._keys.keys():
-            status = ProbeStatus(state=HealthState(), last=None, probes=0, failures=0)
             sockaddr = (str(key.target.address), key.target.port)
-            k = self._keys[key] = _Key(key, sockaddr, status, gen=next(self._gens))
+            k = self._keys[key] = _Key(key, sockaddr, gen=next(self._gens))
+            if self._prober is None and engine.handles(key):
+                k.fast, k.request = True, engine.request_of(key)
             self._push(now + self._rng.uniform(0.0, key.check.timing.interval), k)
         self._arm()
 
@@ -124,7 +146,7 @@ class HealthScheduler:
     def usable(self, key: ProbeKey) -> bool:
         """Whether new flows may go to the key's real (unknown keys: usable)."""
         k = self._keys.get(key)
-        return k is None or k.status.state.usable
+        return k is None or k.state.usable
 
     def snapshot(self) -> dict[ProbeKey, ProbeStatus]:
         return {key: k.status for key, k in list(self._keys.items())}
@@ -153,30 +175,39 @@ class HealthScheduler:
     # --- timing -------------------------------------------------------------
 
     def _push(self, due: float, k: _Key) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), k.gen, k))
+        """Due at `due`: into the wheel's slot that ends at or after it. A key has
+        at most one entry (pushed when it is added and after each result)."""
+        k.due = due
+        slot = math.ceil(due / TICK)
+        keys = self._wheel.get(slot)
+        if keys is None:
+            self._wheel[slot] = [k]
+            heapq.heappush(self._slots, slot)
+        else:
+            keys.append(k)
 
     def _arm(self) -> None:
-        """One timer for the earliest start, rounded up to the next TICK so that
-        starts due close together are served by one wake-up."""
-        if self._closed or not self._heap:
+        """One timer, for the end of the earliest slot that holds keys: starts
+        due close together are served by one wake-up."""
+        if self._closed or not self._slots:
             return
-        at = max(self._heap[0][0], self._clock())
+        at = max(self._slots[0] * TICK, self._clock())
         if self._timer is not None:
-            if self._timer_at <= at + TICK:
+            if self._timer_at <= at:
                 return
             self._timer.cancel()
-        self._timer_at = at + TICK
+        self._timer_at = at
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._timer_at - self._clock(), self._wake)
+        self._timer = loop.call_later(at - self._clock(), self._wake)
 
     def _wake(self) -> None:
         self._timer = None
-        now = self._clock()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, gen, k = heapq.heappop(heap)
-            if k.gen == gen and not k.busy:  # a removed key's gen is -1
-                self._start(k)
+        last = (self._clock() + _EARLY) / TICK  # the last slot to serve now
+        slots, wheel = self._slots, self._wheel
+        while slots and slots[0] <= last:
+            for k in wheel.pop(heapq.heappop(slots)):
+                if k.gen != -1 and not k.busy:  # a removed key's gen is -1
+                    self._start(k)
         self._arm()
 
     # --- one probe ----------------------------------------------------------
@@ -188,11 +219,13 @@ class HealthScheduler:
         self._in_flight += 1
         k.started = self._clock()
         gen, key = k.gen, k.key
-        if self._prober is None and engine.handles(key):
+        if k.fast:
             if self._engine is None:
                 self._engine = engine.SocketEngine(self._clock)
             try:
-                probe = self._engine.start(key, lambda r: self._done(k, gen, r), k.sockaddr)
+                probe = self._engine.start(
+                    key, lambda r: self._done(k, gen, r), k.sockaddr, k.request
+                )
             except Exception as exc:  # a bug must fail one probe, not stop the timer
                 log.exception("health: probe of %s failed to start", _name(key))
                 self._done(k, gen, CheckResult(ok=False, reason=f"probe error: {exc!r}"[:200]))
@@ -223,8 +256,9 @@ class HealthScheduler:
         k.task = k.probe = None
         self._in_flight -= 1
         self._record(k.key, k, result)
-        state = k.status.state
-        self._push(max(k.started + next_interval(state, k.key.check.timing), self._clock()), k)
+        # from the due time, not the start: a start up to TICK late does not
+        # stretch every interval (the key keeps its phase)
+        self._push(max(k.due + next_interval(k.state, k.key.check.timing), self._clock()), k)
         while self._waiting and self._in_flight < self._max:
             wgen, wk = self._waiting.popleft()
             if wk.gen == wgen and not wk.busy:
@@ -244,29 +278,27 @@ class HealthScheduler:
         k.task = k.probe = None
 
     def _record(self, key: ProbeKey, k: _Key, result: CheckResult) -> None:
-        old = k.status
-        new_state = step(old.state, result.ok, self._clock(), key.check.timing, self._flap)
-        k.status = ProbeStatus(
-            state=new_state,
-            last=result,
-            probes=old.probes + 1,
-            failures=old.failures + (0 if result.ok else 1),
-        )
+        old_state, old_last = k.state, k.last
+        new_state = step(old_state, result.ok, self._clock(), key.check.timing, self._flap)
+        k.state, k.last = new_state, result
+        k.probes += 1
+        if not result.ok:
+            k.failures += 1
         agent_said = (result.drain, result.weight_percent)
-        before = (old.last.drain, old.last.weight_percent) if old.last else (False, None)
-        if new_state.health is not old.state.health or agent_said != before:
+        before = (old_last.drain, old_last.weight_percent) if old_last else (False, None)
+        if new_state.health is not old_state.health or agent_said != before:
             held = " (held: flapping)" if new_state.suppressed else ""
             log.info(
                 "%s: %s -> %s%s: %s",
                 _name(key),
-                old.state.health.value,
+                old_state.health.value,
                 new_state.health.value,
                 held,
                 result.reason,
             )
             if self._on_change is not None:
                 try:
-                    self._on_change(key, old.state, new_state, result)
+                    self._on_change(key, old_state, new_state, result)
                 except Exception:  # a broken callback must not stop the probes
                     log.exception("health: on_change failed for %s", _name(key))
 

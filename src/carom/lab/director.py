@@ -60,7 +60,7 @@ class Director:
         self.node = node if node.startswith("carom-") else f"carom-{node}"
         state = Path(t.DEFAULT_STATE_DIR)
         self.config_path = state / f"{self.node}.yaml"
-        self.log_path = state / f"{self.node}.log"
+        self.log_path = state / f"{self.node}.carom.log"  # NODE.log is the lab server's
         self.socket = os.path.join(t.DEFAULT_STATE_DIR, f"{self.node}.sock")
         self.pid_path = daemons.pid_file(state, self.node)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -139,15 +139,19 @@ class Held:
         result: dict[str, Any] = json.loads(line)
         return result
 
-    def ping(self) -> None:
+    def ping(self) -> list[dict[str, Any]]:
+        """One round trip on every connection; failures and moves are kept in
+        `failed` (first error per connection), the raw results returned."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("ping\n")
         self.proc.stdin.flush()
-        for i, r in enumerate(self._line()["ping"]):
+        results: list[dict[str, Any]] = self._line()["ping"]
+        for i, r in enumerate(results):
             if not r["ok"]:
                 self.failed.setdefault(i, r["error"])
             elif r["server"] != self.conns[i]["server"]:
                 self.failed.setdefault(i, f"moved to {r['server']}")
+        return results
 
     def lost(self) -> list[str]:
         return [
