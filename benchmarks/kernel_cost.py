@@ -20,6 +20,12 @@ flow's own pending slot and schedules it again (Maglev, persistence) and rewrite
 the slot, the same work as a flow never seen (a slot read, the choice, a slot
 write), so the rows time a new flow's real cost.
 
+The connection-table hit rows with `carom trace` on (bpf/trace.h) set the
+tracing fields of node_cfg as the daemon does: sampled one in 1000 (the ring
+holds every record of a timed run, so none is dropped), or with a host filter
+that matches nothing (the filter's cost alone). Off, tracing is one test of a
+node_cfg field: the plain hit row is the tracing-off row.
+
 A flow's connection event (a NEW record in the `conn_events` ring buffer) is
 written when its second packet confirms it, which a repeated run cannot repeat:
 the confirmation row times single runs, each the second packet of a fresh flow.
@@ -160,6 +166,31 @@ class KernelBench:
             events.drain()
         return ns
 
+    def traced(
+        self, frame: bytes, repeat: int, one_in: int, host: str | None = None, records: int = 0
+    ) -> float:
+        """A connection-table hit timed with `carom trace` on (node_cfg, as the
+        daemon writes it): one in `one_in` sampled, or none if `host` matches
+        nothing. Then off again, the ring drained, and the records counted: the
+        ring holds them all (CAROM_TRACE_EVENTS_BYTES), so no drop is timed."""
+        dp = self.runner.dp
+        node = dp["node_cfg"].lookup(0)
+        node.trace_one_in = one_in
+        if host is not None:
+            node.trace_addr = abi.Addr.of(ipaddress.ip_address(host))
+            node.trace_family = 4
+        dp["trace_state"].update(0, 0)
+        dp["node_cfg"].update(0, node)
+        try:
+            ns = self.timed(frame, repeat, {C.CONN_HIT: 1, C.TX_DSR: 1, C.TRACE_DROPPED: 0})
+        finally:
+            node.trace_one_in, node.trace_family, node.trace_addr = 0, 0, abi.Addr()
+            dp["node_cfg"].update(0, node)
+        got = len(self.runner.traces())
+        if got != records:
+            raise AssertionError(f"tracing 1 in {one_in}: {got} records, expected {records}")
+        return ns
+
     def reflect(self, frame: bytes, repeat: int) -> float:
         retval, _, ns = libbpf.prog_test_run(self.reflector_fd, frame, repeat=repeat)
         assert retval == abi.Verdict.TX
@@ -195,6 +226,12 @@ def run(budget_s: float = 120.0, repeat: int = 200_000, rounds: int = 6) -> list
             ),
             "carom persistence hit (SYN of a known client)": lambda: kb.timed(
                 psyn, repeat, {C.PERSIST_HIT: 1, C.TX_DSR: 1, C.SYN_RESCHEDULE: 0}
+            ),
+            "carom DSR, connection-table hit, carom trace on: 1 in 1000 recorded": lambda: (
+                kb.traced(ack, repeat, 1000, records=-(-repeat // 1000))
+            ),
+            "carom DSR, connection-table hit, carom trace on: host filter matches none": (
+                lambda: kb.traced(ack, repeat, 1, host="203.0.113.1")
             ),
             "carom IPv6 connection-table hit": lambda: kb.timed(
                 ack6, repeat, {C.CONN_HIT: 1, C.TX_DSR: 1}

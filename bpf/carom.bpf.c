@@ -21,6 +21,7 @@
 #include "ifmac.h"
 #include "arp_responder.h"
 #include "icmp.h"
+#include "trace.h"
 
 /* Referenced so the enums (and structs used only as locals, such as the
  * conn_events record) reach BTF, where user space checks them. */
@@ -36,25 +37,92 @@ struct carom_abi_enums {
 	enum carom_conn_event_kind conn_event_kind;
 	enum carom_counter counter;
 	struct conn_event conn_event;
+	struct trace_event trace_event;
 };
 struct carom_abi_enums carom_abi_enums_anchor SEC(".carom_abi");
+
+/* A VIP frame, once node_cfg is read: may we schedule, then the checks, the
+ * service, the real, the forwarding. Returns the verdict's reason; *svc_id and
+ * *real_id say what it was decided with (for `carom trace`, trace.h). */
+static __always_inline int vip_decision(struct xdp_md *ctx, void *data, void *end,
+					struct packet *p, const struct node_cfg *cfg,
+					struct svc_info *svc, const struct vip_info *vip, int tried,
+					__u32 *svc_id, __u32 *real_id)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	struct ethhdr *eth = data;
+	struct real_info *real;
+	__u32 via = CAROM_VIA_OTHER;
+	__u64 now;
+	int rc;
+
+	/* Only an active node with a running lease schedules, and never a frame
+	 * a peer director sent; the rest is the local stack's (lease.h). */
+	now = coarse_now();
+	rc = may_schedule(cfg, now);
+	if (rc)
+		return rc;
+	if (cfg->peer_mac_count && from_peer_director(cfg, eth->h_source))
+		return CAROM_CNT_PASS_PEER_DIRECTOR;
+
+	if (p->flow.family == CAROM_FAMILY_IPV6) {
+		rc = skip_ipv6_ext(data, end, p);
+		if (rc)
+			return rc;
+	}
+	if (p->fragment)
+		return cfg->flags & CAROM_CFG_FRAG_PASS ? CAROM_CNT_PASS_FRAGMENT
+							 : CAROM_CNT_DROP_FRAGMENT;
+	if (p->l4_proto == (p->flow.family == CAROM_FAMILY_IPV4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
+		return icmp_error_forward(ctx, data, end, p, cfg);
+	if (p->l4_proto != IPPROTO_TCP && p->l4_proto != IPPROTO_UDP)
+		return CAROM_CNT_PASS_OTHER_PROTO;
+	rc = parse_l4(data, end, p);
+	if (rc)
+		return rc;
+	if (!svc) {
+		if (!vip)
+			return CAROM_CNT_PASS_NOT_VIP; /* unreachable; for the verifier */
+		rc = find_service(p, vip, tried, &svc);
+		if (rc)
+			return rc;
+	}
+	*svc_id = svc->id;
+
+	/* Checks on the Ethernet header, now that the frame is ours to forward. */
+	if (eth->h_dest[0] & 1)
+		return CAROM_CNT_DROP_GROUP_MAC;
+	rc = addressed_to_us(ctx, eth);
+	if (rc)
+		return rc;
+
+	rc = schedule(p, svc, cfg, eth->h_source, now, real_id, &real, &via);
+	if (rc)
+		return rc;
+
+	count_traffic(&svc_stats, svc->id, bytes, via);
+	count_traffic(&real_stats, *real_id, bytes, via);
+
+	if (real->flags & CAROM_REAL_LOCAL)
+		return CAROM_CNT_PASS_LOCAL_REAL;
+	if (real->method != CAROM_METHOD_DSR)
+		return CAROM_CNT_DROP_UNSUPPORTED;
+	forward_dsr(eth, real);
+	return CAROM_CNT_TX_DSR;
+}
 
 SEC("xdp")
 int carom_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	__u64 bytes = ctx->data_end - ctx->data;
 	struct packet p = {};
 	struct vip_key vk = {};
 	struct vip_info *vip = 0;
 	struct node_cfg *cfg;
 	struct svc_info *svc;
-	struct real_info *real;
-	struct ethhdr *eth = data;
-	__u32 zero = 0, real_id = 0;
+	__u32 zero = 0, svc_id = CAROM_TRACE_NO_SVC, real_id = 0;
 	__u16 eth_proto = 0;
-	__u64 now;
 	int rc, tried;
 
 	rc = parse_eth(data, end, &p, &eth_proto);
@@ -85,61 +153,14 @@ int carom_xdp(struct xdp_md *ctx)
 			return finish(CAROM_CNT_PASS_NOT_VIP);
 	}
 
-	/* Only an active node with a running lease schedules, and never a frame
-	 * a peer director sent; the rest is the local stack's (lease.h). */
 	cfg = bpf_map_lookup_elem(&node_cfg, &zero);
 	if (!cfg)
 		return finish(CAROM_CNT_PASS_BACKUP);
-	now = coarse_now();
-	rc = may_schedule(cfg, now);
-	if (rc)
-		return finish(rc);
-	if (cfg->peer_mac_count && from_peer_director(cfg, eth->h_source))
-		return finish(CAROM_CNT_PASS_PEER_DIRECTOR);
-
-	if (p.flow.family == CAROM_FAMILY_IPV6) {
-		rc = skip_ipv6_ext(data, end, &p);
-		if (rc)
-			return finish(rc);
-	}
-	if (p.fragment)
-		return finish(cfg->flags & CAROM_CFG_FRAG_PASS ? CAROM_CNT_PASS_FRAGMENT
-							       : CAROM_CNT_DROP_FRAGMENT);
-	if (p.l4_proto == (p.flow.family == CAROM_FAMILY_IPV4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
-		return finish(icmp_error_forward(ctx, data, end, &p, cfg));
-	if (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP)
-		return finish(CAROM_CNT_PASS_OTHER_PROTO);
-	rc = parse_l4(data, end, &p);
-	if (rc)
-		return finish(rc);
-	if (!svc) {
-		if (!vip)
-			return finish(CAROM_CNT_PASS_NOT_VIP); /* unreachable; for the verifier */
-		rc = find_service(&p, vip, tried, &svc);
-		if (rc)
-			return finish(rc);
-	}
-
-	/* Checks on the Ethernet header, now that the frame is ours to forward. */
-	if (eth->h_dest[0] & 1)
-		return finish(CAROM_CNT_DROP_GROUP_MAC);
-	rc = addressed_to_us(ctx, eth);
-	if (rc)
-		return finish(rc);
-
-	rc = schedule(&p, svc, cfg, eth->h_source, now, &real_id, &real);
-	if (rc)
-		return finish(rc);
-
-	count_traffic(&svc_stats, svc->id, bytes);
-	count_traffic(&real_stats, real_id, bytes);
-
-	if (real->flags & CAROM_REAL_LOCAL)
-		return finish(CAROM_CNT_PASS_LOCAL_REAL);
-	if (real->method != CAROM_METHOD_DSR)
-		return finish(CAROM_CNT_DROP_UNSUPPORTED);
-	forward_dsr(eth, real);
-	return finish(CAROM_CNT_TX_DSR);
+	rc = vip_decision(ctx, data, end, &p, cfg, svc, vip, tried, &svc_id, &real_id);
+	/* Off, `carom trace` costs this test of a field read already (trace.h). */
+	if (__builtin_expect(cfg->trace_one_in != 0, 0))
+		trace_decision(ctx, cfg, &p, rc, svc_id, real_id);
+	return finish(rc);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -27,6 +27,14 @@
 /* conn_events ring buffer: default size in bytes (a power of two, a multiple of
  * the page size); the loader sets it from limits.conn_events_bytes. */
 #define CAROM_CONN_EVENTS_BYTES (4 << 20)
+/* trace_events ring buffer (trace.h): fixed, not a limit. Its size bounds what a
+ * running `carom trace` can cost the daemon, which drains it ten times a second:
+ * at most ~630 records (208 bytes each with the ring's header) per drain. */
+#define CAROM_TRACE_EVENTS_BYTES (128 << 10)
+/* Bytes of the frame a trace record carries (as the frame leaves the program). */
+#define CAROM_TRACE_SNAP 128
+/* trace_event.svc_id of a decision taken before its service was known. */
+#define CAROM_TRACE_NO_SVC 0xffffffff
 
 /* Address family tag carried in keys (not AF_* numbers, to stay compact). */
 enum carom_family {
@@ -137,7 +145,10 @@ enum carom_counter {
 	/* detail (conn_events.h) */
 	CAROM_CNT_CONN_EVENTS_DROPPED = 38, /* conn_events full: a NEW/REPOINT event was lost */
 	CAROM_CNT_CONN_REAL_DOWN = 39,      /* entry's real down for its service: rescheduled */
-	CAROM_CNT__MAX = 40,
+	/* detail (trace.h): only while `carom trace` runs */
+	CAROM_CNT_TRACE_SAMPLED = 40, /* a decision written to trace_events */
+	CAROM_CNT_TRACE_DROPPED = 41, /* trace_events full: a sampled decision was lost */
+	CAROM_CNT__MAX = 42,
 };
 
 #endif

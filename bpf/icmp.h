@@ -184,8 +184,8 @@ static __always_inline int icmp_error_forward(struct xdp_md *ctx, void *data, vo
 	real = quoted_real(&fk, svc, cfg, &real_id);
 	if (!real)
 		return CAROM_CNT_PASS_ICMP_UNMATCHED;
-	count_traffic(&svc_stats, svc->id, ctx->data_end - ctx->data);
-	count_traffic(&real_stats, real_id, ctx->data_end - ctx->data);
+	count_traffic(&svc_stats, svc->id, ctx->data_end - ctx->data, CAROM_VIA_OTHER);
+	count_traffic(&real_stats, real_id, ctx->data_end - ctx->data, CAROM_VIA_OTHER);
 	if (real->flags & CAROM_REAL_LOCAL)
 		return CAROM_CNT_PASS_LOCAL_REAL;
 	if (real->method != CAROM_METHOD_DSR)

@@ -136,6 +136,20 @@ struct {
 	__uint(max_entries, CAROM_CONN_EVENTS_BYTES);
 } conn_events SEC(".maps");
 
+/* Sampled decisions while `carom trace` runs (trace.h); read by the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, CAROM_TRACE_EVENTS_BYTES);
+} trace_events SEC(".maps");
+
+/* trace_state[0], per CPU: decisions still to skip before the next sample. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} trace_state SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CAROM_CNT__MAX);

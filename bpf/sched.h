@@ -152,11 +152,11 @@ static __always_inline void confirm(const struct packet *p, const struct svc_inf
 	count(CAROM_CNT_CONN_CONFIRMED);
 }
 
-/* Returns 0 with *real_id and *real set, or the counter id of a drop. `now` is
- * coarse_now() (clock.h). */
+/* Returns 0 with *real_id, *real and *via (CAROM_VIA_*, stats.h) set, or the
+ * counter id of a drop. `now` is coarse_now() (clock.h). */
 static __always_inline int schedule(const struct packet *p, const struct svc_info *svc,
 				    const struct node_cfg *cfg, const __u8 *src_mac, __u64 now,
-				    __u32 *real_id, struct real_info **real)
+				    __u32 *real_id, struct real_info **real, __u32 *via)
 {
 	int syn = p->l4_proto == IPPROTO_TCP &&
 		  (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
@@ -182,6 +182,7 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 				count(CAROM_CNT_CONN_REAL_DOWN);
 			} else if (*real) {
 				*real_id = conn->real_id;
+				*via = CAROM_VIA_CONN_HIT;
 				count(CAROM_CNT_CONN_HIT);
 				if (age_of(now, conn->last_seen_ns) > LAST_SEEN_GRANULARITY_NS) {
 					conn->last_seen_ns = now;
@@ -210,6 +211,7 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 		conn->last_seen_ns = now;
 		conn_event(&p->flow, conn, CAROM_CONN_EVENT_REPOINT);
 		*real_id = rid;
+		*via = CAROM_VIA_NEW;
 		return 0;
 	}
 
@@ -225,6 +227,7 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 		*real = usable_real(pend->real_id);
 		if (!syn && *real && !real_down_for(cfg, svc, pend->real_id)) {
 			*real_id = pend->real_id;
+			*via = CAROM_VIA_OTHER;
 			confirm(p, svc, pend, now);
 			return 0;
 		}
@@ -243,6 +246,7 @@ static __always_inline int schedule(const struct packet *p, const struct svc_inf
 	pend->ttl = p->ttl;
 	pend->seen_ns = now;
 	*real_id = rid;
+	*via = CAROM_VIA_NEW;
 	return 0;
 }
 

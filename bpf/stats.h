@@ -13,13 +13,23 @@ static __always_inline void count(__u32 idx)
 		*c += 1;
 }
 
-static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes)
+/* How a packet's real was chosen (sched.h), for the per-service and per-real
+ * flow counters: bumped on the traffic counter already looked up. */
+#define CAROM_VIA_OTHER 0    /* a flow's confirmation (its second packet), an ICMP error */
+#define CAROM_VIA_CONN_HIT 1 /* its conn_table entry */
+#define CAROM_VIA_NEW 2      /* a new decision: Maglev or a persistence entry */
+
+static __always_inline void count_traffic(void *map, __u32 idx, __u64 bytes, __u32 via)
 {
 	struct traffic_counter *c = bpf_map_lookup_elem(map, &idx);
 
 	if (c) {
 		c->packets += 1;
 		c->bytes += bytes;
+		if (via == CAROM_VIA_CONN_HIT)
+			c->conn_hits += 1;
+		else if (via == CAROM_VIA_NEW)
+			c->new_flows += 1;
 	}
 }
 

@@ -108,7 +108,7 @@ struct node_cfg {
 	__u32 role;          /* enum carom_role */
 	__u32 flags;         /* enum carom_cfg_flags */
 	__u32 maglev_size;   /* slots per service row in `maglev` (prime) */
-	__u32 reserved;
+	__u32 trace_one_in;  /* `carom trace`: record one decision in this many (trace.h); 0 = off */
 	__u64 tcp_idle_ns;   /* a TCP conn entry idle longer than this is rescheduled */
 	__u64 udp_idle_ns;   /* same for UDP */
 	__u32 peer_mac_count; /* entries of peer_macs in use (0..CAROM_MAX_PEER_MACS) */
@@ -116,6 +116,25 @@ struct node_cfg {
 	/* The other directors' MACs: VIP frames from them are passed, never scheduled
 	 * (lease.h). Inline, so the check costs no lookup. */
 	struct mac_key peer_macs[CAROM_MAX_PEER_MACS];
+	/* `carom trace`'s filter, read only while trace_one_in is set (trace.h). */
+	struct carom_addr trace_addr; /* only tuples with this address at either end... */
+	__u8 trace_family;            /* ...of this family; 0 = any address */
+	__u8 trace_pad;
+	__u16 trace_port;             /* only tuples with this port at either end (network order); 0 = any */
+	__u32 trace_pad2;
+};
+
+/* trace_events records (trace.h): one sampled decision while `carom trace` runs. */
+struct trace_event {
+	__u64 ts_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	struct flow_key key; /* the tuple; ports 0 when the frame has none (fragment, ICMP...) */
+	__u32 svc_id;        /* CAROM_TRACE_NO_SVC until the service was found */
+	__u32 real_id;       /* the real chosen; 0 = none */
+	__u32 ifindex;       /* the receiving interface */
+	__u32 reason;        /* enum carom_counter: the verdict's reason */
+	__u32 len;           /* the frame's length */
+	__u32 caplen;        /* bytes of it in data */
+	__u8 data[CAROM_TRACE_SNAP]; /* the frame's first bytes as it leaves (after a DSR rewrite) */
 };
 
 /* conn_events records (conn_events.h): a conn_table entry created or re-pointed. */
@@ -138,6 +157,8 @@ struct if_mac {
 struct traffic_counter {
 	__u64 packets;
 	__u64 bytes;
+	__u64 new_flows; /* packets that started a flow here: Maglev or persistence chose the real */
+	__u64 conn_hits; /* packets sent by their conn_table entry */
 };
 
 #endif

@@ -124,9 +124,11 @@ class Counter(enum.IntEnum):
     PASS_PEER_DIRECTOR = 37
     CONN_EVENTS_DROPPED = 38
     CONN_REAL_DOWN = 39
+    TRACE_SAMPLED = 40
+    TRACE_DROPPED = 41
 
 
-COUNTER_MAX = 40  # CAROM_CNT__MAX
+COUNTER_MAX = 42  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):
@@ -165,6 +167,8 @@ DETAIL_COUNTERS = frozenset(
         Counter.CONN_CONFIRMED,
         Counter.CONN_EVENTS_DROPPED,
         Counter.CONN_REAL_DOWN,
+        Counter.TRACE_SAMPLED,
+        Counter.TRACE_DROPPED,
     }
 )
 VERDICT_REASONS = frozenset(Counter) - DETAIL_COUNTERS - {Counter.RX}
@@ -356,12 +360,19 @@ class NodeCfg(Struct):
         ("role", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("maglev_size", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("trace_one_in", ctypes.c_uint32),  # carom trace: one decision in N; 0 = off
         ("tcp_idle_ns", ctypes.c_uint64),
         ("udp_idle_ns", ctypes.c_uint64),
         ("peer_mac_count", ctypes.c_uint32),  # entries of peer_macs in use
         ("real_down_words", ctypes.c_uint32),  # words per service row of real_down
         ("peer_macs", MacKey * MAX_PEER_MACS),  # VIP frames from these are never scheduled
+        # carom trace's filter (bpf/trace.h): an address at either end (family 0:
+        # any) and a port at either end (network order; 0: any)
+        ("trace_addr", Addr),
+        ("trace_family", ctypes.c_uint8),
+        ("trace_pad", ctypes.c_uint8),
+        ("trace_port", ctypes.c_uint16),
+        ("trace_pad2", ctypes.c_uint32),
     ]
 
     def set_peer_macs(self, macs: Iterable[bytes]) -> None:
@@ -409,9 +420,35 @@ class ConnEventRecord(Struct):
     ]
 
 
+TRACE_SNAP = 128  # CAROM_TRACE_SNAP: bytes of the frame in a trace record
+TRACE_NO_SVC = 0xFFFFFFFF  # CAROM_TRACE_NO_SVC: decided before the service was known
+
+
+class TraceEvent(Struct):
+    """struct trace_event: one record of the trace_events ring buffer."""
+
+    _c_name_ = "trace_event"
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),  # CLOCK_MONOTONIC
+        ("key", FlowKey),  # the tuple (ports 0 when the frame has none)
+        ("svc_id", ctypes.c_uint32),  # TRACE_NO_SVC until the service was found
+        ("real_id", ctypes.c_uint32),  # 0: none
+        ("ifindex", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),  # Counter
+        ("len", ctypes.c_uint32),  # the frame's length
+        ("caplen", ctypes.c_uint32),  # bytes of it in data
+        ("data", ctypes.c_uint8 * TRACE_SNAP),  # as it leaves (after a DSR rewrite)
+    ]
+
+
 class TrafficCounter(Struct):
     _c_name_ = "traffic_counter"
-    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("new_flows", ctypes.c_uint64),  # Maglev or persistence chose the real
+        ("conn_hits", ctypes.c_uint64),  # sent by the flow's conn_table entry
+    ]
 
 
 STRUCTS: tuple[type[Struct], ...] = (
@@ -431,6 +468,7 @@ STRUCTS: tuple[type[Struct], ...] = (
     NodeCfg,
     IfMac,
     ConnEventRecord,
+    TraceEvent,
     TrafficCounter,
 )
 
@@ -455,11 +493,15 @@ MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[Struct], object]] = 
     "stats": (U32, U64),
     "svc_stats": (U32, TrafficCounter),
     "real_stats": (U32, TrafficCounter),
+    "trace_state": (U32, U32),
 }
 
 
 # Ring buffers: no key or value, only a size (limits); read with carom.bpf.ringbuf.
-RINGBUFS: dict[str, type[Struct]] = {"conn_events": ConnEventRecord}  # name -> record type
+RINGBUFS: dict[str, type[Struct]] = {  # name -> record type
+    "conn_events": ConnEventRecord,
+    "trace_events": TraceEvent,
+}
 
 
 PROTOCOLS = {"tcp": 6, "udp": 17}  # config names -> IP protocol numbers

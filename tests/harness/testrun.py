@@ -17,6 +17,7 @@ from carom import abi
 from carom.bpf import libbpf
 from carom.bpf.loader import Dataplane
 from carom.bpf.maps import sum_percpu
+from carom.bpf.ringbuf import RingBuffer
 from carom.cluster.events import ConnEvent, ConnEvents
 from carom.config.limits import Limits
 from carom.model.state import State
@@ -38,6 +39,27 @@ class Outcome:
     pending: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
     # conn_events records, in order: (kind, flow key, real, flags, ttl)
     events: list[tuple[int, bytes, int, int, int]] = field(default_factory=list)
+    # (new_flows, conn_hits) of svc_stats / real_stats entries where not (0, 0)
+    svc_flows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    real_flows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # trace_events records: (key, svc, real, ifindex, reason, len, captured bytes)
+    traces: list[TraceTuple] = field(default_factory=list)
+
+
+TraceTuple = tuple[bytes, int, int, int, int, int, bytes]
+
+
+def trace_tuple(ev: abi.TraceEvent) -> TraceTuple:
+    """A trace record as comparable plain values (its time left out)."""
+    return (
+        bytes(ev.key),
+        int(ev.svc_id),
+        int(ev.real_id),
+        int(ev.ifindex),
+        int(ev.reason),
+        int(ev.len),
+        bytes(ev.data)[: ev.caplen],
+    )
 
 
 EventTuple = tuple[int, bytes, int, int, int]
@@ -85,6 +107,17 @@ class TestRunner:
         self._pending_written: dict[int, abi.PendingConn] = {}
         self._if_slots: set[int] = set()  # if_macs slots written by write_state
         self.events = ConnEvents(self.dp)
+        self._traces: list[abi.TraceEvent] = []
+        self.trace_ring = RingBuffer(self.dp.map_fd("trace_events"), self._on_trace)
+
+    def _on_trace(self, raw: bytes) -> None:
+        self._traces.append(abi.TraceEvent.from_buffer_copy(raw))
+
+    def traces(self) -> list[abi.TraceEvent]:
+        """trace_events records written since the last call, oldest first."""
+        self.trace_ring.consume()
+        out, self._traces = self._traces, []
+        return out
 
     @classmethod
     def on(cls, dp: Dataplane, limits: Limits) -> TestRunner:
@@ -92,10 +125,13 @@ class TestRunner:
         r = cls.__new__(cls)
         r.limits, r.dp, r._if_slots, r._pending_written = limits, dp, set(), {}
         r.events = ConnEvents(dp)
+        r._traces = []
+        r.trace_ring = RingBuffer(dp.map_fd("trace_events"), r._on_trace)
         return r
 
     def close(self) -> None:
         self.events.close()
+        self.trace_ring.close()
         self.dp.close()
 
     def write_state(self, state: State) -> None:
@@ -154,8 +190,10 @@ class TestRunner:
         for k, pv in state.persist.items():
             dp["persist_table"].update(abi.PersistKey.from_bytes(k), pv)
         self.write_pending(state.pending)
+        dp["trace_state"].update(0, state.trace_skip)  # every CPU's countdown
         self.zero_counters()
         self.events.drain()  # events of earlier runs are not this state's
+        self.traces()
 
     def write_pending(self, slots: dict[int, abi.PendingConn]) -> None:
         """Every CPU's pending cache := `slots` (clearing what the last write left)."""
@@ -223,14 +261,17 @@ class TestRunner:
         verdict, out, _ = self.run(frame)
         result = Outcome(verdict=verdict, frame=out, counters=self.counters())
         result.events = [event_tuple(e) for e in self.events.drain()]
-        for name, target in (
-            ("svc_stats", result.svc_traffic),
-            ("real_stats", result.real_traffic),
+        result.traces = [trace_tuple(t) for t in self.traces()]
+        for name, target, flows in (
+            ("svc_stats", result.svc_traffic, result.svc_flows),
+            ("real_stats", result.real_traffic, result.real_flows),
         ):
             for idx, vals in self.dp[name].items():
                 tc = sum_percpu(vals)
                 if tc.packets:
                     target[idx] = (tc.packets, tc.bytes)
+                if tc.new_flows or tc.conn_hits:
+                    flows[idx] = (tc.new_flows, tc.conn_hits)
         for k, v in self.dp["conn_table"].items():
             result.conns[k.to_bytes()] = (
                 v.real_id,
@@ -280,4 +321,7 @@ def model_outcome(state: State, frame: bytes) -> Outcome:
             for k, v in state.persist.items()
         },
         events=[event_tuple(e) for e in d.events],
+        svc_flows=d.svc_flows,
+        real_flows=d.real_flows,
+        traces=[trace_tuple(d.trace)] if d.trace is not None else [],
     )

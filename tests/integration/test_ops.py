@@ -105,6 +105,16 @@ def test_scrape_counts_what_the_clients_sent(lab: Lab, director: Director) -> No
     tx = value(m, "carom_datapath_packets_total", verdict="tx", reason="tx_dsr")
     assert tx - value(before, "carom_datapath_packets_total", verdict="tx", reason="tx_dsr") >= grew
     assert value(m, "carom_new_flows_total") - value(before, "carom_new_flows_total") >= 12
+
+    def grown(name: str, **labels: str) -> float:
+        return value(m, name, **labels) - value(before, name, **labels)
+
+    # per service and per real: each connection one new flow, its later packets hits
+    assert grown("carom_service_new_flows_total", **svc) >= 12
+    assert grown("carom_service_conn_table_hits_total", **svc) >= 12
+    for name in ("carom_real_new_flows_total", "carom_real_conn_table_hits_total"):
+        per_real = sum(grown(name, real=a) for a in REAL_ADDRS)
+        assert per_real == grown(name.replace("real", "service", 1), **svc), name
     assert value(m, "carom_conn_table_hits_total") > value(before, "carom_conn_table_hits_total")
     assert value(m, "carom_conn_table_entries") >= 12
     for a in REAL_ADDRS:

@@ -58,8 +58,17 @@ def test_packet_case(case: PacketCase, impl: tuple[str, Impl]) -> None:
         assert case.svc_id is not None
         assert out.real_traffic == {want_real: (1, len(case.frame))}
         assert out.svc_traffic == {case.svc_id: (1, len(case.frame))}
+        # per service and per real: a new decision (Maglev or persistence) is a
+        # new flow, a conn_table entry used is a hit; a confirmation is neither
+        new = case.extra.get(C.NEW_FLOW, 0) + case.extra.get(C.PERSIST_HIT, 0)
+        flows = (new, case.extra.get(C.CONN_HIT, 0))
+        want_flows = {case.svc_id: flows} if any(flows) else {}
+        assert out.svc_flows == want_flows, f"{name}: svc_stats new_flows/conn_hits"
+        assert out.real_flows == ({want_real: flows} if any(flows) else {})
     else:
         assert out.real_traffic == {} and out.svc_traffic == {}
+        assert out.real_flows == {} and out.svc_flows == {}
+    assert out.traces == [], f"{name}: tracing is off, no trace_events record"
     if case.conn_created:
         key = flow_key(case.frame)
         real_id, _, ttl, seen = out.conns[key]

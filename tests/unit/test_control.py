@@ -236,3 +236,62 @@ def test_the_command_table_matches_what_the_daemon_handles() -> None:
     from carom.daemon import health_task  # handle() passes these on to it
 
     assert handled | set(health_task.COMMANDS) == set(control.COMMANDS)
+
+
+# --- streams (carom trace) -----------------------------------------------------------
+
+
+def _streaming(closed: list[str], keepalive_s: float) -> control.Handler:
+    """A handler whose stream sends a counter every 50 ms until it is cancelled."""
+
+    async def handler(req: dict[str, Any]) -> dict[str, Any] | control.Stream:
+        async def pump(send: control.Send) -> None:
+            n = 0
+            while True:
+                await send({"n": n})
+                n += 1
+                await asyncio.sleep(0.05)
+
+        return control.Stream({"ok": True}, pump, keepalive_s, lambda: closed.append("x"))
+
+    return handler
+
+
+def test_a_stream_lasts_while_its_client_renews_and_ends_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    closed: list[str] = []
+
+    def client() -> list[dict[str, Any]]:
+        got = []
+        replies = control.stream(str(path), "status", keepalive_s=0.1)
+        for msg in replies:  # longer than the keepalive: renewals keep it going
+            got.append(msg)
+            if len(got) == 12:
+                break
+        replies.close()
+        return got
+
+    got, _ = run_server(path, client, _streaming(closed, keepalive_s=0.3))
+    assert got[0] == {"ok": True} and [m["n"] for m in got[1:]] == list(range(11))
+    assert closed == ["x"]  # the client went: the stream's close ran
+
+
+def test_a_silent_stream_client_is_ended_after_its_keepalive(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    closed: list[str] = []
+
+    def client() -> tuple[int, float]:
+        import time
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b'{"command": "status"}\n')  # and never a renewal
+        t0, buf = time.monotonic(), b""
+        while chunk := s.recv(65536):
+            buf += chunk
+        s.close()
+        return buf.count(b"\n"), time.monotonic() - t0
+
+    (lines, took), _ = run_server(path, client, _streaming(closed, keepalive_s=0.5))
+    assert closed == ["x"] and 0.4 < took < 3.0 and lines >= 5

@@ -90,6 +90,8 @@ def snapshot() -> dict[str, Any]:
                 "protocol": "tcp",
                 "packets": 10,
                 "bytes": 1000,
+                "new_flows": 2,
+                "conn_hits": 6,
                 "reals": [
                     {
                         **real,
@@ -98,6 +100,8 @@ def snapshot() -> dict[str, Any]:
                         "detail": "",
                         "packets": 7,
                         "bytes": 700,
+                        "new_flows": 2,
+                        "conn_hits": 4,
                     },
                     {
                         **real,
@@ -108,6 +112,8 @@ def snapshot() -> dict[str, Any]:
                         "detail": "",
                         "packets": 3,
                         "bytes": 300,
+                        "new_flows": 0,
+                        "conn_hits": 2,
                     },
                 ],
             }
@@ -138,6 +144,10 @@ def test_metrics_from_a_snapshot() -> None:
     assert m[("carom_service_packets_total", svc)] == 10
     assert m[("carom_service_bytes_total", svc)] == 1000
     assert m[("carom_real_packets_total", frozenset({"real": str(R1)}.items()))] == 7
+    assert m[("carom_service_new_flows_total", svc)] == 2
+    assert m[("carom_service_conn_table_hits_total", svc)] == 6
+    assert m[("carom_real_new_flows_total", frozenset({"real": str(R1)}.items()))] == 2
+    assert m[("carom_real_conn_table_hits_total", frozenset({"real": str(R2)}.items()))] == 2
     up = {"service": "web", "real": str(R2)}
     assert m[("carom_real_state", frozenset({**up, "state": "drained"}.items()))] == 1
     assert m[("carom_real_state", frozenset({**up, "state": "up"}.items()))] == 0
@@ -299,10 +309,13 @@ def test_top_rates() -> None:
     newer = snapshot()
     newer["services"][0]["packets"] = 30
     newer["services"][0]["reals"][0]["packets"] = 27
+    newer["services"][0]["new_flows"] = 8
+    newer["services"][0]["reals"][0]["new_flows"] = 5
     newer["counters"] = {**newer["counters"], "new_flow": 14, "drop_no_real": 3}
     r = rates(Sample(12.0, newer), old)
     assert r["services"]["web"]["pps"] == 10.0
     assert r["reals"][str(R1)]["pps"] == 10.0
+    assert (r["services"]["web"]["fps"], r["reals"][str(R1)]["fps"]) == (3.0, 1.5)
     assert r["counters"]["new_flow"] == 5.0
     assert r["drops"] == 1.0
     first = rates(old, None)

@@ -186,7 +186,8 @@ def render_status(st: dict[str, Any]) -> str:
         ports = s.get("ports", s["port"])
         lines.append(
             f"service {s['name']}  {s['vip']}:{ports}/{s['protocol']}{persist}  "
-            f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}"
+            f"table {s['fingerprint']}  {s['packets']} pkts {_fmt_bytes(s['bytes'])}  "
+            f"{s.get('new_flows', 0)} new flows {s.get('conn_hits', 0)} conn hits"
         )
         if s.get("held"):
             lines.append(f"  HELD: fewer reals in rotation than min_healthy {s['min_healthy']}")
@@ -205,7 +206,8 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append("real servers (traffic over all services):")
         for r in sorted(totals.values(), key=lambda r: r["real_id"]):
             lines.append(
-                f"  {r['address']:<22} {r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}"
+                f"  {r['address']:<22} {r['packets']:>10} pkts {_fmt_bytes(r['bytes']):>9}  "
+                f"{r.get('new_flows', 0):>8} new flows {r.get('conn_hits', 0):>10} conn hits"
             )
     for o in st.get("overrides") or []:
         unused = "" if o["in_config"] else " (no such real in the config now)"
@@ -221,6 +223,9 @@ def render_status(st: dict[str, Any]) -> str:
     if lr:
         state = "ok" if lr.get("ok") else f"FAILED: {lr.get('error')}"
         lines.append(f"last apply: {state}, {lr.get('writes', 0)} map writes")
+    if st.get("trace"):
+        t = st["trace"]
+        lines.append(f"carom trace running: one decision in {t['sample']}")
     if st.get("cluster"):
         from carom.cli.cluster_view import render_cluster
 

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "carom.cli.top",
     "carom.cli.doctor_cmds",
     "carom.cli.cluster_cmds",
+    "carom.cli.trace_cmds",
 )
 
 

@@ -68,12 +68,14 @@ def rates(new: Sample, old: Sample | None) -> dict[str, Any]:
         out["services"][s["name"]] = {
             "pps": _rate(s["packets"], o["packets"] if o else None, dt),
             "bps": _rate(s["bytes"] * 8, o["bytes"] * 8 if o else None, dt),
+            "fps": _rate(s.get("new_flows", 0), o.get("new_flows", 0) if o else None, dt),
         }
         for r in s["reals"]:
             o = old_real.get(r["address"])
             out["reals"][r["address"]] = {
                 "pps": _rate(r["packets"], o["packets"] if o else None, dt),
                 "bps": _rate(r["bytes"] * 8, o["bytes"] * 8 if o else None, dt),
+                "fps": _rate(r.get("new_flows", 0), o.get("new_flows", 0) if o else None, dt),
             }
     for name, value in new.status["counters"].items():
         out["counters"][name] = _rate(value, old_c.get(name) if old else None, dt)
@@ -112,6 +114,7 @@ def render(new: Sample, old: Sample | None) -> Group:
         ("WEIGHT", "right"),
         ("PKT/S", "right"),
         ("BIT/S", "right"),
+        ("FLOWS/S", "right"),
         ("PACKETS", "right"),
         ("BYTES", "right"),
     ):
@@ -124,6 +127,7 @@ def render(new: Sample, old: Sample | None) -> Group:
             "",
             human(sr["pps"]),
             human(sr["bps"]),
+            human(sr["fps"]),
             human(s["packets"]),
             human(s["bytes"], "B"),
         )
@@ -135,6 +139,7 @@ def render(new: Sample, old: Sample | None) -> Group:
                 str(real["weight"]),
                 human(rr["pps"]),
                 human(rr["bps"]),
+                human(rr["fps"]),
                 human(real["packets"]),
                 human(real["bytes"], "B"),
             )

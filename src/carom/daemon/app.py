@@ -46,6 +46,7 @@ from carom.daemon.interfaces import InterfaceError, apply_interfaces, check_xdp_
 from carom.daemon.looplag import SWITCH_INTERVAL_S, LoopLag, quiet_gc
 from carom.daemon.reconcile import Reconciler
 from carom.daemon.status import build_status, expected_fingerprints
+from carom.daemon.trace_task import TraceTask
 from carom.net import egress, realserver
 from carom.ops.hub import Ops
 
@@ -148,6 +149,7 @@ class Daemon:
         self.cluster: ClusterService | None = None
         self.health: health_task.HealthTask | None = None
         self.apply_phases: dict[str, float] = {}  # seconds of the last apply's parts
+        self.tracer = TraceTask(self)  # `carom trace`
 
     async def load(self) -> Config:
         """The new config: the incremental path in a thread when only a few
@@ -430,6 +432,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         assert self.config is not None and self.dp is not None
+        self.tracer.stop()  # tracing never outlives its daemon
         if self.health is not None:  # first: probes stop, the probe namespace goes
             await self.health.close()
         if self.stop_request.detach:
@@ -607,7 +610,7 @@ class Daemon:
             )
 
     # --- control requests ---------------------------------------------------------------
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes:
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes | control.Stream:
         cmd = req.get("command")
         if cmd == "status":
             return await asyncio.to_thread(self._status_reply)
@@ -617,6 +620,8 @@ class Daemon:
             self.stop_request = Stop(detach=bool(req.get("detach")))
             self.stop_event.set()
             return {"ok": True, "detach": self.stop_request.detach}
+        if cmd == "trace":
+            return await self.tracer.handle(req)
         if cmd in health_task.COMMANDS and self.health is not None:
             reply = await self.health.handle(req)
             if self.cluster is not None and self.cluster.view_following and reply.get("ok"):
@@ -700,6 +705,7 @@ class Daemon:
             "neighbours": self.follower.summary(),
             "ownership": self.owner.status() if self.owner else None,
             "cluster": self.cluster.status() if self.cluster else None,
+            "trace": self.tracer.status(),
         }
 
     def _on_loop(self, fn: Callable[[], T]) -> T:

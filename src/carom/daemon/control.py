@@ -14,18 +14,38 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("carom.control")
 
-# A handler returns a reply to encode, or one already encoded (a large reply is
-# encoded off the event loop, see daemon/app.py).
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | bytes]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A reply that goes on (`carom trace`): `first` is answered at once, then
+    `pump(send)` writes lines until it returns. The client keeps the stream, and
+    whatever the pump switched on, alive by sending a line (any) at least every
+    `keepalive_s`: its end, its silence (a frozen client) or a write it does not
+    take within STREAM_WRITE_TIMEOUT_S cancels the pump, whose `finally` undoes
+    what it did."""
+
+    first: dict[str, Any]
+    pump: Callable[[Send], Coroutine[Any, Any, None]]
+    keepalive_s: float
+    close: Callable[[], None] = lambda: None  # runs however the stream ends
+
+
+# A handler returns a reply to encode, one already encoded (a large reply is
+# encoded off the event loop, see daemon/app.py), or a Stream.
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | bytes | Stream]]
 DEFAULT_SOCKET_DIR = "/run/carom"
 MAX_REQUEST_BYTES = 64 * 1024  # a request is a command and a few short arguments
 READ_TIMEOUT_S = 5.0  # a client that sends nothing must not hold a connection open
 WRITE_TIMEOUT_S = 30.0  # nor one that never reads its reply
+STREAM_WRITE_TIMEOUT_S = 5.0  # a streaming client that stops reading ends its stream
 
 # command -> {argument: (type, required)}; anything else is refused before the
 # daemon sees it, so a handler can trust the shape of what it gets.
@@ -40,6 +60,8 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "real-drain": {"address": (str, True), "service": (str, False)},
     "real-undrain": {"address": (str, True), "service": (str, False)},
     "real-weight": {"address": (str, True), "weight": (int, True), "service": (str, False)},
+    # a stream of sampled decisions (daemon/trace_task.py)
+    "trace": {"sample": (int, False), "host": (str, False), "port": (int, False)},
 }
 
 
@@ -122,7 +144,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-async def _answer(reader: asyncio.StreamReader, handler: Handler) -> dict[str, Any] | bytes:
+async def _answer(
+    reader: asyncio.StreamReader, handler: Handler
+) -> dict[str, Any] | bytes | Stream:
     try:
         line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
     except TimeoutError:
@@ -157,6 +181,9 @@ async def serve(path: str, handler: Handler) -> asyncio.Server:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             response = await _answer(reader, handler)
+            if isinstance(response, Stream):
+                await _stream(reader, writer, response)
+                return
             if isinstance(response, bytes):
                 writer.write(response + b"\n")
             else:
@@ -174,6 +201,37 @@ async def serve(path: str, handler: Handler) -> asyncio.Server:
         os.umask(old)
     os.chmod(path, 0o600)
     return server
+
+
+async def _stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: Stream
+) -> None:
+    """Run a Stream until its pump ends or its client goes away or falls silent."""
+
+    async def send(obj: dict[str, Any]) -> None:
+        writer.write(json.dumps(obj, default=str).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), STREAM_WRITE_TIMEOUT_S)
+
+    async def watch() -> None:
+        while await asyncio.wait_for(reader.readline(), stream.keepalive_s):
+            pass  # any line renews; EOF (b"") or silence (TimeoutError) ends
+
+    try:
+        await send(stream.first)
+        pump = asyncio.create_task(stream.pump(send), name="control-stream")
+        watcher = asyncio.create_task(watch(), name="control-stream-watch")
+        try:
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watcher):
+                task.cancel()
+            for result in await asyncio.gather(pump, watcher, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(
+                    result, (TimeoutError, ConnectionError, ValueError)
+                ):
+                    log.error("control stream failed", exc_info=result)
+    finally:
+        stream.close()
 
 
 def alive(path: str) -> bool:
@@ -220,3 +278,48 @@ def request(path: str, command: str, timeout: float = 30.0, **args: Any) -> dict
     if not isinstance(result, dict):
         raise ConnectionError(f"the daemon on {path} closed the connection without a valid reply")
     return result
+
+
+def stream(
+    path: str, command: str, keepalive_s: float = 1.0, **args: Any
+) -> Generator[dict[str, Any], None, None]:
+    """Send one request and yield the daemon's reply lines as they come (blocking;
+    for the CLI). A newline goes to the daemon every `keepalive_s` to keep the
+    stream alive; closing the generator ends it. Raises ConnectionError."""
+    import select
+    import time
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(
+                f"no carom daemon is answering on {path} (is `carom run` running?)"
+            ) from exc
+        except PermissionError as exc:
+            raise ConnectionError(f"permission denied on {path}; run as root") from exc
+        s.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+        buf = b""
+        renew = time.monotonic() + keepalive_s
+        while True:
+            ready, _, _ = select.select([s], [], [], max(0.0, renew - time.monotonic()))
+            if time.monotonic() >= renew:
+                s.sendall(b"\n")
+                renew = time.monotonic() + keepalive_s
+            if not ready:
+                continue
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    obj = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    raise ConnectionError(f"the daemon on {path} sent a malformed line") from None
+                if isinstance(obj, dict):
+                    yield obj
+    finally:
+        s.close()

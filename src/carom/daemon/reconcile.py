@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,15 @@ from carom.net.neighbours import Neighbour
 from carom.sched import maglev
 
 log = logging.getLogger("carom.reconcile")
+
+
+@dataclass(frozen=True)
+class TraceSetting:
+    """`carom trace` in node_cfg (bpf/trace.h)."""
+
+    one_in: int  # record one matching decision in this many (>= 1)
+    host: abi.IPAddress | None = None  # only tuples with this address at either end
+    port: int = 0  # only tuples with this port at either end; 0: any
 
 
 def _discard(_: object) -> None:
@@ -96,6 +106,9 @@ class Reconciler:
         # in the worker thread: the lock keeps the image and node_cfg agreeing.
         self.role_override: abi.Role | None = None
         self._role_lock = threading.Lock()
+        # `carom trace` (daemon/trace_task.py): node_cfg's trace fields, kept
+        # across reloads like the role; None: off.
+        self.trace: TraceSetting | None = None
 
     def set_role(self, role: abi.Role) -> None:
         """Switch node_cfg.role now (one map write), ahead of any reload."""
@@ -106,9 +119,24 @@ class Reconciler:
             self.dp["node_cfg"].update(0, node)
             self.current.node = node
 
+    def set_trace(self, trace: TraceSetting | None) -> None:
+        """Switch `carom trace` on (or off: None) now, one node_cfg write."""
+        with self._role_lock:
+            self.trace = trace
+            node = abi.NodeCfg.from_buffer_copy(bytes(self.current.node))
+            self._patch_role(node)
+            self.dp["node_cfg"].update(0, node)
+            self.current.node = node
+
     def _patch_role(self, node: abi.NodeCfg) -> None:
+        """The fields set at runtime, not by the config: role and trace."""
         if self.role_override is not None:
             node.role = int(self.role_override)
+        t = self.trace
+        node.trace_one_in = t.one_in if t is not None else 0
+        node.trace_family = int(abi.family_of(t.host)) if t and t.host else 0
+        node.trace_addr = abi.Addr.of(t.host) if t and t.host else abi.Addr()
+        node.trace_port = abi.port_be(t.port) if t is not None else 0
 
     # --- reading back a running data plane --------------------------------------------
     def adopt(self) -> None:

@@ -46,6 +46,8 @@ def build_status(cfg: Config, dp: Dataplane, rec: Reconciler) -> dict[str, Any]:
                     **rv.__dict__,
                     "packets": rs.packets if rs else 0,
                     "bytes": rs.bytes if rs else 0,
+                    "new_flows": rs.new_flows if rs else 0,
+                    "conn_hits": rs.conn_hits if rs else 0,
                 }
             )
         services.append(
@@ -60,6 +62,8 @@ def build_status(cfg: Config, dp: Dataplane, rec: Reconciler) -> dict[str, Any]:
                 "fingerprint": last.fingerprints.get(ident) if last else None,
                 "packets": st.packets if st else 0,
                 "bytes": st.bytes if st else 0,
+                "new_flows": st.new_flows if st else 0,  # Maglev or persistence chose a real
+                "conn_hits": st.conn_hits if st else 0,  # a conn_table entry was followed
                 "reals": reals,
             }
         )

@@ -33,6 +33,9 @@ TCP_SYN, TCP_ACK = 0x02, 0x10
 ETH_P_ARP = 0x0806
 # BPF_PROG_TEST_RUN runs the program on the loopback device's receive queue.
 LOOPBACK_IFINDEX = 1
+# How the real was chosen (bpf/stats.h CAROM_VIA_*): the per-service and per-real
+# new_flows / conn_hits counters
+VIA_OTHER, VIA_CONN_HIT, VIA_NEW = 0, 1, 2
 
 
 @dataclass
@@ -48,6 +51,15 @@ class Decision:
     real_id: int = 0  # chosen real, 0 if none
     # conn_events records written, in order (conn_events.h)
     events: list[abi.ConnEventRecord] = field(default_factory=list)
+    # (new_flows, conn_hits) increments of svc_stats / real_stats, when not (0, 0)
+    svc_flows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    real_flows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # the trace_events record written (trace.h), if tracing is on and sampled it
+    trace: abi.TraceEvent | None = None
+    # what trace.h sees: the packet once node_cfg was read, its service and real
+    traced: _Packet | None = None
+    trace_svc: int = abi.TRACE_NO_SVC
+    trace_real: int = 0
 
 
 class _Verdict(Exception):
@@ -284,7 +296,7 @@ def _schedule(  # sched.h schedule
     now: int,
     tally: Tally[Counter],
     events: list[abi.ConnEventRecord],
-) -> tuple[int, Real]:
+) -> tuple[int, Real, int]:
     assert state.node is not None
     node = state.node
     syn = p.l4_proto == IPPROTO_TCP and (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
@@ -312,7 +324,7 @@ def _schedule(  # sched.h schedule
                         pv = state.persist.get(_persist_key(p, svc))
                         if pv is not None and pv.real_id == conn.real_id:
                             pv.last_seen_ns = now
-                return conn.real_id, real
+                return conn.real_id, real, VIA_CONN_HIT
             else:
                 tally[Counter.CONN_REAL_GONE] += 1
         # rescheduled in place: this node's decision now, no longer a synced one
@@ -321,7 +333,7 @@ def _schedule(  # sched.h schedule
         rid, real = _choose(state, p, svc, flow_hash(fkey), now, tally)
         conn.real_id, conn.flags, conn.ttl, conn.last_seen_ns = rid, 0, p.ttl, now
         _event(events, fkey, conn, abi.ConnEventKind.REPOINT)
-        return rid, real
+        return rid, real, VIA_NEW
 
     fhash = flow_hash(fkey)
     pslot = fhash & (abi.PENDING_SLOTS - 1)
@@ -337,7 +349,7 @@ def _schedule(  # sched.h schedule
         real = _usable(state, pend.real_id)
         if not syn and real is not None and pend.real_id not in svc.down:
             _confirm(state, p, svc, pend, now, tally, events)
-            return pend.real_id, real
+            return pend.real_id, real, VIA_OTHER
 
     if from_real:
         raise _Verdict(Counter.DROP_LOOP)
@@ -345,7 +357,7 @@ def _schedule(  # sched.h schedule
     state.pending[pslot] = abi.PendingConn(
         key=abi.FlowKey.from_buffer_copy(fkey), real_id=rid, ttl=p.ttl, seen_ns=now
     )
-    return rid, real
+    return rid, real, VIA_NEW
 
 
 class _Answer(_Verdict):
@@ -415,7 +427,56 @@ def decide(frame: bytes, state: State, now_ns: int, ifindex: int = LOOPBACK_IFIN
         result.reason = v.reason
     result.verdict = abi.verdict_of(result.reason)
     tally[result.reason] += 1
+    if result.traced is not None and state.node is not None and state.node.trace_one_in:
+        _trace(frame, state, ifindex, result)
     return result
+
+
+def _trace_key(frame: bytes, p: _Packet) -> bytes:  # trace.h trace_key
+    key = p.flow_key()
+    if (
+        p.sport
+        or p.dport
+        or p.fragment
+        or p.l4_proto not in (IPPROTO_TCP, IPPROTO_UDP)
+        or p.l4_off > IPV6_EXT_OFF_LIMIT
+        or p.l4_off + 4 > min(p.l4_end, len(frame))
+    ):
+        return key
+    ports = frame[p.l4_off : p.l4_off + 4]
+    return key[:32] + ports + key[36:]
+
+
+def _trace(frame: bytes, state: State, ifindex: int, result: Decision) -> None:
+    """trace.h trace_decision: filter, sample, record."""
+    node, p = state.node, result.traced
+    assert node is not None and p is not None
+    key = _trace_key(frame, p)
+    fk = abi.FlowKey.from_buffer_copy(key)
+    if node.trace_host is not None:
+        want = abi.Addr.of(node.trace_host)
+        if int(abi.family_of(node.trace_host)) != fk.family or want not in (fk.src, fk.dst):
+            return
+    port = abi.port_be(node.trace_port)
+    if port and port not in (fk.sport, fk.dport):
+        return
+    if state.trace_skip and state.trace_skip < node.trace_one_in:
+        state.trace_skip -= 1
+        return
+    state.trace_skip = node.trace_one_in - 1
+    out = result.frame[: abi.TRACE_SNAP]
+    ev = abi.TraceEvent(
+        key=fk,
+        svc_id=result.trace_svc,
+        real_id=result.trace_real,
+        ifindex=ifindex,
+        reason=int(result.reason),
+        len=len(result.frame),
+        caplen=len(out),
+    )
+    ev.data[: len(out)] = list(out)
+    result.trace = ev
+    result.counters[Counter.TRACE_SAMPLED] += 1
 
 
 def _decide(  # carom.bpf.c
@@ -446,7 +507,10 @@ def _decide(  # carom.bpf.c
         raise _Verdict(Counter.PASS_NOT_VIP)
     # lease.h: only an active node with a running lease schedules, and never a
     # frame from a peer director (the map holds a u64: a negative deadline wraps)
-    if state.node is None or state.node.role != abi.Role.ACTIVE:
+    if state.node is None:
+        raise _Verdict(Counter.PASS_BACKUP)
+    result.traced = p  # node_cfg was read: trace.h may record the decision
+    if state.node.role != abi.Role.ACTIVE:
         raise _Verdict(Counter.PASS_BACKUP)
     if not now < state.node.lease_until_ns & U64:
         raise _Verdict(Counter.PASS_LEASE_EXPIRED)
@@ -468,14 +532,19 @@ def _decide(  # carom.bpf.c
         svc = services.get(p.dst + struct.pack("<HBB", 0, p.l4_proto, int(p.family)))
     if svc is None:
         raise _Verdict(Counter.PASS_NO_SERVICE)
+    result.trace_svc = svc.svc_id
 
     _frame_checks(frame, state, ifindex)
 
-    rid, real = _schedule(state, p, svc, frame[6:12], now, tally, result.events)
-    result.real_id = rid
+    rid, real, via = _schedule(state, p, svc, frame[6:12], now, tally, result.events)
+    result.real_id = result.trace_real = rid
     n = len(frame)
     result.svc_traffic[svc.svc_id] = (1, n)
     result.real_traffic[rid] = (1, n)
+    flows = (int(via == VIA_NEW), int(via == VIA_CONN_HIT))
+    if any(flows):
+        result.svc_flows[svc.svc_id] = flows
+        result.real_flows[rid] = flows
     if real.local:
         raise _Verdict(Counter.PASS_LOCAL_REAL)
     if real.method != abi.Method.DSR:

@@ -30,6 +30,11 @@ class Node:
     # MACs of the peer directors (6 bytes each, at most abi.MAX_PEER_MACS): VIP
     # frames from them go to the local stack, never scheduled.
     peer_macs: tuple[bytes, ...] = ()
+    # carom trace (bpf/trace.h): record one decision in trace_one_in (0: off), of
+    # tuples with trace_host at either end and trace_port (host order) at either end
+    trace_one_in: int = 0
+    trace_host: abi.IPAddress | None = None
+    trace_port: int = 0
 
     def to_abi(self) -> abi.NodeCfg:
         cfg = abi.NodeCfg(
@@ -40,6 +45,11 @@ class Node:
             udp_idle_ns=self.udp_idle_ns,
         )
         cfg.set_peer_macs(self.peer_macs)
+        cfg.trace_one_in = self.trace_one_in
+        if self.trace_host is not None:
+            cfg.trace_addr = abi.Addr.of(self.trace_host)
+            cfg.trace_family = int(abi.family_of(self.trace_host))
+        cfg.trace_port = abi.port_be(self.trace_port)
         return cfg
 
 
@@ -119,6 +129,8 @@ class State:
     pending: dict[int, abi.PendingConn] = field(default_factory=dict)
     # if_macs: ifindex -> the interface's own MAC (6 bytes)
     if_macs: dict[int, bytes] = field(default_factory=dict)
+    # trace_state: matching decisions still to skip before the next trace record
+    trace_skip: int = 0
 
     def vip_keys(self) -> set[bytes]:
         return set(self.vip_infos())

@@ -25,7 +25,7 @@ from carom.ops.openapi import document
 class _Daemon(Protocol):
     config: Config | None
 
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes: ...
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes | control.Stream: ...
 
 
 class Source(Protocol):
@@ -187,6 +187,9 @@ class Api:
             return http.error(400, str(exc))
         except ValueError as exc:  # a well-formed request with a bad value
             return http.error(400, " ".join(str(exc).split()))
+        if isinstance(reply, control.Stream):  # only the control socket streams
+            reply.close()
+            return http.error(501, f"{name!r} streams: use `carom {name}`")
         if isinstance(reply, bytes):
             return http.Response(200 if b'"ok": true' in reply[:20] else 409, reply + b"\n")
         return http.json_response(200 if reply.get("ok") else 409, reply)

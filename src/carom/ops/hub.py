@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from carom.config.ops import Endpoint, parse_endpoint
 from carom.config.schema import Config
+from carom.daemon import control
 from carom.ops import http
 from carom.ops.api import Api
 from carom.ops.metrics import CONTENT_TYPE, MetricsRegistry
@@ -37,7 +38,7 @@ class DaemonView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes: ...
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any] | bytes | control.Stream: ...
 
 
 class Ops:

@@ -91,6 +91,16 @@ class DaemonCollector:
         by = CounterMetricFamily(
             "carom_service_bytes", "Bytes of a service's packets (frame length)", labels=svc_l
         )
+        nf = CounterMetricFamily(
+            "carom_service_new_flows",
+            "Flows a service scheduled (Maglev or a persistence entry chose the real)",
+            labels=svc_l,
+        )
+        hits = CounterMetricFamily(
+            "carom_service_conn_table_hits",
+            "A service's packets that followed their connection-table entry",
+            labels=svc_l,
+        )
         state = GaugeMetricFamily(
             "carom_real_state",
             "1 for the state a real is in for a service, 0 for the others",
@@ -105,11 +115,21 @@ class DaemonCollector:
         rby = CounterMetricFamily(
             "carom_real_bytes", "Bytes sent to a real (over all services)", labels=["real"]
         )
+        rnf = CounterMetricFamily(
+            "carom_real_new_flows", "Flows scheduled to a real (over all services)", labels=["real"]
+        )
+        rhits = CounterMetricFamily(
+            "carom_real_conn_table_hits",
+            "Packets sent to a real by their connection-table entry (over all services)",
+            labels=["real"],
+        )
         seen: set[str] = set()
         for svc in st.get("services", []):
             labels = _svc_labels(svc)
             pk.add_metric(labels, svc["packets"])
             by.add_metric(labels, svc["bytes"])
+            nf.add_metric(labels, svc.get("new_flows", 0))
+            hits.add_metric(labels, svc.get("conn_hits", 0))
             for r in svc["reals"]:
                 states = REAL_STATES if r["state"] in REAL_STATES else (*REAL_STATES, r["state"])
                 for s in states:
@@ -119,10 +139,12 @@ class DaemonCollector:
                     seen.add(r["address"])
                     rpk.add_metric([r["address"]], r["packets"])
                     rby.add_metric([r["address"]], r["bytes"])
+                    rnf.add_metric([r["address"]], r.get("new_flows", 0))
+                    rhits.add_metric([r["address"]], r.get("conn_hits", 0))
         for d in st.get("draining", []):
             if d["address"] not in seen:
                 rpk.add_metric([d["address"]], d["packets"])
-        yield from (pk, by, state, weight, rpk, rby)
+        yield from (pk, by, nf, hits, state, weight, rpk, rby, rnf, rhits)
 
     def _datapath(self, st: Mapping[str, Any]) -> Iterable[Metric]:
         counters: Mapping[str, int] = st.get("counters", {})
