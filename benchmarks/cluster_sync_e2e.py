@@ -62,6 +62,7 @@ from benchmarks.lab import (
     kthreads,
     schedstat_ns,
     sh,
+    stop_carom,
 )
 from carom import abi
 from carom.bpf import libbpf
@@ -283,19 +284,7 @@ class Daemon:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            try:
-                control.request(self.socket, "stop", detach=True, timeout=5)
-                proc.wait(15)
-            except (OSError, ConnectionError, ValueError, subprocess.TimeoutExpired):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-                detach = [sys.executable, "-m", "carom", "detach", "-c", str(self.cfg_path)]
-                sh(in_ns(self.ns, detach), check=False, timeout=30)
+        stop_carom(proc, self.socket, str(self.cfg_path), self.ns)
 
 
 # --- reading the maps ---------------------------------------------------------------

@@ -83,6 +83,7 @@ from benchmarks.lab import (
     kthreads,
     schedstat_ns,
     sh,
+    stop_carom,
     stop_group,
     wait_until,
 )
@@ -392,19 +393,7 @@ class CaromDaemon:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            try:
-                control.request(self.socket, "stop", detach=True, timeout=5)
-                proc.wait(15)
-            except (OSError, ConnectionError, ValueError, subprocess.TimeoutExpired):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-                detach = [sys.executable, "-m", "carom", "detach", "-c", str(self.cfg_path)]
-                sh(in_ns(NS_DIR, detach), check=False, timeout=30)
+        stop_carom(proc, self.socket, str(self.cfg_path), NS_DIR)
 
 
 # --- one measurement ------------------------------------------------------------

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -126,3 +127,25 @@ def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> 
             return True
         time.sleep(step)
     return False
+
+
+def stop_carom(proc: subprocess.Popen[bytes], socket: str, config: str, ns: str) -> None:
+    """End a `carom run` the benchmark started: `stop --detach` over its socket
+    (XDP off, pins removed); if that fails, by PID, then `carom detach` in its
+    namespace so nothing stays attached."""
+    from carom.daemon import control
+
+    if proc.poll() is not None:
+        return
+    try:
+        control.request(socket, "stop", detach=True, timeout=5)
+        proc.wait(15)
+    except (OSError, ConnectionError, ValueError, subprocess.TimeoutExpired):
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        detach = [sys.executable, "-m", "carom", "detach", "-c", config]
+        sh(in_ns(ns, detach), check=False, timeout=30)

@@ -246,21 +246,27 @@ def alive(path: str) -> bool:
         s.close()
 
 
+def _send(s: socket.socket, path: str, command: str, args: dict[str, Any]) -> None:
+    """Connect to the daemon's socket and send one request line; a person's
+    sentence (ConnectionError) when nobody answers there."""
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ConnectionError(
+            f"no carom daemon is answering on {path} (is `carom run` running?)"
+        ) from exc
+    except PermissionError as exc:
+        raise ConnectionError(f"permission denied on {path}; run as root") from exc
+    s.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+
+
 def request(path: str, command: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
     """Send one request to the daemon (blocking; for the CLI). Raises
     ConnectionError with a sentence for a person when there is no good reply."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ConnectionError(
-                f"no carom daemon is answering on {path} (is `carom run` running?)"
-            ) from exc
-        except PermissionError as exc:
-            raise ConnectionError(f"permission denied on {path}; run as root") from exc
-        s.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+        _send(s, path, command, args)
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(1 << 16)
@@ -291,15 +297,7 @@ def stream(
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ConnectionError(
-                f"no carom daemon is answering on {path} (is `carom run` running?)"
-            ) from exc
-        except PermissionError as exc:
-            raise ConnectionError(f"permission denied on {path}; run as root") from exc
-        s.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+        _send(s, path, command, args)
         buf = b""
         renew = time.monotonic() + keepalive_s
         while True:
