@@ -71,8 +71,11 @@ def test_imported_keepalived_config_serves(lab: Lab, tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "lb_kind NAT: carom forwards by Direct Server Return (DR) only" in run.stderr
-    assert "TCP_CHECK not carried over" in run.stderr
+    assert "TCP_CHECK" not in run.stderr  # converted: a tcp check of real1
     imported = load_config(out).model_dump(mode="json")
+    r1 = next(r for r in imported["services"][0]["reals"] if r["address"] == str(R1.main.addr4))
+    assert r1["check"]["kind"] == "tcp", r1
+    assert (r1["check"]["interval"], r1["check"]["timeout"]) == (6.0, 3.0), r1
     assert imported["interfaces"] == ["carom0"]
     assert len(imported["services"]) == 2
 
@@ -92,3 +95,11 @@ def test_imported_keepalived_config_serves(lab: Lab, tmp_path: Path) -> None:
         r["address"]: r["weight"] for s in status["services"] for r in s["reals"] if s["port"] == 80
     }
     assert weights[str(R3.main.addr4)] == 2
+    checked = {
+        r["address"]: r.get("health")
+        for s in status["services"]
+        for r in s["reals"]
+        if s["port"] == 80
+    }
+    assert checked[str(R1.main.addr4)] is not None, checked  # the daemon runs the check
+    assert checked[str(R2.main.addr4)] is None, checked

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import yaml
+
 WEIGHT_MAX = 65535  # carom's largest real weight (IPVS allows up to 2^31 - 1)
 PERSIST_MAX = 86400 * 7  # carom's largest persistence_timeout (docs/config.md)
 DEFAULT_INTERFACE = "eth0"
@@ -70,6 +72,8 @@ class ImportedReal:
     address: str  # normalised IP address text
     weight: int = 1  # carom weight, 0..65535
     local: bool = False  # this node itself (from --local)
+    # its health check as the config's `check` mapping (keepalived checkers)
+    check: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class ImportedService:
     # a multi-port service (config `ports:`): ports and "first-last" ranges; the
     # port field is then unused
     ports: tuple[int | str, ...] = ()
+    # the check of every real (when all of them had the same one)
+    check: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class ImportResult:
                 lines.append(f"    port: {svc.port or 'all'}")
             if svc.persistence_timeout:
                 lines.append(f"    persistence_timeout: {svc.persistence_timeout}")
+            if svc.check:
+                lines.append(f"    check: {_flow(svc.check)}")
             if not svc.reals:
                 lines.append("    reals: []")
                 continue
@@ -140,6 +148,8 @@ class ImportResult:
                     lines.append(f"        weight: {real.weight}")
                 if real.local:
                     lines.append("        local: true")
+                if real.check:
+                    lines.append(f"        check: {_flow(real.check)}")
         return "\n".join(lines) + "\n"
 
 
@@ -151,6 +161,8 @@ def _service_dict(svc: ImportedService) -> dict[str, Any]:
         out["port"] = svc.port or "all"
     if svc.persistence_timeout:
         out["persistence_timeout"] = svc.persistence_timeout
+    if svc.check:
+        out["check"] = dict(svc.check)
     reals: list[dict[str, Any]] = []
     for real in svc.reals:
         r: dict[str, Any] = {"address": real.address}
@@ -158,9 +170,17 @@ def _service_dict(svc: ImportedService) -> dict[str, Any]:
             r["weight"] = real.weight
         if real.local:
             r["local"] = True
+        if real.check:
+            r["check"] = dict(real.check)
         reals.append(r)
     out["reals"] = reals
     return out
+
+
+def _flow(check: dict[str, Any]) -> str:
+    """A check as one YAML flow mapping, e.g. `{kind: http, path: /healthz}`."""
+    text: str = yaml.safe_dump(check, default_flow_style=True, width=10**6, sort_keys=False)
+    return text.strip()
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

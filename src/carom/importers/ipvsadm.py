@@ -57,9 +57,10 @@ _LONG = {
 _COMMANDS = {"-A", "-E", "-D", "-C", "-a", "-e", "-d"}
 _WITH_VALUE = {"-t", "-u", "-f", "-s", "-M", "-r", "-w", "-x", "-y", "-b", "--pe"}
 _IGNORED_COMMANDS = {
-    "--start-daemon": "the IPVS connection-sync daemon has no carom equivalent yet; "
-    "carom does not share its connection table between directors",
-    "--stop-daemon": "the IPVS connection-sync daemon has no carom equivalent yet",
+    "--start-daemon": "carom directors sync their connection tables themselves: "
+    "configure the cluster section (docs/cluster.md)",
+    "--stop-daemon": "carom directors sync their connection tables themselves "
+    "(the cluster section, docs/cluster.md)",
     "-Z": "zeroing counters is not configuration",
     "--zero": "zeroing counters is not configuration",
 }

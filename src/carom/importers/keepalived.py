@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from carom.importers.common import (
     DEFAULT_INTERFACE,
@@ -28,27 +29,20 @@ from carom.importers.common import (
     parse_ip,
     scheduler_note,
 )
+from carom.importers.kachecks import KINDS, NOT_CONVERTED, Timing, check_of, timing_of
 from carom.importers.kaconf import Stmt, parse
 
-PERSIST_DEFAULT = 360  # keepalived's persistence_timeout when given without a value
-NO_HEALTH = "carom has no health checks yet, so the real stays in service whatever its health"
+INHIBIT = (
+    "carom takes a down real out of new flows either way; its established flows follow "
+    "the service's down_flows (reschedule by default, keep for inhibit_on_failure's behaviour)"
+)
 
-CHECKERS = {
-    "TCP_CHECK",
-    "HTTP_GET",
-    "SSL_GET",
-    "MISC_CHECK",
-    "SMTP_CHECK",
-    "DNS_CHECK",
-    "UDP_CHECK",
-    "PING_CHECK",
-    "FILE_CHECK",
-    "BFD_CHECK",
-}
+PERSIST_DEFAULT = 360  # keepalived's persistence_timeout when given without a value
+
+CHECKERS = set(KINDS) | set(NOT_CONVERTED)
 
 # virtual_server keywords carom has no equivalent for, and why
 _SERVICE_REASONS: Mapping[str, str] = {
-    "delay_loop": f"it is the health-check interval and {NO_HEALTH}",
     "sorry_server": "carom has no fallback server for a service whose reals are all down",
     "sorry_server_inhibit": "carom has no fallback server",
     "sorry_server_lvs_method": "carom has no fallback server",
@@ -56,15 +50,13 @@ _SERVICE_REASONS: Mapping[str, str] = {
     "quorum_up": "carom does not withdraw a VIP when too few reals are healthy",
     "quorum_down": "carom does not withdraw a VIP when too few reals are healthy",
     "hysteresis": "carom does not withdraw a VIP when too few reals are healthy",
-    "alpha": f"it sets the initial health of the reals and {NO_HEALTH}",
+    "alpha": "carom has no alpha: a real's first state follows carom's own rule (docs/health.md)",
     "omega": "carom runs no scripts when reals change",
     "ha_suspend": "carom keeps a service configured whatever the VRRP state",
-    "virtualhost": f"it is the Host header of HTTP health checks and {NO_HEALTH}",
-    "inhibit_on_failure": f"it sets what a failed health check does and {NO_HEALTH}",
-    "connect_timeout": f"it is a health-check setting and {NO_HEALTH}",
-    "retry": f"it is a health-check setting and {NO_HEALTH}",
-    "delay_before_retry": f"it is a health-check setting and {NO_HEALTH}",
-    "warmup": f"it is a health-check setting and {NO_HEALTH}",
+    "inhibit_on_failure": INHIBIT,
+    "retry": "carom takes retry from the checker block only",
+    "delay_before_retry": "carom takes delay_before_retry from the checker block only",
+    "warmup": "carom has no start-up delay of this kind (its checks start jittered)",
     "ops": "carom has no one-packet scheduling: every UDP flow keeps its real",
     "lvs_flags": "carom has no IPVS scheduler flags",
     "nat_mask": "it applies to NAT forwarding only",
@@ -72,25 +64,23 @@ _SERVICE_REASONS: Mapping[str, str] = {
 
 # real_server keywords carom has no equivalent for, and why
 _REAL_REASONS: Mapping[str, str] = {
-    "inhibit_on_failure": f"it sets what a failed health check does and {NO_HEALTH}",
+    "inhibit_on_failure": INHIBIT,
     "notify_up": "carom runs no scripts when a real changes state",
     "notify_down": "carom runs no scripts when a real changes state",
     "uthreshold": "carom has no per-real connection thresholds",
     "lthreshold": "carom has no per-real connection thresholds",
-    "delay_loop": f"it is the health-check interval and {NO_HEALTH}",
-    "alpha": f"it sets the initial health of the real and {NO_HEALTH}",
-    "retry": f"it is a health-check setting and {NO_HEALTH}",
-    "delay_before_retry": f"it is a health-check setting and {NO_HEALTH}",
-    "connect_timeout": f"it is a health-check setting and {NO_HEALTH}",
-    "warmup": f"it is a health-check setting and {NO_HEALTH}",
+    "alpha": "carom has no alpha: a real's first state follows carom's own rule (docs/health.md)",
+    "retry": "carom takes retry from the checker block only",
+    "delay_before_retry": "carom takes delay_before_retry from the checker block only",
+    "warmup": "carom has no start-up delay of this kind (its checks start jittered)",
     "smtp_alert": "carom sends no e-mail",
-    "virtualhost": f"it is the Host header of HTTP health checks and {NO_HEALTH}",
 }
 
 # top-level blocks and why they are not carried over
 _TOP_REASONS: Mapping[str, str] = {
-    "vrrp_instance": "carom has no VRRP: VIP ownership and failover between directors "
-    "stay with your current tool (carom's node.role is set in the config)",
+    "vrrp_instance": "carom's cluster section elects the active director itself "
+    "(docs/cluster.md); to keep keepalived's VRRP deciding, set cluster.election: keepalived "
+    "and call `carom cluster vrrp` from its notify scripts",
     "vrrp_sync_group": "carom has no VRRP",
     "vrrp_script": "carom has no VRRP",
     "vrrp_track_process": "carom has no VRRP",
@@ -173,8 +163,8 @@ def _global_defs(st: _State, stmt: Stmt) -> None:
         elif sub.keyword.startswith("lvs_sync_daemon"):
             st.note(
                 sub.line,
-                f"{sub.keyword} not carried over: the IPVS connection-sync daemon has no "
-                "carom equivalent yet; carom does not share its connection table",
+                f"{sub.keyword} not carried over: carom directors sync their connection "
+                "tables themselves: configure the cluster section (docs/cluster.md)",
             )
         # the rest (router_id, notification_email, script security...) is about
         # keepalived itself, not about the services carom takes over
@@ -298,6 +288,11 @@ def _virtual_server(st: _State, stmt: Stmt) -> None:
         return
     persistence = _persistence(st, stmt, what)
     reals = _reals(st, stmt, what, [t.port for t in targets if t.mark is None])
+    shared = reals[0].check if reals else None
+    if shared and all(r.check == shared for r in reals):  # one check for the service
+        reals = [replace(r, check=None) for r in reals]
+    else:
+        shared = None
     _service_notes(st, stmt, what)
     for target in targets:
         vip, port = target.vip, target.port
@@ -319,6 +314,7 @@ def _virtual_server(st: _State, stmt: Stmt) -> None:
                 persistence_timeout=persistence,
                 reals=tuple(reals),
                 ports=ports,
+                check=shared,
             )
         )
 
@@ -353,8 +349,15 @@ def _service_notes(st: _State, stmt: Stmt, what: str) -> None:
             value = f" {' '.join(sub.args)}" if sub.args else ""
             st.note(sub.line, f"{what}: {kw}{value} not carried over: {_SERVICE_REASONS[kw]}")
         elif kw in CHECKERS:
-            st.note(sub.line, f"{what}: {_checker_note(sub)}")
+            st.note(
+                sub.line,
+                f"{what}: {kw} outside a real_server not carried over: keepalived checks "
+                "reals; put it in each real_server",
+            )
         elif kw not in (
+            "delay_loop",
+            "connect_timeout",
+            "virtualhost",
             "lb_kind",
             "lvs_method",
             "protocol",
@@ -368,6 +371,7 @@ def _service_notes(st: _State, stmt: Stmt, what: str) -> None:
 
 def _reals(st: _State, stmt: Stmt, what: str, ports: list[int]) -> list[ImportedReal]:
     out: dict[str, ImportedReal] = {}
+    svc_timing = timing_of(stmt)
     for rs in stmt.children("real_server"):
         if not rs.args:
             raise st.fail(rs.line, "real_server needs an IP address (and a port)")
@@ -386,40 +390,30 @@ def _reals(st: _State, stmt: Stmt, what: str, ports: list[int]) -> list[Imported
                     "the real receives the VIP's port",
                 )
         weight = 1
+        check: dict[str, Any] | None = None
+        checked = ""
+        timing: Timing = timing_of(rs, svc_timing)
         for sub in rs.block or ():
             if sub.keyword == "weight":
                 if not sub.args or not sub.args[0].isdigit():
                     raise st.fail(sub.line, "weight needs a number")
                 weight = clamp_weight(int(sub.args[0]), sub.line, st.notes)
             elif sub.keyword in CHECKERS:
-                st.note(sub.line, f"{where}: {_checker_note(sub)}")
+                if checked:
+                    st.note(
+                        sub.line,
+                        f"{where}: {sub.keyword} not carried over: carom has one check "
+                        f"per real, the first ({checked}) is kept",
+                    )
+                    continue
+                checked = sub.keyword
+                check = check_of(sub, timing, where, st.note)
+            elif sub.keyword in ("delay_loop", "connect_timeout"):
+                pass  # the checker's timing (timing_of)
             else:
                 reason = _REAL_REASONS.get(sub.keyword, "carom has no equivalent")
                 st.note(sub.line, f"{where}: {sub.keyword} not carried over: {reason}")
         if address in out:
             st.note(rs.line, f"{where}: listed twice; the later weight is kept")
-        out[address] = ImportedReal(address=address, weight=weight)
+        out[address] = ImportedReal(address=address, weight=weight, check=check)
     return list(out.values())
-
-
-def _checker_note(check: Stmt) -> str:
-    """What the checker tested, so that the operator can test it another way."""
-    kw = check.keyword
-    detail = ""
-    if kw in ("HTTP_GET", "SSL_GET"):
-        urls = []
-        for url in check.children("url"):
-            path = url.first("path")
-            status = url.first("status_code")
-            text = path.args[0] if path and path.args else "?"
-            if status and status.args:
-                text += f" expecting {' '.join(status.args)}"
-            urls.append(text)
-        detail = f" of {', '.join(urls)}" if urls else ""
-    elif kw == "MISC_CHECK":
-        script = check.first("misc_path")
-        detail = f" running {' '.join(script.args)!r}" if script and script.args else ""
-    port = check.first("connect_port")
-    if port is not None and port.args:
-        detail += f" on port {port.args[0]}"
-    return f"{kw}{detail} not carried over: {NO_HEALTH} (drain it by hand with weight: 0)"
