@@ -77,7 +77,8 @@ async def measure(
     return user, system, probes / wall, failures
 
 
-def run(budget: Budget) -> list[Row]:
+def run(budget_s: float = 120.0) -> list[Row]:
+    budget = Budget(budget_s)
     responder = subprocess.Popen(
         [sys.executable, "-c", RESPONDER], stdout=subprocess.PIPE, text=True
     )
@@ -132,5 +133,5 @@ def run(budget: Budget) -> list[Row]:
 
 
 if __name__ == "__main__":
-    for row in run(Budget(120)):
+    for row in run(120.0):
         print(row.name, row.unit, [round(s, 1) for s in row.samples], row.note)
