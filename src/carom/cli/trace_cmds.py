@@ -73,6 +73,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
             replies.close()  # the daemon switches tracing off
         if pcap_file is not None:
             pcap_file.close()
+    if not stats:  # ended (--count, --duration) before the daemon's first batch report
+        print(f"{shown} shown", file=sys.stderr)
+        return 0
     lost = stats.get("dropped", "?")
     print(
         f"{shown} shown; the data plane sampled {stats.get('sampled', '?')} decisions, "
