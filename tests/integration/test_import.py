@@ -83,14 +83,15 @@ def test_imported_keepalived_config_serves(lab: Lab, tmp_path: Path) -> None:
     director.remove()
     director.start(lab_config(services=imported["services"]))
     try:
+        # 40 each: with three equal reals, 12 requests left one out in ~2% of runs
         served4 = Counter(curl(lab, "client1", f"http://{t.VIP4}/", 40))
-        served6 = Counter(curl(lab, "client2", f"http://[{t.VIP6}]/", 12))
+        served6 = Counter(curl(lab, "client2", f"http://[{t.VIP6}]/", 40))
         status = director.status()
     finally:
         director.remove()
     names = {n.name for n in t.REALS}
     assert sum(served4.values()) == 40 and set(served4) == names, served4
-    assert sum(served6.values()) == 12 and set(served6) == names, served6
+    assert sum(served6.values()) == 40 and set(served6) == names, served6
     weights = {
         r["address"]: r["weight"] for s in status["services"] for r in s["reals"] if s["port"] == 80
     }
