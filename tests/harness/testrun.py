@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter as Tally
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +87,21 @@ def seen_marker(stamp: int, before: int | None) -> int:
     return stamp if before is not None and stamp == before else -1
 
 
+@contextmanager
+def _on_one_cpu() -> Iterator[None]:
+    """The pending cache is per CPU and BPF_PROG_TEST_RUN runs on the caller's
+    CPU: every run goes to the same one, as a flow's packets do under RSS, so a
+    flow's second run meets the pending entry its first run wrote. Only for the
+    run: pinning the whole pytest process (as before) also pinned every daemon,
+    server and client the later integration tests start to that one CPU."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 class TestRunner:
     """A private (unpinned) instance of the program for frame-level runs."""
 
@@ -100,10 +117,6 @@ class TestRunner:
             max_vips=16,
         )
         self.dp = Dataplane.load(self.limits)
-        # The pending cache is per CPU and BPF_PROG_TEST_RUN runs on the caller's
-        # CPU: stay on one, as a flow's packets do under RSS, so a flow's second
-        # run meets the pending entry its first run wrote.
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         self._pending_written: dict[int, abi.PendingConn] = {}
         self._if_slots: set[int] = set()  # if_macs slots written by write_state
         self.events = ConnEvents(self.dp)
@@ -242,7 +255,8 @@ class TestRunner:
 
     def run(self, frame: bytes, repeat: int = 1) -> tuple[abi.Verdict, bytes, int]:
         """(verdict, output frame, mean ns per run)."""
-        retval, out, duration = libbpf.prog_test_run(self.dp.prog_fd, frame, repeat=repeat)
+        with _on_one_cpu():
+            retval, out, duration = libbpf.prog_test_run(self.dp.prog_fd, frame, repeat=repeat)
         return abi.Verdict(retval), out, duration
 
     def counters(self) -> Tally[abi.Counter]:
