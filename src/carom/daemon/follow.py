@@ -128,7 +128,11 @@ class NeighbourFollower:
         if old is None:
             return True
         if old.mac != n.mac or old.state != n.state or old.ifname != n.ifname:
-            log.info(
+            # reachable <-> stale <-> delay is the kernel's routine aging, for
+            # every real at once: only a change of MAC, interface or of whether
+            # there is a MAC at all is news (400 lines per aging burst, before)
+            news = old.mac != n.mac or old.ifname != n.ifname
+            (log.info if news else log.debug)(
                 "real server neighbour changed",
                 extra={
                     "real": str(a),
