@@ -8,6 +8,7 @@ from typing import Any
 
 from carom.cli.cluster_view import render_cluster
 from carom.cli.daemon_cmds import _add_target, _ask, _refusals
+from carom.cluster.roles import VRRP_STATES
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
@@ -52,7 +53,7 @@ def register(sub: Any) -> None:
         help="keepalived mode: report the VRRP state (for notify_master/backup/fault scripts)",
     )
     _add_target(q)
-    q.add_argument("state", choices=["master", "backup", "fault"])
+    q.add_argument("state", choices=VRRP_STATES)
     q.set_defaults(handler=_refusals(cmd_vrrp))
     q = csub.add_parser("status", help="role, peers, sync and bulk resync state")
     _add_target(q)

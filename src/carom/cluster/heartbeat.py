@@ -197,7 +197,7 @@ class HeartbeatNode:
         # straight back).
         self.preempt = cluster.preempt
         # keepalived mode: the VRRP state its notify scripts last reported
-        # ("master", "backup", "fault"); the election is not consulted.
+        # (roles.VRRP_STATES); the election is not consulted.
         self.vrrp: str | None = None
         self.machine = RoleMachine()
         self.members = Membership(cluster)

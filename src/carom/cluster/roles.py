@@ -33,6 +33,11 @@ class State(enum.Enum):
     FAULT = "fault"
 
 
+# keepalived mode: the states a notify script may report (`carom cluster vrrp`);
+# only "master" lets this node be active. keepalived 2.x also notifies "stop"
+# when it shuts down (it then gives up mastership: so does carom).
+VRRP_STATES = ("master", "backup", "fault", "stop")
+
 ALLOWED: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.SYNCING, State.BACKUP, State.FAULT}),
     State.SYNCING: frozenset({State.BACKUP, State.FAULT, State.STARTING}),

@@ -33,7 +33,7 @@ from carom import abi
 from carom.bpf import libbpf
 from carom.cluster import bulk, codec, source, sync, wire
 from carom.cluster.heartbeat import HeartbeatNode, Peer
-from carom.cluster.roles import State, Transition
+from carom.cluster.roles import VRRP_STATES, State, Transition
 from carom.cluster.views import HealthViews
 from carom.cluster.watch import Watches
 from carom.cluster.wire import ConnRecord, Header, MsgType, Op, WireError
@@ -394,8 +394,9 @@ class ClusterService(Watches, HealthViews):
                 "error": "cluster.election is builtin: carom elects the active director itself",
             }
         want = state.lower()
-        if want not in ("master", "backup", "fault"):
-            return {"ok": False, "error": f"VRRP state {state!r}: expected master, backup or fault"}
+        if want not in VRRP_STATES:
+            expected = ", ".join(VRRP_STATES)
+            return {"ok": False, "error": f"VRRP state {state!r}: expected one of {expected}"}
         old, self.node.vrrp = self.node.vrrp, want
         log.info("keepalived reports VRRP state %s", want, extra={"previous": old})
         self.node.step()

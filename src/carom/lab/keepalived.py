@@ -37,6 +37,7 @@ def _paths(node: str, state: Path) -> dict[str, Path]:
     return {
         "conf": state / f"{node}.keepalived.conf",
         "check": state / f"{node}.carom-alive.sh",
+        "seen": state / f"{node}.carom-alive.pid",  # the daemon the script answered for
         "notify": state / f"{node}.vrrp-notify.sh",
         "pid": state / f"{node}.keepalived.pid",
         "vrrp_pid": state / f"{node}.keepalived-vrrp.pid",
@@ -59,6 +60,9 @@ def write_config(node: t.Node, priority: int, state: Path) -> Path:
         f"""# carom's daemon alive? fail as soon as it exits; succeed every 9 s while it runs
 pid=$(cat {pid_file} 2>/dev/null) || exit 1
 kill -0 "$pid" 2>/dev/null || exit 1
+# keepalived starts VRRP only once the script has answered: the first run for
+# a daemon answers at once, not after 9 s
+[ "$(cat {p["seen"]} 2>/dev/null)" = "$pid" ] || {{ echo "$pid" >{p["seen"]}; exit 0; }}
 timeout 9 tail --pid="$pid" -f /dev/null
 [ $? -eq 124 ]
 """,
