@@ -9,16 +9,22 @@
  *   - its entry names another real: held (dropped, DROP_AWAIT_ACTIVE). The
  *     client retransmits until an active director forwards it per the synced
  *     table; our stack would answer it with a reset (no socket for it here);
- *   - no entry, on a backup (CAROM_ROLE_BACKUP: an active director is known):
- *     the stack's. The active schedules new flows to us and our entry (made at
- *     a flow's second packet, then synced) comes after its SYN: were the
- *     active's MAC not recognised, holding would black-hole every new flow;
- *   - no entry while no director is known to forward (CAROM_ROLE_UNDECIDED, or
- *     role active with the lease run out: the daemons restarting): held, SYN
- *     or not. A SYN the stack accepted now would open a connection nobody
- *     scheduled, which the active elected later may send elsewhere; a later
- *     packet without entry would be reset unless the flow is ours. Held, both
- *     reach the new active, which places them (synced table, equal Maglev).
+ *   - no entry, on a cluster node that knows no active director yet
+ *     (CAROM_ROLE_UNDECIDED: its daemon is starting, an election is seconds
+ *     away): held, a SYN as well as any other packet. A SYN the stack accepted
+ *     now would open a connection no director scheduled, which the active
+ *     elected next may send elsewhere (reset); a later packet without entry
+ *     would be reset unless the flow is ours. Held, both reach the new active,
+ *     which places them (its synced table, or Maglev over identical tables);
+ *   - no entry anywhere else: the stack's, as before. On a backup an active
+ *     exists and schedules new flows to us, and our entry (made at a flow's
+ *     second packet, then synced) comes after its SYN: were the active's MAC
+ *     not recognised, holding would black-hole them. On an active node whose
+ *     lease ran out the daemon is frozen or dead: a peer, if there is one,
+ *     takes over within a second, and a lone director has no other forwarder,
+ *     so its stack serving new connections beats holding them for a daemon
+ *     that may not come back. A SYN and the packets after it are treated
+ *     alike: a connection the stack accepted has no entry either.
  *
  * Malformed frames, fragments and other protocols pass as before: only a
  * TCP/UDP tuple can name a flow. This runs only on the not-allowed path, so it
@@ -51,7 +57,7 @@ static __always_inline int hold_or_pass(void *data, void *end, struct packet *p,
 		return pass;
 	conn = bpf_map_lookup_elem(&conn_table, &p->flow);
 	if (!conn)
-		return cfg->role == CAROM_ROLE_BACKUP ? pass : CAROM_CNT_DROP_AWAIT_ACTIVE;
+		return cfg->role == CAROM_ROLE_UNDECIDED ? CAROM_CNT_DROP_AWAIT_ACTIVE : pass;
 	real = bpf_map_lookup_elem(&reals, &conn->real_id);
 	if (real && (real->flags & CAROM_REAL_LOCAL))
 		return pass;

@@ -88,12 +88,12 @@ ICMP_ERR = bytes(
 CLUSTER_CASES: list[PacketCase] = [
     # --- the lease gates scheduling ---
     PacketCase(
-        "expired-lease-holds-a-new-flow",
+        "expired-lease-passes-a-new-flow",
         SYN,
-        C.DROP_AWAIT_ACTIVE,
+        C.PASS_LEASE_EXPIRED,
         setup=_lease(-1),
-        note="a frozen daemon: its node stops scheduling within the lease; no director is "
-        "known to forward, so a SYN waits for the next active (hold.h)",
+        note="a frozen daemon: its node stops scheduling within the lease; a flow without "
+        "entry is its stack's (hold.h)",
     ),
     PacketCase(
         "expired-lease-holds-an-established-flow-of-another-real",
@@ -106,7 +106,7 @@ CLUSTER_CASES: list[PacketCase] = [
     PacketCase(
         "no-lease-never-schedules",
         UDP4,
-        C.DROP_AWAIT_ACTIVE,
+        C.PASS_LEASE_EXPIRED,
         setup=_set_node(lease_until_ns=0),
         note="a daemon that never wrote a lease never schedules",
     ),

@@ -58,7 +58,7 @@ def _peers() -> Setup:
 
 
 HOLD_CASES: list[PacketCase] = [
-    # --- lease run out (the daemon stopped, died or froze): nobody known to forward ---
+    # --- lease run out (the daemon stopped, died or froze) ---
     PacketCase(
         "expired-lease-flow-of-this-node-goes-to-its-stack",
         H_ACK_LOCAL,
@@ -67,11 +67,12 @@ HOLD_CASES: list[PacketCase] = [
         note="its entry names this node (CAROM_REAL_LOCAL): the stack holds its socket",
     ),
     PacketCase(
-        "expired-lease-non-syn-without-entry-is-held",
+        "expired-lease-non-syn-without-entry-goes-to-the-stack",
         H_ACK_NONE,
-        C.DROP_AWAIT_ACTIVE,
+        C.PASS_LEASE_EXPIRED,
         setup=EXPIRED,
-        note="the stack would reset it unless the flow is ours; the next active places it",
+        note="the daemon is frozen or dead: a connection its stack accepted meanwhile has no "
+        "entry either, and a lone director has no other forwarder to wait for",
     ),
     PacketCase(
         "expired-lease-syn-with-an-entry-to-another-real-is-held",

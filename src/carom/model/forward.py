@@ -483,8 +483,8 @@ def _hold_or_pass(  # hold.h hold_or_pass
     frame: bytes, state: State, p: _Packet, pass_reason: Counter
 ) -> Counter:
     """A frame this node may not schedule: the stack's, unless the stack would
-    reset a flow another real serves (or, while no director is known to be
-    active, a flow without entry): then held for the active director."""
+    reset a flow another real serves (or, on a cluster node that knows no
+    active director yet, a flow without entry): then held for the next active."""
     node = state.node
     assert node is not None
     if frame[6:12] in node.peer_macs[: abi.MAX_PEER_MACS]:
@@ -499,7 +499,7 @@ def _hold_or_pass(  # hold.h hold_or_pass
         return pass_reason
     conn = state.conns.get(p.flow_key())
     if conn is None:
-        return pass_reason if node.role == abi.Role.BACKUP else Counter.DROP_AWAIT_ACTIVE
+        return Counter.DROP_AWAIT_ACTIVE if node.role == abi.Role.UNDECIDED else pass_reason
     real = state.reals.get(conn.real_id)
     if real is not None and real.local:
         return pass_reason
