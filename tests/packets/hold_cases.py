@@ -27,6 +27,7 @@ from tests.packets.cases import (
     tcp4,
 )
 from tests.packets.cluster_cases import PEERS, _from, _lease
+from tests.packets.neighbour_cases import ARP_REQ, NS_MCAST
 
 PEER_MAC = "02:ca:00:00:00:02"  # the last of PEERS: every slot of the check is used
 BACKUP = _set_node(role=abi.Role.BACKUP)
@@ -179,6 +180,26 @@ HOLD_CASES: list[PacketCase] = [
         C.PASS_BACKUP,
         setup=_seq(UNDECIDED, _peers()),
         note="a peer already active scheduled it to us as a real: never held",
+    ),
+    PacketCase(
+        "undecided-node-never-answers-arp",
+        ARP_REQ,
+        C.PASS_NEIGH_INACTIVE,
+        setup=_seq(UNDECIDED, _lease(30)),
+        note="only the active answers for the VIPs, even with a lease left in the map",
+    ),
+    PacketCase(
+        "undecided-node-never-answers-ns",
+        NS_MCAST,
+        C.PASS_NEIGH_INACTIVE,
+        setup=_seq(UNDECIDED, _lease(30)),
+    ),
+    PacketCase(
+        "undecided-node-never-schedules-even-with-a-lease",
+        H_SYN,
+        C.DROP_AWAIT_ACTIVE,
+        setup=_seq(UNDECIDED, _lease(30)),
+        note="the role decides; a lease alone never makes a node schedule",
     ),
     PacketCase(
         "undecided-icmp-goes-to-the-stack",
