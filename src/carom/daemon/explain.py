@@ -34,8 +34,8 @@ _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<v4>[0-9.]+)):(?P<por
 _VERDICTS = {Counter.TX_DSR: "forward", Counter.PASS_LOCAL_REAL: "local"}
 _WHY = {
     Counter.PASS_NOT_VIP: "{vip} is not a VIP here: the kernel gets the packet untouched",
-    Counter.PASS_BACKUP: "this node is a backup: VIP traffic goes to its own stack, "
-    "never scheduled",
+    Counter.PASS_BACKUP: "this node is a backup (or a cluster node still starting): VIP "
+    "traffic goes to its own stack, never scheduled",
     Counter.PASS_LEASE_EXPIRED: "this node is active but its daemon's lease has run out "
     "(daemon stopped, frozen or just starting): VIP traffic goes to its own stack, never "
     "scheduled",
