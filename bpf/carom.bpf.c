@@ -16,6 +16,7 @@
 #include "service.h"
 #include "clock.h"
 #include "lease.h"
+#include "hold.h"
 #include "sched.h"
 #include "forward_dsr.h"
 #include "ifmac.h"
@@ -57,11 +58,12 @@ static __always_inline int vip_decision(struct xdp_md *ctx, void *data, void *en
 	int rc;
 
 	/* Only an active node with a running lease schedules, and never a frame
-	 * a peer director sent; the rest is the local stack's (lease.h). */
+	 * a peer director sent; the rest is the local stack's (lease.h), but for
+	 * flows the stack would reset: those wait for an active director (hold.h). */
 	now = coarse_now();
 	rc = may_schedule(cfg, now);
-	if (rc)
-		return rc;
+	if (__builtin_expect(rc != 0, 0))
+		return hold_or_pass(data, end, p, cfg, rc);
 	if (cfg->peer_mac_count && from_peer_director(cfg, eth->h_source))
 		return CAROM_CNT_PASS_PEER_DIRECTOR;
 

@@ -43,10 +43,12 @@ enum carom_family {
 };
 
 /* Role of this node (node_cfg.role). A backup never schedules VIP traffic; an
- * active node schedules only while its daemon's lease runs (lease.h). */
+ * active node schedules only while its daemon's lease runs (lease.h). A node
+ * that may not schedule holds back frames of flows it cannot place (hold.h). */
 enum carom_role {
 	CAROM_ROLE_ACTIVE = 0,
-	CAROM_ROLE_BACKUP = 1,
+	CAROM_ROLE_BACKUP = 1,    /* some director is known to be active */
+	CAROM_ROLE_UNDECIDED = 2, /* a cluster node starting: no active director known yet */
 };
 
 /* node_cfg.flags */
@@ -148,7 +150,9 @@ enum carom_counter {
 	/* detail (trace.h): only while `carom trace` runs */
 	CAROM_CNT_TRACE_SAMPLED = 40, /* a decision written to trace_events */
 	CAROM_CNT_TRACE_DROPPED = 41, /* trace_events full: a sampled decision was lost */
-	CAROM_CNT__MAX = 42,
+	/* drop: not allowed to schedule, and the local stack would reset it (hold.h) */
+	CAROM_CNT_DROP_AWAIT_ACTIVE = 42,
+	CAROM_CNT__MAX = 43,
 };
 
 #endif

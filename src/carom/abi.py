@@ -29,7 +29,8 @@ class Role(enum.IntEnum):
     """enum carom_role: node_cfg.role."""
 
     ACTIVE = 0
-    BACKUP = 1
+    BACKUP = 1  # some director is known to be active
+    UNDECIDED = 2  # a cluster node starting, no active director known yet (bpf/hold.h)
 
 
 class CfgFlags(enum.IntFlag):
@@ -126,9 +127,10 @@ class Counter(enum.IntEnum):
     CONN_REAL_DOWN = 39
     TRACE_SAMPLED = 40
     TRACE_DROPPED = 41
+    DROP_AWAIT_ACTIVE = 42  # not allowed to schedule, the stack would reset it (bpf/hold.h)
 
 
-COUNTER_MAX = 42  # CAROM_CNT__MAX
+COUNTER_MAX = 43  # CAROM_CNT__MAX
 
 
 class Verdict(enum.IntEnum):

@@ -138,7 +138,9 @@ def _node(tmp: Path, name: str, port: int, reals: list[str] = REALS) -> tuple[Ho
     svc = ClusterService.attach(host, _cluster(tmp, name, port))
     assert svc is not None
     host.apply()
-    assert host.role() == abi.Role.BACKUP  # a cluster node starts as a backup
+    # a cluster node starts as a backup that knows no active director yet: it holds
+    # frames of flows it cannot place instead of passing them to its stack (hold.h)
+    assert host.role() == abi.Role.UNDECIDED
     svc.config_changed()
     return host, svc
 
@@ -195,6 +197,7 @@ def test_join_resync_stream_switchover_takeover(tmp_path: Path, port: int) -> No
             # the same real, by address, under b's own id
             want = a_host.rec.current.reals[a_host.dp["conn_table"].lookup(k).real_id].addr
             assert b_host.rec.current.reals[v.real_id].addr == want
+        # b heard a active: a plain BACKUP now, whose stack gets what a sends it
         assert b_host.role() == abi.Role.BACKUP and not b_host.owner.active
         assert a.status()["fingerprints_agree"] and b.status()["fingerprints_agree"]
 

@@ -832,10 +832,11 @@ CASES: list[PacketCase] = [
 
 
 from tests.packets.cluster_cases import CLUSTER_CASES  # noqa: E402 (uses the names above)
+from tests.packets.hold_cases import HOLD_CASES  # noqa: E402
 from tests.packets.icmp_cases import ICMP_CASES  # noqa: E402
 from tests.packets.neighbour_cases import NEIGHBOUR_CASES  # noqa: E402
 
-CASES += NEIGHBOUR_CASES + ICMP_CASES + CLUSTER_CASES
+CASES += NEIGHBOUR_CASES + ICMP_CASES + CLUSTER_CASES + HOLD_CASES
 
 
 def prepared(case: PacketCase) -> tuple[State, int]:

@@ -92,14 +92,16 @@ CLUSTER_CASES: list[PacketCase] = [
         SYN,
         C.PASS_LEASE_EXPIRED,
         setup=_lease(-1),
-        note="a frozen daemon: its node stops scheduling within the lease",
+        note="a frozen daemon: its node stops scheduling within the lease; a flow without "
+        "entry is its stack's (hold.h)",
     ),
     PacketCase(
-        "expired-lease-passes-an-established-flow",
+        "expired-lease-holds-an-established-flow-of-another-real",
         ACK_LEASE,
-        C.PASS_LEASE_EXPIRED,
+        C.DROP_AWAIT_ACTIVE,
         setup=_seq(_lease(-0.05), _conn(ACK_LEASE, 3)),
-        note="conn-table hits too: the new active serves the flow from its synced entry",
+        note="conn-table hits too: not scheduled, and not reset by the local stack either; "
+        "the new active serves the flow from its synced entry",
     ),
     PacketCase(
         "no-lease-never-schedules",
@@ -127,9 +129,10 @@ CLUSTER_CASES: list[PacketCase] = [
     PacketCase(
         "backup-with-an-entry-never-forwards",
         ACK_LEASE,
-        C.PASS_BACKUP,
+        C.DROP_AWAIT_ACTIVE,
         setup=_seq(_set_node(role=abi.Role.BACKUP), _conn(ACK_LEASE, 3)),
-        note="field note 3: a backup's tables never decide, whatever they hold",
+        note="field note 3: a backup's tables never decide, whatever they hold; from the "
+        "router (stale ARP) it is held, not reset by the stack (hold.h)",
     ),
     # --- frames from a peer director are never scheduled ---
     PacketCase(

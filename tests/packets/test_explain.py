@@ -32,6 +32,7 @@ VERDICTS = {
     C.PASS_BACKUP: "pass",
     C.PASS_LEASE_EXPIRED: "pass",
     C.PASS_NO_SERVICE: "pass",
+    C.DROP_AWAIT_ACTIVE: "drop",
 }
 
 

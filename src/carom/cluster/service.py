@@ -5,7 +5,12 @@ table before it may become active.
 
 Role -> what this node does (docs/cluster.md):
 
-    STARTING, SYNCING, BACKUP   node_cfg.role BACKUP, no lease, no announcements
+    STARTING, SYNCING, BACKUP   node_cfg.role BACKUP, no lease, no announcements;
+                                UNDECIDED instead until some director is known
+                                to be active (this node, or a live peer): the
+                                data plane then holds frames of flows it cannot
+                                place rather than pass them to the local stack,
+                                which would reset them (bpf/hold.h)
     ACTIVE                      node_cfg.role ACTIVE, lease renewed, VIPs announced
     RESIGNING                   still forwarding (role ACTIVE, lease renewed) but
                                 silent (no announcements, no answer to the peer's
@@ -125,6 +130,9 @@ class ClusterService(Watches, HealthViews):
         # the daemon's "put the VIPs on lo", run once this node's role is decided
         self.when_decided: Callable[[], Coroutine[Any, Any, None]] | None = None
         self.decided = False
+        # Some director was seen active since start-up (this one, or a live peer):
+        # a non-forwarding data plane is a BACKUP from then on, UNDECIDED before.
+        self.active_known = False
         self.server = bulk.BulkServer(
             self.key,
             cluster.me.id,
@@ -140,7 +148,10 @@ class ClusterService(Watches, HealthViews):
         must not schedule before it holds the table), whatever node.role says."""
         if cluster is None:
             return None
-        host.rec.role_override = abi.Role.BACKUP
+        # Not BACKUP: with no active director known (both daemons restarted) the
+        # router still sends to the old active, whose stack would reset flows
+        # other reals serve; UNDECIDED holds them for the next active (hold.h).
+        host.rec.role_override = abi.Role.UNDECIDED
         return cls(host, cluster)
 
     def config_changed(self) -> None:
@@ -161,6 +172,7 @@ class ClusterService(Watches, HealthViews):
             self._grace.cancel()
             self._grace = None
         if t.new is State.ACTIVE:
+            self.active_known = True  # this node: BACKUP, not UNDECIDED, when it stands down
             rec.set_role(abi.Role.ACTIVE)
             self.forwarding = True
             owner.announcing = True
@@ -187,8 +199,22 @@ class ClusterService(Watches, HealthViews):
 
     def _stand_down(self) -> None:
         self.host.owner.set_active(False)
-        self.host.rec.set_role(abi.Role.BACKUP)
+        self.host.rec.set_role(self._idle_role())
         self.forwarding = False
+
+    def _idle_role(self) -> abi.Role:
+        """The data-plane role of a node that does not forward (bpf/hold.h)."""
+        return abi.Role.BACKUP if self.active_known else abi.Role.UNDECIDED
+
+    def _saw_active(self) -> None:
+        """Some director is active: a node not forwarding becomes a plain BACKUP,
+        whose stack gets what the active schedules to it even without an entry."""
+        if self.active_known:
+            return
+        self.active_known = True
+        if not self.forwarding:
+            self.host.rec.set_role(abi.Role.BACKUP)
+        log.info("an active director is known: node_cfg.role no longer UNDECIDED")
 
     # --- sending ------------------------------------------------------------------------
     def _send_batch(self, batch: list[ConnRecord]) -> None:
@@ -490,6 +516,8 @@ class ClusterService(Watches, HealthViews):
                 p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE
                 for p in self.node.members.live_peers(time.monotonic())
             )
+            if st is State.ACTIVE or peer_active:
+                self._saw_active()
             if st is State.ACTIVE or (st is State.BACKUP and peer_active):
                 self.decided = True
                 log.info("role decided: putting the VIPs on lo", extra={"role": st.value})

@@ -34,13 +34,17 @@ _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<v4>[0-9.]+)):(?P<por
 _VERDICTS = {Counter.TX_DSR: "forward", Counter.PASS_LOCAL_REAL: "local"}
 _WHY = {
     Counter.PASS_NOT_VIP: "{vip} is not a VIP here: the kernel gets the packet untouched",
-    Counter.PASS_BACKUP: "this node is a backup: VIP traffic goes to its own stack, "
-    "never scheduled",
+    Counter.PASS_BACKUP: "this node is a backup (or a cluster node still starting): VIP "
+    "traffic goes to its own stack, never scheduled",
     Counter.PASS_LEASE_EXPIRED: "this node is active but its daemon's lease has run out "
     "(daemon stopped, frozen or just starting): VIP traffic goes to its own stack, never "
     "scheduled",
     Counter.PASS_NO_SERVICE: "no service for port {port}/{proto} on {vip}: passed to this "
     "node's stack",
+    Counter.DROP_AWAIT_ACTIVE: "this node may not schedule (a backup, a cluster node still "
+    "starting, or its daemon's lease ran out) and its own stack would reset this flow (its "
+    "connection entry names another real, or no director is known to be active): dropped, "
+    "the client retransmits until an active director forwards it",
 }
 
 
@@ -275,7 +279,8 @@ def explain_state(
     steps: list[str] = []
     if d.reason in _WHY:
         why = _WHY[d.reason].format(vip=flow.vip, port=flow.vport, proto=proto)
-        return Explanation("pass", None, 0, "none", [why])
+        held = abi.verdict_of(d.reason) == abi.Verdict.DROP
+        return Explanation("drop" if held else "pass", None, 0, "none", [why])
 
     services = state.service_map()
     svc = next(s for k in _candidates(flow) if (s := services.get(k.to_bytes())) is not None)

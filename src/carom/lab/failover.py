@@ -409,10 +409,13 @@ class ClusterRun:
         False (5d) only the daemons restart: they adopt their data planes,
         connection tables included, and the VIPs stay on lo. No director
         forwards until the new active is elected; the router keeps sending
-        to the old active, whose stack (no VIP yet) drops what it gets, and
-        the clients retransmit. With empty tables on both, a flow survives
-        only if Maglev sends it to the real it was on: it does whenever the
-        tables equal those before the restart. A flow that moved while the
+        to the old active, whose stack (5c: no VIP yet) drops what it gets,
+        or (5d) whose data plane holds every frame its stack would reset
+        (bpf/hold.h: lease run out, then role UNDECIDED until an active is
+        known), and the clients retransmit; every flow keeps its entry, so
+        none is expected lost. With empty tables on both (5c), a flow
+        survives only if Maglev sends it to the real it was on: it does
+        whenever the tables equal those before the restart. A flow that moved while the
         tables differ is explained ("never synced and table changed"), and so
         is, after a reboot, a flow served by a restarted director itself (its
         host restarted: in the lab its server lives on, but its VIP was gone

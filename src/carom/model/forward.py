@@ -479,6 +479,33 @@ def _trace(frame: bytes, state: State, ifindex: int, result: Decision) -> None:
     result.counters[Counter.TRACE_SAMPLED] += 1
 
 
+def _hold_or_pass(  # hold.h hold_or_pass
+    frame: bytes, state: State, p: _Packet, pass_reason: Counter
+) -> Counter:
+    """A frame this node may not schedule: the stack's, unless the stack would
+    reset a flow another real serves (or, on a cluster node that knows no
+    active director yet, a flow without entry): then held for the next active."""
+    node = state.node
+    assert node is not None
+    if frame[6:12] in node.peer_macs[: abi.MAX_PEER_MACS]:
+        return pass_reason
+    try:
+        if p.family == abi.Family.IPV6:
+            _skip_ipv6_ext(frame, p)
+        if p.fragment or p.l4_proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            return pass_reason
+        _parse_l4(frame, p)
+    except _Verdict:  # malformed: the stack's, as before
+        return pass_reason
+    conn = state.conns.get(p.flow_key())
+    if conn is None:
+        return Counter.DROP_AWAIT_ACTIVE if node.role == abi.Role.UNDECIDED else pass_reason
+    real = state.reals.get(conn.real_id)
+    if real is not None and real.local:
+        return pass_reason
+    return Counter.DROP_AWAIT_ACTIVE
+
+
 def _decide(  # carom.bpf.c
     frame: bytes, state: State, now: int, ifindex: int, result: Decision
 ) -> None:
@@ -506,14 +533,15 @@ def _decide(  # carom.bpf.c
     if vip is None:
         raise _Verdict(Counter.PASS_NOT_VIP)
     # lease.h: only an active node with a running lease schedules, and never a
-    # frame from a peer director (the map holds a u64: a negative deadline wraps)
+    # frame from a peer director (the map holds a u64: a negative deadline wraps);
+    # what it may not schedule is the stack's unless held (hold.h)
     if state.node is None:
         raise _Verdict(Counter.PASS_BACKUP)
     result.traced = p  # node_cfg was read: trace.h may record the decision
     if state.node.role != abi.Role.ACTIVE:
-        raise _Verdict(Counter.PASS_BACKUP)
+        raise _Verdict(_hold_or_pass(frame, state, p, Counter.PASS_BACKUP))
     if not now < state.node.lease_until_ns & U64:
-        raise _Verdict(Counter.PASS_LEASE_EXPIRED)
+        raise _Verdict(_hold_or_pass(frame, state, p, Counter.PASS_LEASE_EXPIRED))
     if frame[6:12] in state.node.peer_macs[: abi.MAX_PEER_MACS]:
         raise _Verdict(Counter.PASS_PEER_DIRECTOR)
     if p.family == abi.Family.IPV6:
