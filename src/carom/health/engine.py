@@ -121,9 +121,9 @@ class Route:
     __slots__ = ("pool", "request", "sockaddr", "timeout")
 
     def __init__(self, key: ProbeKey) -> None:
-        target = key.target
+        target, check = key.target, key.check
         self.sockaddr = (str(target.address), target.port)
-        self.request = build_request(key.check, target) if isinstance(key.check, HttpCheck) else None
+        self.request = build_request(check, target) if isinstance(check, HttpCheck) else None
         self.pool: PoolKey = (_family(key), target.via, self.request is not None)
         self.timeout = key.check.timing.timeout
 
@@ -435,7 +435,8 @@ class SocketEngine:
 
     def _finish(self, p: SocketProbe, ok: bool, reason: str) -> None:
         done, p.done = p.done, None
-        self._release(p, keep=ok)
+        if p.sock is not None:
+            self._release(p, ok)
         if done is not None:
             # tcp and http results carry no agent fields: one result, with its time
             done(CheckResult(ok, reason, self._clock() - p.started))

@@ -80,7 +80,6 @@ class _Key:
     probes: int = 0
     failures: int = 0
     due: float = 0.0  # when the probe in flight (or the next) was due
-    started: float = 0.0  # clock() at the start of the probe in flight (or the last)
     task: asyncio.Task[CheckResult] | None = field(default=None, repr=False)
     probe: engine.SocketProbe | None = field(default=None, repr=False)
 
@@ -227,7 +226,6 @@ class HealthScheduler:
             self._waiting.append((k.gen, k))
             return
         self._in_flight += 1
-        k.started = self._clock()
         gen, key = k.gen, k.key
         if k.route is not None:
             if self._engine is None:
@@ -265,7 +263,13 @@ class HealthScheduler:
         k.task = k.probe = None
         self._in_flight -= 1
         state = k.state
-        if result.ok and k.route is not None and _steady(state):
+        if (
+            result.ok
+            and k.route is not None
+            and state.health is Health.UP
+            and not state.streak
+            and not state.penalty
+        ):
             # nearly every probe: an engine result (no agent fields) that passed
             # for a real that is up with nothing pending: step() would return the
             # same state and nothing is logged; only the record and the next start
@@ -279,11 +283,13 @@ class HealthScheduler:
         # stretch every interval (the key keeps its phase)
         now = self._clock()
         self._push(due if due > now else now, k)
-        while self._waiting and self._in_flight < self._max:
-            wgen, wk = self._waiting.popleft()
-            if wk.gen == wgen and not wk.busy:
-                self._start(wk)
-        self._arm()
+        if self._waiting:
+            while self._waiting and self._in_flight < self._max:
+                wgen, wk = self._waiting.popleft()
+                if wk.gen == wgen and not wk.busy:
+                    self._start(wk)
+        if self._timer is None or self._timer_at > self._slots[0] * TICK:
+            self._arm()  # else armed early enough for this start (the common case)
 
     def _drop(self, k: _Key) -> None:
         """Forget a key's probe in flight (without a result) and free its slot."""
@@ -321,11 +327,6 @@ class HealthScheduler:
                     self._on_change(key, old_state, new_state, result)
                 except Exception:  # a broken callback must not stop the probes
                     log.exception("health: on_change failed for %s", _name(key))
-
-
-def _steady(state: HealthState) -> bool:
-    """Up with nothing pending: a passing probe changes nothing (see step())."""
-    return state.health is Health.UP and not state.streak and not state.penalty
 
 
 async def _call(prober: Prober, key: ProbeKey) -> CheckResult:
