@@ -73,7 +73,9 @@ class _Key:
 
     key: ProbeKey
     gen: int  # -1 once removed: its wheel entry (and a waiting one) is then stale
-    route: engine.Route | None = None  # run on the socket engine (tcp, plain http): how
+    # set for keys run on the socket engine (tcp, plain http): where and what,
+    # worked out once, and the callback its results come back to (one per key)
+    route: engine.Route | None = None
     done: Callable[[CheckResult], None] | None = field(default=None, repr=False)
     state: HealthState = field(default_factory=HealthState)
     last: CheckResult | None = None
