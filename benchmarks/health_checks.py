@@ -6,7 +6,9 @@ is not counted). Reported: CPU of the checking process as a share of one core
 system time (the kernel; on loopback a connect runs the peer's side of the
 handshake in the caller's context too, so it overstates what a probe over a real
 link costs: a perf profile puts the responder's SYN, ACK, request and RST
-processing at about an eighth of the checker's CPU, and it is counted here), and
+processing at about a sixth of the checker's CPU, and it is counted here; the
+user/system split is sampled at the kernel's tick and moves with the engine's
+tick, the total is exact), and
 probes per second actually run. The scheduler's default path (TCP and plain
 HTTP on the socket engine, health/engine.py: reused sockets, one epoll set read
 on one tick) alternates with the coroutine path (run_check per probe, as the

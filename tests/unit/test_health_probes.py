@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -199,11 +200,17 @@ def test_the_engine_reuses_sockets_and_judges_each_probe_on_its_own() -> None:
                         assert result.reason == want, (spec, result)
                         assert eng.in_flight == 0
                     assert eng.idle == 1  # the last probe passed: its socket is kept
-                    # a probe after a pass (ok, ok at 3, 503 after 200) reuses its socket
+                    # a probe after a pass of the same kind (refused after connected,
+                    # 503 after 200) reuses its socket; tcp and http sockets are
+                    # pooled apart (an http socket holds the handshake's ACK back)
+                    steps = plan * 3
                     passed = [
-                        i for i, (_, _, w) in enumerate(plan * 3) if w in ("connected", "HTTP 200")
+                        i
+                        for i, (spec, _, w) in enumerate(steps[:-1])
+                        if w in ("connected", "HTTP 200") and type(steps[i + 1][0]) is type(spec)
                     ]
-                    assert all(fds[i + 1] == fds[i] for i in passed if i + 1 < len(fds)), fds
+                    assert len(passed) == 3 * 2, passed
+                    assert all(fds[i + 1] == fds[i] for i in passed), fds
                     # all at once: each gets its own socket, all come back to the pool
                     futures = []
                     for spec, port, _ in plan:
@@ -221,6 +228,56 @@ def test_the_engine_reuses_sockets_and_judges_each_probe_on_its_own() -> None:
         assert len(peers) == 4 * 3 and len(set(peers)) == len(peers), peers
 
     asyncio.run(main())
+
+
+def _segments_in(sock: socket.socket) -> int:
+    """Segments the kernel has received on this TCP socket (tcp_info.tcpi_segs_in)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("I", info, 140)[0])
+
+
+def test_an_http_probe_sends_the_handshake_ack_with_its_request() -> None:
+    """The engine's HTTP socket holds the handshake's last ACK back until the
+    request (TCP_DEFER_ACCEPT): the server receives one segment fewer before the
+    request than from a client that connects, then sends. Counted by the
+    server's kernel, compared with a plain client in the same run."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+
+    def serve(n: int) -> None:
+        for _ in range(n):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(2.0)
+                conn.recv(4096)
+                seen.append(_segments_in(conn))
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nok")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = loop.run_in_executor(None, serve, 3)
+        with socket.create_connection(("127.0.0.1", port)) as plain:
+            await asyncio.sleep(0.05)  # the handshake's ACK has gone on its own
+            plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            await loop.run_in_executor(None, plain.recv, 4096)
+        eng = engine.SocketEngine()
+        try:
+            for _ in range(2):  # a new socket, then the same one from the pool
+                got: asyncio.Future[CheckResult] = loop.create_future()
+                eng.start(ProbeKey(target(port), HttpCheck(timing=T)), got.set_result)
+                assert (await got).reason == "HTTP 200"
+            assert eng.idle == 1
+        finally:
+            eng.close()
+        await server
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.close()
+    plain, *probes = seen
+    assert probes == [plain - 1, plain - 1], seen
 
 
 def test_a_pooled_socket_taken_mid_batch_ignores_its_idle_event() -> None:

@@ -101,8 +101,11 @@ def judge_body(check: HttpCheck, status: int, body: bytes) -> CheckResult:
 
 def _head_end(buf: bytes | bytearray) -> int:
     """Length of the head (through the blank line) in `buf`, -1 if incomplete."""
-    ends = [i + n for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\n"), 2)) if i >= 0]
-    return min(ends) if ends else -1
+    crlf = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    return crlf + 4 if lf < 0 else min(crlf + 4, lf + 2)
 
 
 async def _probe_plain(check: HttpCheck, target: Target) -> CheckResult:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import heapq
 import itertools
 import logging
@@ -34,7 +35,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from carom.health import engine
-from carom.health.damping import DEFAULT_FLAP, FlapPolicy, HealthState, next_interval, step
+from carom.health.damping import (
+    DEFAULT_FLAP,
+    FlapPolicy,
+    Health,
+    HealthState,
+    next_interval,
+    step,
+)
 from carom.health.probe import run_check
 from carom.health.spec import CheckResult, ProbeKey
 
@@ -64,16 +72,16 @@ class _Key:
     no allocation beyond the CheckResult itself."""
 
     key: ProbeKey
-    sockaddr: tuple[str, int]  # where the probe connects, worked out once
     gen: int  # -1 once removed: its wheel entry (and a waiting one) is then stale
-    fast: bool = False  # run on the socket engine (tcp, plain http)
-    request: bytes | None = None  # http on the engine: the request, built once
+    # set for keys run on the socket engine (tcp, plain http): where and what,
+    # worked out once, and the callback its results come back to (one per key)
+    route: engine.Route | None = None
+    done: Callable[[CheckResult], None] | None = field(default=None, repr=False)
     state: HealthState = field(default_factory=HealthState)
     last: CheckResult | None = None
     probes: int = 0
     failures: int = 0
     due: float = 0.0  # when the probe in flight (or the next) was due
-    started: float = 0.0  # clock() at the start of the probe in flight (or the last)
     task: asyncio.Task[CheckResult] | None = field(default=None, repr=False)
     probe: engine.SocketProbe | None = field(default=None, repr=False)
 
@@ -132,10 +140,10 @@ class HealthScheduler:
             self._drop(self._keys.pop(key))
         now = self._clock()
         for key in wanted - self._keys.keys():
-            sockaddr = (str(key.target.address), key.target.port)
-            k = self._keys[key] = _Key(key, sockaddr, gen=next(self._gens))
+            k = self._keys[key] = _Key(key, gen=next(self._gens))
             if self._prober is None and engine.handles(key):
-                k.fast, k.request = True, engine.request_of(key)
+                k.route = engine.Route(key)
+                k.done = functools.partial(self._done, k, k.gen)  # one per key, not per probe
             self._push(now + self._rng.uniform(0.0, key.check.timing.interval), k)
         self._arm()
 
@@ -191,7 +199,10 @@ class HealthScheduler:
         due close together are served by one wake-up."""
         if self._closed or not self._slots:
             return
-        at = max(self._slots[0] * TICK, self._clock())
+        first = self._slots[0] * TICK
+        if self._timer is not None and self._timer_at <= first:
+            return  # the common case, after each result: armed early enough
+        at = max(first, self._clock())
         if self._timer is not None:
             if self._timer_at <= at:
                 return
@@ -206,7 +217,7 @@ class HealthScheduler:
         slots, wheel = self._slots, self._wheel
         while slots and slots[0] <= last:
             for k in wheel.pop(heapq.heappop(slots)):
-                if k.gen != -1 and not k.busy:  # a removed key's gen is -1
+                if k.gen != -1 and k.task is None and k.probe is None:  # removed: gen -1
                     self._start(k)
         self._arm()
 
@@ -217,15 +228,13 @@ class HealthScheduler:
             self._waiting.append((k.gen, k))
             return
         self._in_flight += 1
-        k.started = self._clock()
         gen, key = k.gen, k.key
-        if k.fast:
+        if k.route is not None:
             if self._engine is None:
                 self._engine = engine.SocketEngine(self._clock)
+            assert k.done is not None
             try:
-                probe = self._engine.start(
-                    key, lambda r: self._done(k, gen, r), k.sockaddr, k.request
-                )
+                probe = self._engine.start(key, k.done, k.route)
             except Exception as exc:  # a bug must fail one probe, not stop the timer
                 log.exception("health: probe of %s failed to start", _name(key))
                 self._done(k, gen, CheckResult(ok=False, reason=f"probe error: {exc!r}"[:200]))
@@ -255,15 +264,34 @@ class HealthScheduler:
             return  # removed while it ran: _drop gave its slot back
         k.task = k.probe = None
         self._in_flight -= 1
-        self._record(k.key, k, result)
+        state = k.state
+        if (
+            result.ok
+            and k.route is not None
+            and state.health is Health.UP
+            and not state.streak
+            and not state.penalty
+        ):
+            # nearly every probe: an engine result (no agent fields) that passed
+            # for a real that is up with nothing pending: step() would return the
+            # same state and nothing is logged; only the record and the next start
+            k.last = result
+            k.probes += 1
+            due = k.due + k.key.check.timing.interval
+        else:
+            self._record(k.key, k, result)
+            due = k.due + next_interval(k.state, k.key.check.timing)
         # from the due time, not the start: a start up to TICK late does not
         # stretch every interval (the key keeps its phase)
-        self._push(max(k.due + next_interval(k.state, k.key.check.timing), self._clock()), k)
-        while self._waiting and self._in_flight < self._max:
-            wgen, wk = self._waiting.popleft()
-            if wk.gen == wgen and not wk.busy:
-                self._start(wk)
-        self._arm()
+        now = self._clock()
+        self._push(due if due > now else now, k)
+        if self._waiting:
+            while self._waiting and self._in_flight < self._max:
+                wgen, wk = self._waiting.popleft()
+                if wk.gen == wgen and not wk.busy:
+                    self._start(wk)
+        if self._timer is None or self._timer_at > self._slots[0] * TICK:
+            self._arm()  # else armed early enough for this start (the common case)
 
     def _drop(self, k: _Key) -> None:
         """Forget a key's probe in flight (without a result) and free its slot."""
