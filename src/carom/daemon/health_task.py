@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from carom.abi import PROTOCOLS
 from carom.config.schema import Config, Service, addr_key
 from carom.daemon import overrides
 from carom.daemon.image import Desired, Effective, EffectiveMap, Inputs, SvcIdent, svc_ident
@@ -100,6 +101,10 @@ class HealthTask:
         self._ramp: dict[int, tuple[float, float]] = {}  # slow start: start, span
         self._shown: dict[int, str] = {}  # last logged state
         self._held: set[ServiceKey] = set()  # below min_healthy
+        # effective()'s last call: rows it gave to _configured() (by id), and
+        # the config whose pairs alone have bookkeeping
+        self._as_configured: dict[int, list[Row]] = {}
+        self._live_for: Config | None = None
         self.applies = 0  # applies made for health or override changes
 
     # --- probes ----------------------------------------------------------------
@@ -188,10 +193,11 @@ class HealthTask:
         ids: dict[tuple[int, str, int, int], int] = {}  # pairs that left the config go
         rows = []
         # A reload parses only changed services (config/incremental.py): the
-        # others are the same objects, and without checks their rows are too.
+        # others are the same objects, and without checks their rows are too
+        # (probe_keys() gives such a service no probe, whatever the VIP path).
         cache, self._svc_rows = self._svc_rows, {}
         for svc in config.services:
-            hit = cache.get(id(svc)) if not keys else None
+            hit = cache.get(id(svc))
             if hit is not None and hit[0] is svc:
                 ids.update(hit[2])
                 rows.append((svc, hit[1], False))
@@ -214,7 +220,7 @@ class HealthTask:
                 mine.append((n, r.address, r.weight, key))
             ids.update(mine_ids)
             rows.append((svc, mine, checked))
-            if not keys:
+            if svc.check is None and all(r.check is None for r in svc.reals):
                 self._svc_rows[id(svc)] = (svc, mine, mine_ids)
         self._pair_ids = ids
         self._rows_for = (config, rows)
@@ -230,11 +236,11 @@ class HealthTask:
         writer of its bookkeeping); what it reads of the loop's state (probe
         states, overrides) are single dict lookups."""
         effective = await asyncio.to_thread(self.effective, config)
-        idents = {svc.key: svc_ident(svc) for svc in config.services}
         down: dict[SvcIdent, set[IPAddress]] = {}
         for (skey, address), eff in effective.items():
             if eff.state == "down":
-                down.setdefault(idents[skey], set()).add(address)
+                vip, protocol, port = skey  # Service.key; the maps' key: svc_ident()
+                down.setdefault((vip, PROTOCOLS[protocol], port), set()).add(address)
         keep = {svc_ident(svc) for svc in config.services if svc.down_flows == "keep"}
         return Inputs(health=effective, down=down, keep_flows=frozenset(keep))
 
@@ -245,17 +251,21 @@ class HealthTask:
         log)."""
         now = self._clock()
         out: EffectiveMap = {}
-        seen: set[int] = set()
         overridden = bool(self.overrides)
+        # rows _configured() handled in the previous call: if they are handled so
+        # again, the bookkeeping already says what it would write (effective() is
+        # its only writer, and one config's rows share no number)
+        before, self._as_configured = self._as_configured, {}
         for svc, mine, checked in self._rows_of(config):
             if not (checked or overridden or svc.min_healthy or svc.slow_start):
-                self._configured(svc, mine, seen)
+                if before.get(id(mine)) is not mine:
+                    self._configured(svc, mine)
+                self._as_configured[id(mine)] = mine
                 continue
             rows = [self._one(svc, address, w, key) for _, address, w, key in mine]
             self._min_healthy(svc, rows)
             self._slow_start(svc, mine, rows, now)
             for (k, address, weight, _), eff in zip(mine, rows, strict=True):
-                seen.add(k)
                 if eff.weight == 0:
                     self._out.add(k)
                 else:
@@ -273,14 +283,19 @@ class HealthTask:
                 self._shown[k] = eff.state
                 if eff.state != "up" or eff.weight != weight:
                     out[(svc.key, address)] = eff
-        for gone in [k for k in self._shown if k not in seen]:
-            self._shown.pop(gone)
-            self._out.discard(gone)
-            self._ramp.pop(gone, None)
-        self._held &= {svc.key for svc in config.services}
+        if self._live_for is not config:
+            # (service, real) pairs that left the config: their bookkeeping goes
+            live = set(self._pair_ids.values())  # (_rows_of: this config's pairs)
+            for gone in self._shown.keys() - live:
+                self._shown.pop(gone)
+                self._out.discard(gone)
+                self._ramp.pop(gone, None)
+            self._live_for = config
+            if self._held:
+                self._held &= {svc.key for svc in config.services}
         return out
 
-    def _configured(self, svc: Service, mine: list[Row], seen: set[int]) -> None:
+    def _configured(self, svc: Service, mine: list[Row]) -> None:
         """effective()'s bookkeeping for a service that only its config decides
         (no checks, overrides, min_healthy or slow start): every real is up at
         its configured weight, as _one() would say, without an Effective each
@@ -288,7 +303,6 @@ class HealthTask:
         self._held.discard(svc.key)
         shown, outs, ramp = self._shown, self._out, self._ramp
         for k, address, weight, _ in mine:
-            seen.add(k)
             if weight:
                 outs.discard(k)
             else:
