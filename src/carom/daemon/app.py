@@ -36,9 +36,9 @@ from carom.daemon.image import (
     ApplyError,
     Desired,
     Inputs,
+    RealAddresses,
     ReconcileError,
     Transaction,
-    addresses,
     inputs_of,
     with_cluster,
 )
@@ -138,6 +138,7 @@ class Daemon:
         # what changed (config/incremental.py)
         self.configs = ConfigCache()
         self.follower = NeighbourFollower(self)
+        self.addresses = RealAddresses()  # addresses(config), by the services that changed
         self.lag = LoopLag()
         self.hups: asyncio.Queue[None] = asyncio.Queue()
         self.loops_seen = 0
@@ -202,7 +203,7 @@ class Daemon:
             await self.in_worker(rec.adopt)
         t0 = time.monotonic()
         await self.follower.open()
-        await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        await self.follower.resolve(self.addresses.of(config), wait=self.follower.initial_wait)
         took["neighbours"] = time.monotonic() - t0
         saved = health_task.overrides_path(socket_of(config), config.instance)
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
@@ -497,7 +498,7 @@ class Daemon:
             return self._refused(str(exc), origin)
         parsed = time.monotonic()
         # 32k reals take a while to walk: not on the event loop
-        addrs = await asyncio.to_thread(addresses, new)
+        addrs = await asyncio.to_thread(self.addresses.of, new)
         await self.follower.resolve(addrs, wait=1.0)
         table = self.follower.table
         routes = {a: table[a].ifname for a in addrs if a in table}
