@@ -31,12 +31,12 @@ from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
 from carom.daemon import control, explain, health_task, overrides, ownership
+from carom.daemon.changed import ConfigWarnings, RealAddresses, vips_of
 from carom.daemon.follow import NeighbourFollower
 from carom.daemon.image import (
     ApplyError,
     Desired,
     Inputs,
-    RealAddresses,
     ReconcileError,
     Transaction,
     inputs_of,
@@ -69,11 +69,6 @@ def socket_of(config: Config) -> str:
         if config.control_socket
         else control.default_socket(config.instance)
     )
-
-
-def vips_of(config: Config) -> list[abi.IPAddress]:
-    """Every VIP of the config, once each, in config order."""
-    return list(dict.fromkeys(svc.vip for svc in config.services))
 
 
 def vip_state_of(config: Config) -> str:
@@ -138,7 +133,9 @@ class Daemon:
         # what changed (config/incremental.py)
         self.configs = ConfigCache()
         self.follower = NeighbourFollower(self)
-        self.addresses = RealAddresses()  # addresses(config), by the services that changed
+        # addresses(config) and config.warnings(), by the services that changed
+        self.addresses = RealAddresses()
+        self.config_warnings = ConfigWarnings()
         self.lag = LoopLag()
         self.hups: asyncio.Queue[None] = asyncio.Queue()
         self.loops_seen = 0
@@ -525,10 +522,13 @@ class Daemon:
             }
             return {"ok": False, "error": f"reload failed: {exc}", "rolled_back": exc.clean}
         applied = time.monotonic()
-        # per service and per real: 4096 services hold the loop for ~20 ms
-        warnings = await asyncio.to_thread(
-            lambda: new.warnings() + egress.egress_warnings(new, routes)
-        )
+
+        def checks() -> list[str]:
+            """Per service (kept per object) and per real: not on the loop."""
+            vips_of(new)  # kept for the calls on the loop below (4096 hashes)
+            return self.config_warnings.of(new) + egress.egress_warnings(new, routes)
+
+        warnings = await asyncio.to_thread(checks)
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)

@@ -279,45 +279,6 @@ def ident_of(key: abi.SvcKey) -> SvcIdent:
     return (key.vip.to_ip(key.family), int(key.proto), abi.port_host(key.port))
 
 
-def addresses(config: Config) -> list[Address]:
-    """Remote reals and the other directors of the cluster: whose MACs the
-    daemon must resolve."""
-    return RealAddresses().of(config)
-
-
-class RealAddresses:
-    """addresses() of one config after another, counting per address the
-    (service, real) pairs that have it and following only the services that
-    changed (a reload parses only those: config/incremental.py), so that a
-    reload does not walk 32k reals. One caller at a time (the daemon's start
-    and reloads, under its lock)."""
-
-    def __init__(self) -> None:
-        self._services: dict[int, Service] = {}  # by id(): the last config's
-        self._pairs: dict[Address, int] = {}  # remote real -> (service, real) pairs
-
-    def of(self, config: Config) -> list[Address]:
-        now = {id(s): s for s in config.services}
-        pairs = self._pairs
-        for k, svc in self._services.items():
-            if k not in now:
-                for r in svc.reals:
-                    if not r.local:
-                        n = pairs[r.address] - 1
-                        if n:
-                            pairs[r.address] = n
-                        else:
-                            del pairs[r.address]
-        for k, svc in now.items():
-            if k not in self._services:
-                for r in svc.reals:
-                    if not r.local:
-                        pairs[r.address] = pairs.get(r.address, 0) + 1
-        self._services = now
-        peers = [a for a in dict.fromkeys(peer_addresses(config)) if a not in pairs]
-        return [*pairs, *peers]
-
-
 def inputs_of(
     config: Config,
     neighbours: Mapping[Address, Neighbour],
