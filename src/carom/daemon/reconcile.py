@@ -375,6 +375,8 @@ class Reconciler:
             # 3. services, then their VIP addresses
             for ident, info in new.services.items():
                 old_info = cur.services.get(ident)
+                if old_info is info:  # a part kept from the last image (desired.py)
+                    continue
                 if old_info is None or bytes(old_info) != bytes(info):
                     put("services", svc_key(ident), info, old_info)
             done("services")
