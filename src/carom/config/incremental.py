@@ -7,7 +7,9 @@ the whole file (PyYAML keeping every line mark, then pydantic) takes seconds at
 and one piece per `services:` item, and keeps the validated `Service` of each
 piece keyed by the piece's exact text: an unchanged piece is the same service,
 wherever it sits in the file. Only the top-level part and the changed pieces go
-through YAML and pydantic; the rules across services run on the whole config.
+through YAML and pydantic; the rules across services are checked on counts
+kept per service (config/crossindex.py), the whole config only when those
+cannot prove it clean.
 
 It is only a shortcut for valid files of the plain shape (a block list of
 services, no anchors, aliases, tags, tabs or document markers). Anything else,
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from carom.config.crossindex import CrossIndex
 from carom.config.load import ConfigError, _Loader, _Walk, load_config, parse_config
 from carom.config.schema import Config, Service
 
@@ -116,6 +119,8 @@ class ConfigCache:
     # its parser process, so that a big validation does not hold the GIL).
     max_changed: int = 64
     last_changed: int = -1  # items parsed by the last fast load; -1: full load
+    # the rules across services, counted over `services` (config/crossindex.py)
+    index: CrossIndex | None = None
 
     def load(self, path: str | Path) -> Config:
         """load_config(path), reusing what is unchanged. Raises ConfigError."""
@@ -158,14 +163,22 @@ class ConfigCache:
         except (ValidationError, ConfigError):
             return None
         services = tuple(known[item] for item in parts.items)
-        if top.whole_config_problems(services):
-            return None
+        index = self.index
+        take = index.update(top.limits, top.health, services) if index is not None else None
+        if take is None:
+            if top.whole_config_problems(services):
+                return None
+            index = None
         # The same checks Config's validators run: the top level was validated
         # with no services, the services one by one, and the rules across them
         # (Config.whole_config_problems) just now.
         config = top.model_copy(update={"services": services})
         self.services = {item: known[item] for item in parts.items}
         self.last_changed = len(changed)
+        if take is not None:
+            take()
+        else:
+            self.index = CrossIndex.of(top.limits, top.health, services)
         return config
 
     def remember(self, text: str, config: Config) -> None:
@@ -174,5 +187,7 @@ class ConfigCache:
         parts = split_services(text)
         if parts is None or len(parts.items) != len(config.services):
             self.services = {}
+            self.index = None
             return
         self.services = dict(zip(parts.items, config.services, strict=True))
+        self.index = CrossIndex.of(config.limits, config.health, config.services)

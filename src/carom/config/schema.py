@@ -588,22 +588,26 @@ class Config(_Model):
         out: list[str] = []
         if not self.services:
             out.append("no services: carom passes every packet to the local stack")
-        slots = self.limits.maglev_table_size
         for svc in self.services:
-            name = svc.display_name
-            weighted = sum(1 for r in svc.reals if r.weight > 0)
-            if not svc.reals:
-                out.append(f"service {name} has no reals: new connections will be dropped")
-            elif not weighted:
-                out.append(
-                    f"service {name}: all reals have weight 0: new connections will be dropped"
-                )
-            elif weighted * SLOTS_PER_REAL > slots:
-                wanted = min(next_prime(weighted * SLOTS_PER_REAL), MAGLEV_MAX)
-                out.append(
-                    f"service {name}: {weighted} real{'s' if weighted > 1 else ''} share {slots} "
-                    "Maglev slots, so their "
-                    f"shares of traffic will be uneven; limits.maglev_table_size: {wanted} "
-                    f"keeps them within about 1%"
-                )
+            out += service_warnings(svc, self.limits.maglev_table_size)
         return out
+
+
+def service_warnings(svc: Service, slots: int) -> list[str]:
+    """Config.warnings() of one service, with `slots` Maglev slots per table
+    (a function of the two alone: the daemon keeps them per service)."""
+    name = svc.display_name
+    weighted = sum(1 for r in svc.reals if r.weight > 0)
+    if not svc.reals:
+        return [f"service {name} has no reals: new connections will be dropped"]
+    if not weighted:
+        return [f"service {name}: all reals have weight 0: new connections will be dropped"]
+    if weighted * SLOTS_PER_REAL > slots:
+        wanted = min(next_prime(weighted * SLOTS_PER_REAL), MAGLEV_MAX)
+        return [
+            f"service {name}: {weighted} real{'s' if weighted > 1 else ''} share {slots} "
+            "Maglev slots, so their "
+            f"shares of traffic will be uneven; limits.maglev_table_size: {wanted} "
+            f"keeps them within about 1%"
+        ]
+    return []

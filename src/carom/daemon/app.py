@@ -31,6 +31,7 @@ from carom.config.incremental import ConfigCache
 from carom.config.load import ConfigError, load_config, located, parse_config
 from carom.config.schema import Config
 from carom.daemon import control, explain, health_task, overrides, ownership
+from carom.daemon.changed import ConfigWarnings, RealAddresses, vips_of
 from carom.daemon.follow import NeighbourFollower
 from carom.daemon.image import (
     ApplyError,
@@ -38,7 +39,6 @@ from carom.daemon.image import (
     Inputs,
     ReconcileError,
     Transaction,
-    addresses,
     inputs_of,
     with_cluster,
 )
@@ -69,11 +69,6 @@ def socket_of(config: Config) -> str:
         if config.control_socket
         else control.default_socket(config.instance)
     )
-
-
-def vips_of(config: Config) -> list[abi.IPAddress]:
-    """Every VIP of the config, once each, in config order."""
-    return list(dict.fromkeys(svc.vip for svc in config.services))
 
 
 def vip_state_of(config: Config) -> str:
@@ -138,6 +133,9 @@ class Daemon:
         # what changed (config/incremental.py)
         self.configs = ConfigCache()
         self.follower = NeighbourFollower(self)
+        # addresses(config) and config.warnings(), by the services that changed
+        self.addresses = RealAddresses()
+        self.config_warnings = ConfigWarnings()
         self.lag = LoopLag()
         self.hups: asyncio.Queue[None] = asyncio.Queue()
         self.loops_seen = 0
@@ -202,7 +200,7 @@ class Daemon:
             await self.in_worker(rec.adopt)
         t0 = time.monotonic()
         await self.follower.open()
-        await self.follower.resolve(addresses(config), wait=self.follower.initial_wait)
+        await self.follower.resolve(self.addresses.of(config), wait=self.follower.initial_wait)
         took["neighbours"] = time.monotonic() - t0
         saved = health_task.overrides_path(socket_of(config), config.instance)
         self.health = health_task.HealthTask(self, overrides.OverrideStore(saved))
@@ -497,7 +495,7 @@ class Daemon:
             return self._refused(str(exc), origin)
         parsed = time.monotonic()
         # 32k reals take a while to walk: not on the event loop
-        addrs = await asyncio.to_thread(addresses, new)
+        addrs = await asyncio.to_thread(self.addresses.of, new)
         await self.follower.resolve(addrs, wait=1.0)
         table = self.follower.table
         routes = {a: table[a].ifname for a in addrs if a in table}
@@ -524,10 +522,13 @@ class Daemon:
             }
             return {"ok": False, "error": f"reload failed: {exc}", "rolled_back": exc.clean}
         applied = time.monotonic()
-        # per service and per real: 4096 services hold the loop for ~20 ms
-        warnings = await asyncio.to_thread(
-            lambda: new.warnings() + egress.egress_warnings(new, routes)
-        )
+
+        def checks() -> list[str]:
+            """Per service (kept per object) and per real: not on the loop."""
+            vips_of(new)  # kept for the calls on the loop below (4096 hashes)
+            return self.config_warnings.of(new) + egress.egress_warnings(new, routes)
+
+        warnings = await asyncio.to_thread(checks)
         old_vips = vips_of(self.config)
         self.config = new
         self.follower.forget_unused(addrs)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from carom.abi import PROTOCOLS
 from carom.config.schema import Config, Service, addr_key
 from carom.daemon import overrides
 from carom.daemon.image import Desired, Effective, EffectiveMap, Inputs, SvcIdent, svc_ident
@@ -93,16 +94,45 @@ class HealthTask:
         # (vip, protocol, port, real) as ints and a str -> n
         self._pair_ids: dict[tuple[int, str, int, int], int] = {}
         self._next_pair = 0  # numbers are never reused (the bookkeeping below is by number)
-        # rows of a service without checks, by Service object (see _rows_of)
-        self._svc_rows: dict[int, tuple[Service, list[Row], dict[Any, int]]] = {}
+        # rows of each service by Service object, their pairs' numbers and
+        # whether the service has no check (then they are reused: see _rows_of)
+        self._svc_rows: dict[int, tuple[Service, list[Row], dict[Any, int], bool]] = {}
         # per (service, real) number:
         self._out: set[int] = set()  # not in rotation last time
         self._ramp: dict[int, tuple[float, float]] = {}  # slow start: start, span
         self._shown: dict[int, str] = {}  # last logged state
         self._held: set[ServiceKey] = set()  # below min_healthy
+        # effective()'s last call: rows it gave to _configured() (by id), and
+        # its config (_held has no other config's services)
+        self._as_configured: dict[int, list[Row]] = {}
+        self._held_for: Config | None = None
+        self._gone: set[int] = set()  # numbers of pairs that left (_rows_of)
+        # per Service object: whether it has a check (see _checked)
+        self._has_check: dict[int, tuple[Service, bool]] = {}
+        self._checked_for: tuple[Config | None, Config | None] = (None, None)
         self.applies = 0  # applies made for health or override changes
 
     # --- probes ----------------------------------------------------------------
+    def _checked(self, config: Config) -> Config:
+        """`config` with only its services that have a check: what probe_keys()
+        and vip_routes() look at (walking 32k reals to find none at every
+        reload costs ms); per Service object, whether it has one is kept."""
+        cached_for, checked = self._checked_for
+        if cached_for is config and checked is not None:
+            return checked
+        before, self._has_check = self._has_check, {}
+        out = []
+        for svc in config.services:
+            hit = before.get(id(svc))
+            if hit is None or hit[0] is not svc:
+                hit = (svc, svc.check is not None or any(r.check is not None for r in svc.reals))
+            self._has_check[id(svc)] = hit
+            if hit[1]:
+                out.append(svc)
+        checked = config.model_copy(update={"services": tuple(out)})
+        self._checked_for = (config, checked)
+        return checked
+
     def keys_of(self, config: Config) -> Keys:
         """The probe of every checked (service, real); cached per config object.
         Probes with via: vip go to the VIP: through the probe namespace for a
@@ -111,7 +141,7 @@ class HealthTask:
         if cached_for is config:
             return keys
         vp = self._vip_path
-        keys = probe_keys(config, via_of=vp.via if vp is not None else None)
+        keys = probe_keys(self._checked(config), via_of=vp.via if vp is not None else None)
         self._keys_for, self._keys_vp = (config, keys), vp
         return keys
 
@@ -139,7 +169,7 @@ class HealthTask:
         self._dirty.set()  # a probe that is gone may have held a real down
 
     async def _sync_vip_path(self, config: Config) -> None:
-        routes = vip_routes(config)
+        routes = vip_routes(await asyncio.to_thread(self._checked, config))
         if not routes and self._vip_path is None:
             return
         source, source6 = config.health.probe_source, config.health.probe_source6
@@ -184,16 +214,16 @@ class HealthTask:
         if cached_for is config:
             return rows
         keys = self.keys_of(config)
-        old = self._pair_ids
-        ids: dict[tuple[int, str, int, int], int] = {}  # pairs that left the config go
+        ids = self._pair_ids  # in place: the pairs no service has any more go below
+        made: set[tuple[int, str, int, int]] = set()  # pairs of the rows made here
         rows = []
         # A reload parses only changed services (config/incremental.py): the
-        # others are the same objects, and without checks their rows are too.
-        cache, self._svc_rows = self._svc_rows, {}
+        # others are the same objects, and without checks their rows are too
+        # (probe_keys() gives such a service no probe, whatever the VIP path).
+        before, self._svc_rows = self._svc_rows, {}
         for svc in config.services:
-            hit = cache.get(id(svc)) if not keys else None
-            if hit is not None and hit[0] is svc:
-                ids.update(hit[2])
+            hit = before.get(id(svc))
+            if hit is not None and hit[0] is svc and hit[3]:
                 rows.append((svc, hit[1], False))
                 self._svc_rows[id(svc)] = hit
                 continue
@@ -204,7 +234,7 @@ class HealthTask:
             checked = False
             for r in svc.reals:
                 pair = (*fast, addr_key(r.address))
-                n = old.get(pair)
+                n = ids.get(pair)
                 if n is None:
                     n = self._next_pair
                     self._next_pair += 1
@@ -213,10 +243,19 @@ class HealthTask:
                 checked = checked or key is not None
                 mine.append((n, r.address, r.weight, key))
             ids.update(mine_ids)
+            made.update(mine_ids)
             rows.append((svc, mine, checked))
-            if not keys:
-                self._svc_rows[id(svc)] = (svc, mine, mine_ids)
-        self._pair_ids = ids
+            unchecked = svc.check is None and all(r.check is None for r in svc.reals)
+            self._svc_rows[id(svc)] = (svc, mine, mine_ids, unchecked)
+        # Services that left (or whose rows were made again): their pairs that
+        # no service of this config has lose their number and bookkeeping. An
+        # unchanged service shares no pair with them (one key per service).
+        for k, entry in before.items():
+            if self._svc_rows.get(k) is not entry:
+                for pair, n in entry[2].items():
+                    if pair not in made:
+                        del ids[pair]
+                        self._gone.add(n)
         self._rows_for = (config, rows)
         return rows
 
@@ -230,11 +269,11 @@ class HealthTask:
         writer of its bookkeeping); what it reads of the loop's state (probe
         states, overrides) are single dict lookups."""
         effective = await asyncio.to_thread(self.effective, config)
-        idents = {svc.key: svc_ident(svc) for svc in config.services}
         down: dict[SvcIdent, set[IPAddress]] = {}
         for (skey, address), eff in effective.items():
             if eff.state == "down":
-                down.setdefault(idents[skey], set()).add(address)
+                vip, protocol, port = skey  # Service.key; the maps' key: svc_ident()
+                down.setdefault((vip, PROTOCOLS[protocol], port), set()).add(address)
         keep = {svc_ident(svc) for svc in config.services if svc.down_flows == "keep"}
         return Inputs(health=effective, down=down, keep_flows=frozenset(keep))
 
@@ -245,17 +284,21 @@ class HealthTask:
         log)."""
         now = self._clock()
         out: EffectiveMap = {}
-        seen: set[int] = set()
         overridden = bool(self.overrides)
+        # rows _configured() handled in the previous call: if they are handled so
+        # again, the bookkeeping already says what it would write (effective() is
+        # its only writer, and one config's rows share no number)
+        before, self._as_configured = self._as_configured, {}
         for svc, mine, checked in self._rows_of(config):
             if not (checked or overridden or svc.min_healthy or svc.slow_start):
-                self._configured(svc, mine, seen)
+                if before.get(id(mine)) is not mine:
+                    self._configured(svc, mine)
+                self._as_configured[id(mine)] = mine
                 continue
             rows = [self._one(svc, address, w, key) for _, address, w, key in mine]
             self._min_healthy(svc, rows)
             self._slow_start(svc, mine, rows, now)
             for (k, address, weight, _), eff in zip(mine, rows, strict=True):
-                seen.add(k)
                 if eff.weight == 0:
                     self._out.add(k)
                 else:
@@ -273,14 +316,18 @@ class HealthTask:
                 self._shown[k] = eff.state
                 if eff.state != "up" or eff.weight != weight:
                     out[(svc.key, address)] = eff
-        for gone in [k for k in self._shown if k not in seen]:
-            self._shown.pop(gone)
-            self._out.discard(gone)
-            self._ramp.pop(gone, None)
-        self._held &= {svc.key for svc in config.services}
+        # (service, real) pairs that left the config: their bookkeeping goes
+        gone, self._gone = self._gone, set()
+        for k in gone:
+            self._shown.pop(k, None)
+            self._out.discard(k)
+            self._ramp.pop(k, None)
+        if self._held and self._held_for is not config:
+            self._held &= {svc.key for svc in config.services}
+        self._held_for = config
         return out
 
-    def _configured(self, svc: Service, mine: list[Row], seen: set[int]) -> None:
+    def _configured(self, svc: Service, mine: list[Row]) -> None:
         """effective()'s bookkeeping for a service that only its config decides
         (no checks, overrides, min_healthy or slow start): every real is up at
         its configured weight, as _one() would say, without an Effective each
@@ -288,7 +335,6 @@ class HealthTask:
         self._held.discard(svc.key)
         shown, outs, ramp = self._shown, self._out, self._ramp
         for k, address, weight, _ in mine:
-            seen.add(k)
             if weight:
                 outs.discard(k)
             else:

@@ -19,7 +19,9 @@ log = logging.getLogger("carom.reconcile")
 Address = abi.IPAddress
 SvcIdent = tuple[Address, int, int]  # vip, proto, port (0 = all)
 # The input of one Maglev table: sorted (maglev key, real id, weight) of its members.
-MemberSet = tuple[tuple[bytes, int, int], ...]
+Member = tuple[bytes, int, int]
+MemberSet = tuple[Member, ...]
+ServiceKey = tuple[Address, str, int]  # Service.key: (vip, protocol, port_number)
 
 # Steps of an apply, in order; a fault hook can stop an apply after any of them.
 STEPS = (
@@ -165,6 +167,56 @@ class Desired:
     tables: dict[MemberSet, Table] = field(default_factory=dict)  # every table in use
     built: int = 0  # tables built for this image (the rest came from the cache)
     released: list[str] = field(default_factory=list)  # draining reals whose id was freed
+    # per-service parts and indexes of this image: the next desired() starts
+    # from them once this image is committed (daemon/desired.py)
+    memo: Memo | None = None
+
+
+@dataclass(frozen=True)
+class SvcPart:
+    """One service's share of a desired image (see the module docstring for
+    what it is a function of)."""
+
+    svc: Service  # the config object (kept alive: the memo is keyed by its id())
+    ident: SvcIdent
+    idents: tuple[SvcIdent, ...]  # services-map keys: one per port
+    sid: int
+    info: abi.SvcInfo  # never mutated: shared by the images that hold it
+    members: MemberSet
+    table: Table
+    view: list[RealView]
+    moving: tuple[tuple[int, int], ...]  # (service id, real id) whose flows move
+    vip: tuple[Address, int]  # (vip, family)
+    vip_flags: int  # all-ports flag this service sets on its VIP
+
+
+@dataclass
+class Memo:
+    """The parts of the last committed image and what they were made from.
+    Never changed after it is made: a call builds a new one (the old one stays
+    valid if the new image is not committed)."""
+
+    image: Image | None = None  # the committed image it describes
+    parts: dict[int, SvcPart] = field(default_factory=dict)  # id(service) -> part
+    users: dict[Address, frozenset[int]] = field(default_factory=dict)  # real -> id(service)s
+    local: dict[Address, bool] = field(default_factory=dict)  # real -> local (one per address)
+    tokens: dict[Address, tuple[object, ...]] = field(default_factory=dict)
+    by_key: dict[ServiceKey, int] = field(default_factory=dict)  # Service.key -> id(service)
+    by_ident: dict[SvcIdent, int] = field(default_factory=dict)
+    health: EffectiveMap = field(default_factory=dict)
+    down: Mapping[SvcIdent, Set[Address]] = field(default_factory=dict)
+    keep: frozenset[SvcIdent] = frozenset()
+    # aggregates over the parts
+    services: dict[SvcIdent, abi.SvcInfo] = field(default_factory=dict)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)  # service id -> Maglev row
+    views: dict[SvcIdent, list[RealView]] = field(default_factory=dict)
+    fingerprints: dict[SvcIdent, str] = field(default_factory=dict)
+    names: dict[SvcIdent, str] = field(default_factory=dict)
+    moving: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)  # sid ->
+    tables: dict[MemberSet, Table] = field(default_factory=dict)  # in use
+    table_refs: dict[MemberSet, int] = field(default_factory=dict)  # services per table
+    # (vip, family) -> {0: services-map entries, flag: services setting it}
+    vip_refs: dict[tuple[Address, int], dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -225,19 +277,6 @@ def svc_key(ident: SvcIdent) -> abi.SvcKey:
 
 def ident_of(key: abi.SvcKey) -> SvcIdent:
     return (key.vip.to_ip(key.family), int(key.proto), abi.port_host(key.port))
-
-
-def addresses(config: Config) -> list[Address]:
-    """Remote reals and the other directors of the cluster: whose MACs the
-    daemon must resolve."""
-    out: dict[Address, None] = {}
-    for svc in config.services:
-        for r in svc.reals:
-            if not r.local:
-                out[r.address] = None
-    for a in peer_addresses(config):
-        out[a] = None
-    return list(out)
 
 
 def inputs_of(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,27 +31,23 @@ import numpy as np
 
 from carom import abi
 from carom.bpf.loader import Dataplane
-from carom.config.schema import Config, addr_key
+from carom.config.schema import Config
+from carom.daemon.desired import build
 from carom.daemon.image import (
     LAST_SEEN_SLACK_NS,
     STEPS,
     Address,
     ApplyError,
     Desired,
-    Effective,
     Image,
     Inputs,
     MemberSet,
-    RealView,
+    Memo,
     ReconcileError,
-    SvcIdent,
     Table,
     Transaction,
     ident_of,
-    real_info,
     real_key,
-    svc_ident,
-    svc_idents,
     svc_key,
 )
 from carom.daemon.rows import MaglevRows
@@ -74,11 +70,6 @@ def _discard(_: object) -> None:
     """Undo steps return nothing; this drops a call's result."""
 
 
-def _astray(nb: Neighbour | None, interfaces: tuple[str, ...]) -> bool:
-    """The real's route uses an interface carom is not attached to."""
-    return nb is not None and nb.ifname is not None and nb.ifname not in interfaces
-
-
 def _mac_key(mac: bytes) -> abi.MacKey:
     return abi.MacKey.from_buffer_copy(mac + b"\0\0")
 
@@ -93,6 +84,7 @@ class Reconciler:
         self.real_ids: dict[Address, int] = {}
         self.tables: dict[MemberSet, Table] = {}
         self.last: Desired | None = None
+        self.memo: Memo | None = None  # the parts of `current` (daemon/desired.py)
         self.writes_total = 0
         # A fresh (not adopted) map is all zeros: rows need not be read back.
         self._zero_row = np.zeros(self.size, dtype=np.uint32)
@@ -168,6 +160,7 @@ class Reconciler:
             img.real_macs[bytes(key.mac)] = int(rid)
         self.current = img
         self.real_ids = real_ids
+        self.memo = None
         self.fresh = False
         log.info("adopted data plane: %d services, %d reals", len(img.services), len(img.reals))
 
@@ -197,7 +190,7 @@ class Reconciler:
         return busy
 
     def _allocate_reals(
-        self, config: Config, wanted: set[Address]
+        self, config: Config, wanted: Collection[Address]
     ) -> tuple[dict[Address, int], list[str]]:
         """Ids for the config's reals: kept per address across reloads and restarts.
         A draining real keeps its id until no live entry can point to it; only
@@ -303,205 +296,17 @@ class Reconciler:
     def desired(
         self,
         config: Config,
-        neighbours: dict[Address, Neighbour],
+        neighbours: Mapping[Address, Neighbour],
         inputs: Inputs | None = None,
+        full: bool = False,
     ) -> Desired:
         """The image the config asks for, with the cluster's state and the health
         view (`inputs`: health checks and manual overrides per service and real,
         in place of configured weights). Changes nothing: ids and tables it
-        allocates become the reconciler's own only through commit()."""
-        inputs = inputs or Inputs()
-        effective = inputs.health
-        img = Image()
-        img.node = abi.NodeCfg(
-            role=int(
-                self.role_override
-                if self.role_override is not None
-                else abi.Role.ACTIVE
-                if config.node.role == "active"
-                else abi.Role.BACKUP
-            ),
-            flags=int(abi.CfgFlags.FRAG_PASS) if config.node.fragments == "pass" else 0,
-            maglev_size=self.size,
-            tcp_idle_ns=config.timeouts.tcp_idle * 10**9,
-            udp_idle_ns=config.timeouts.udp_idle * 10**9,
-        )
-        img.node.set_peer_macs(inputs.peer_mac_bytes())
-        img.node.real_down_words = abi.real_down_words(self.dp.limits.max_reals)
-        moving: list[tuple[int, int]] = []  # (service id, real id) whose flows move
-        views: dict[SvcIdent, list[RealView]] = {}
-        fingerprints: dict[SvcIdent, str] = {}
-        names: dict[SvcIdent, str] = {}
-
-        wanted: dict[Address, tuple[bool, Neighbour | None]] = {}
-        for svc in config.services:
-            for r in svc.reals:
-                wanted[r.address] = (r.local, neighbours.get(r.address))
-        real_ids, released = self._allocate_reals(config, set(wanted))
-
-        for address, rid in real_ids.items():
-            prev = self.current.reals.get(rid)
-            if address not in wanted:
-                if prev is not None:  # draining: left the config, flows continue
-                    img.reals[rid] = prev
-                continue
-            local, nb = wanted[address]
-            mac = b"" if local else (nb.mac if nb and nb.mac else b"")
-            # XDP_TX leaves by the interface a frame came in on: a real whose
-            # route moved to another interface (after the start/reload check)
-            # gets no new flows instead of a black hole; status says why
-            astray = not local and _astray(nb, config.interfaces)
-            if astray:
-                mac = b""
-            if (
-                not astray
-                and not local
-                and not mac
-                and prev is not None
-                and bytes(prev.mac) != bytes(6)
-                and nb is not None
-                and nb.state in ("incomplete", "probing")
-            ):
-                mac = bytes(prev.mac)  # still resolving: keep the MAC we had
-            img.reals[rid] = real_info(address, mac, local, local or bool(mac))
-            if mac and not local:
-                img.real_macs[mac] = rid
-
-        # Service ids: a service keeps the id the maps hold for any of its ports
-        # (the first it finds that no earlier service kept), new ones take the
-        # lowest free id.
-        svc_ids = {ident: int(info.id) for ident, info in self.current.services.items()}
-        kept: dict[int, int] = {}  # index in config.services -> kept id
-        used_svc_ids: set[int] = set()
-        for n, svc in enumerate(config.services):
-            for ident in svc_idents(svc):
-                sid = svc_ids.get(ident)
-                if sid is not None and sid not in used_svc_ids:
-                    kept[n] = sid
-                    used_svc_ids.add(sid)
-                    break
-        fresh: dict[MemberSet, Table] = {}
-        in_use: dict[MemberSet, Table] = {}
-        # keyed by (addr_key, weight, effective): ipaddress objects hash through
-        # hex(), and this runs for each of up to 32k reals on every reload
-        per_real: dict[
-            tuple[int, int, Effective | None], tuple[tuple[bytes, int, int] | None, RealView]
-        ] = {}
-        built = 0
-        persist_flag = int(abi.SvcFlags.PERSIST)
-        busy_ids: list[set[int]] = []
-
-        def busy() -> set[int]:
-            if not busy_ids:
-                busy_ids.append(self.referenced_service_ids(config))
-            return busy_ids[0]
-
-        for n, svc in enumerate(config.services):
-            ident = svc_ident(svc)
-            sid = kept.get(n)
-            if sid is None:
-                sid = self._alloc_service(used_svc_ids, self.dp.limits.max_services, busy)
-            used_svc_ids.add(sid)
-            down = inputs.down.get(ident, frozenset())
-            moves = bool(down) and ident not in inputs.keep_flows
-            info = abi.SvcInfo(
-                id=sid,
-                flags=(persist_flag if svc.persistence_timeout else 0)
-                | (int(abi.SvcFlags.REAL_DOWN) if moves else 0),
-                persist_timeout_s=svc.persistence_timeout,
-            )
-            # a multi-port service: one entry per port, all with the same id (one
-            # Maglev row, and persistence keyed by that id spans its ports)
-            idents = svc_idents(svc) if svc.ports else [ident]
-            for each in idents:
-                img.services[each] = info
-            members = []
-            view = []
-            for r in svc.reals:
-                eff = effective.get((svc.key, r.address)) if effective else None
-                if down and r.address in down:  # (an empty set still hashes it)
-                    rid = real_ids[r.address]
-                    keep = ident in inputs.keep_flows
-                    if not keep:
-                        moving.append((sid, rid))
-                    why = "its flows are kept" if keep else "its flows move to live reals"
-                    shown = None if r.local else abi.mac_str(bytes(img.reals[rid].mac))
-                    view.append(
-                        RealView(
-                            str(r.address),
-                            rid,
-                            0,  # out of the Maglev row: no new flows
-                            r.local,
-                            shown,
-                            "down",
-                            f"{eff.detail}; {why}" if eff else f"down: no new flows, {why}",
-                        )
-                    )
-                    continue
-                # many services share reals: work each (real, weight) out once
-                pkey = (addr_key(r.address), r.weight, eff)
-                per = per_real.get(pkey)
-                if per is None:
-                    per = per_real[pkey] = self._real_view(
-                        r.address, r.weight, wanted[r.address][0], real_ids, img, neighbours, eff
-                    )
-                if per[0] is not None:
-                    members.append(per[0])
-                view.append(per[1])
-            key = tuple(sorted(members))
-            table, new_build = self.table(key, fresh)
-            built += new_build
-            in_use[key] = table
-            img.rows[sid] = table.row
-            views[ident] = view
-            fingerprints[ident] = table.fingerprint
-            names[ident] = svc.display_name
-            vinfo = img.vips.setdefault((svc.vip, int(abi.family_of(svc.vip))), abi.VipInfo())
-            vinfo.services += len(idents)
-            if svc.port_number == 0:
-                vinfo.flags |= int(abi.all_ports_flag(abi.PROTOCOLS[svc.protocol]))
-        img.vip_filter = abi.vip_filter_words(vip for vip, _ in img.vips)
-        img.real_down = abi.real_down_bits(moving, int(img.node.real_down_words))
-        draining = [str(a) for a, rid in real_ids.items() if a not in wanted and rid in img.reals]
-        return Desired(img, views, fingerprints, names, draining, real_ids, in_use, built, released)
-
-    @staticmethod
-    def _real_view(
-        address: Address,
-        weight: int,
-        local: bool,
-        real_ids: dict[Address, int],
-        img: Image,
-        neighbours: dict[Address, Neighbour],
-        eff: Effective | None = None,
-    ) -> tuple[tuple[bytes, int, int] | None, RealView]:
-        """A real's Maglev member (None: no slots) and its status view."""
-        rid = real_ids[address]
-        rinfo = img.reals[rid]
-        usable = not int(rinfo.flags) & int(abi.RealFlags.UNUSABLE)
-        nb = neighbours.get(address)
-        if eff is not None:
-            weight = eff.weight
-        if eff is not None and eff.state != "up" and (usable or local):
-            state, detail = eff.state, eff.detail
-        elif local:
-            state, detail = "local", "served by this node's own stack"
-        elif not usable:
-            state = "unresolved"
-            detail = nb.detail if nb else "not resolved yet"
-            if nb is not None and nb.ifname is not None and nb.mac is not None:
-                # resolved yet unusable: only a real astray (see desired) is that
-                detail = (
-                    f"reached through {nb.ifname}, an interface carom is not attached to: "
-                    "XDP_TX cannot send there (check the route to this real)"
-                )
-        elif weight == 0:
-            state, detail = "drained", "weight 0: no new connections"
-        else:
-            state, detail = "up", nb.state if nb else ""
-        member = (real_key(address), rid, weight) if usable and weight > 0 else None
-        shown = None if local or not usable else abi.mac_str(bytes(rinfo.mac))
-        return member, RealView(str(address), rid, weight, local, shown, state, detail)
+        allocates become the reconciler's own only through commit(). Only the
+        services an input change reaches are worked out again (daemon/desired.py);
+        `full` works out every one."""
+        return build(self, config, neighbours, inputs or Inputs(), full)
 
     # --- applying -----------------------------------------------------------------------
     def apply(self, want: Desired) -> int:
@@ -570,6 +375,8 @@ class Reconciler:
             # 3. services, then their VIP addresses
             for ident, info in new.services.items():
                 old_info = cur.services.get(ident)
+                if old_info is info:  # a part kept from the last image (desired.py)
+                    continue
                 if old_info is None or bytes(old_info) != bytes(info):
                     put("services", svc_key(ident), info, old_info)
             done("services")
@@ -645,6 +452,7 @@ class Reconciler:
         self.real_ids = want.real_ids
         self.tables = want.tables
         self.last = want
+        self.memo = want.memo
         self.writes_total += tx.writes
         tx.undo.clear()
         tx.end()
