@@ -34,7 +34,8 @@ def render_cluster(c: dict[str, Any]) -> list[str]:
     )
     lines += render_view(c.get("health_view"))
     for t in c["transitions"][-3:]:
-        lines.append(f"  {t['from']} -> {t['to']}: {t['reason']}")
+        ago = f" ({t['ago_ms'] / 1000:.1f} s ago)" if t.get("ago_ms") is not None else ""
+        lines.append(f"  {t['from']} -> {t['to']}: {t['reason']}{ago}")
     return lines
 
 

@@ -383,7 +383,7 @@ class HeartbeatNode:
             # SIGSTOP, swap, a hang: our peers saw us dead and may have taken over;
             # whatever we believed is stale. FAULT now, then start over (resync).
             t = self.machine.go(
-                State.FAULT, f"this daemon stalled for {gap:.2f} s: peers may have taken over"
+                State.FAULT, f"this daemon stalled for {gap:.2f} s: peers may have taken over", now
             )
             if t is not None:
                 self.on_role(t)
@@ -420,7 +420,7 @@ class HeartbeatNode:
         nxt = decide(inputs)
         if nxt is None:
             return None
-        t = self.machine.go(*nxt)
+        t = self.machine.go(*nxt, now)
         if t is not None:  # on_role logs it, with its reason
             self.send(MsgType.HEARTBEAT, wire.encode_heartbeat(self.heartbeat()))
             self.on_role(t)
@@ -430,8 +430,8 @@ class HeartbeatNode:
         """Planned switchover: hand the active role to the best ready peer."""
         if self.machine.state is not State.ACTIVE:
             return False
-        t = self.machine.go(State.RESIGNING, "planned switchover")
         self.resigned_at = time.monotonic()
+        t = self.machine.go(State.RESIGNING, "planned switchover", self.resigned_at)
         self.send(MsgType.RESIGN)
         if t is not None:
             self.on_role(t)
@@ -516,7 +516,12 @@ class HeartbeatNode:
                 for p in self.members.peers.values()
             ],
             "transitions": [
-                {"from": t.old.value, "to": t.new.value, "reason": t.reason}
+                {
+                    "from": t.old.value,
+                    "to": t.new.value,
+                    "reason": t.reason,
+                    "ago_ms": round((now - t.at) * 1000) if t.at else None,
+                }
                 for t in self.machine.history[-10:]
             ],
         }

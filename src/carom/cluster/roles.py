@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class State(enum.Enum):
@@ -57,6 +57,10 @@ class Transition:
     old: State  # state before
     new: State  # state after
     reason: str  # why, in an operator's words (logged)
+    # when (time.monotonic(), given by the caller: this module reads no clock);
+    # status shows it as ms ago, so a slow status reply is not taken for a slow
+    # election
+    at: float = field(default=0.0, compare=False)
 
 
 class RoleMachine:
@@ -66,13 +70,13 @@ class RoleMachine:
         self.state = State.STARTING
         self.history: list[Transition] = []
 
-    def go(self, new: State, reason: str) -> Transition | None:
+    def go(self, new: State, reason: str, at: float = 0.0) -> Transition | None:
         """Move to `new`; None if already there. Raises on a forbidden move."""
         if new is self.state:
             return None
         if new not in ALLOWED[self.state]:
             raise TransitionError(f"{self.state.value} -> {new.value} is not allowed ({reason})")
-        t = Transition(self.state, new, reason)
+        t = Transition(self.state, new, reason, at)
         self.state = new
         self.history.append(t)
         del self.history[:-64]

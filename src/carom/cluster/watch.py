@@ -182,11 +182,13 @@ class Watches:
     def _fault_step(self, down: list[str]) -> None:
         st = self.node.machine.state
         if down and st is not State.FAULT:
-            t = self.node.machine.go(State.FAULT, f"interface {', '.join(down)}")
+            t = self.node.machine.go(State.FAULT, f"interface {', '.join(down)}", time.monotonic())
             if t is not None:
                 self._on_role(t)
         elif not down and st is State.FAULT:
-            t = self.node.machine.go(State.STARTING, "interfaces up again: starting over")
+            t = self.node.machine.go(
+                State.STARTING, "interfaces up again: starting over", time.monotonic()
+            )
             self.node.holddown_until = (
                 time.monotonic()
                 + self.node.members.dead_s
