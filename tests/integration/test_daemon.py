@@ -39,13 +39,8 @@ END_TO_END_BAD = [
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[Director]:
-    d = Director(lab, "carom-dir1")
-    d.remove()  # a previous crashed run may have left a data plane
-    d.start(lab_config())
-    try:
+    with Director(lab, "carom-dir1").running(lab_config()) as d:
         yield d
-    finally:
-        d.remove()
 
 
 def test_dsr_spreads_requests_and_replies_bypass_the_director(

@@ -38,13 +38,8 @@ def director(lab: Lab) -> Iterator[Director]:
         "persistence_timeout": 300,
         "reals": reals,
     }
-    d = Director(lab, "carom-dir1")
-    d.remove()
-    d.start(lab_config(services=[mail]))
-    try:
+    with Director(lab, "carom-dir1").running(lab_config(services=[mail])) as d:
         yield d
-    finally:
-        d.remove()
 
 
 def banner(lab: Lab, client: str, n: int) -> list[str]:

@@ -46,13 +46,8 @@ def ops_config(token: Path, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def director(lab: Lab, token: Path) -> Iterator[Director]:
-    d = Director(lab, DIR1)
-    d.remove()
-    d.start(ops_config(token))
-    try:
+    with Director(lab, DIR1).running(ops_config(token)) as d:
         yield d
-    finally:
-        d.remove()
 
 
 def http(lab: Lab, *args: str) -> tuple[int, str]:

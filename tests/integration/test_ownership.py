@@ -26,13 +26,8 @@ ROUTER_IF = t.ROUTER.main.ifname
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[Director]:
-    d = Director(lab, "carom-dir1")
-    d.remove()
-    d.start(lab_config())
-    try:
+    with Director(lab, "carom-dir1").running(lab_config()) as d:
         yield d
-    finally:
-        d.remove()
 
 
 def _forget(lab: Lab) -> None:

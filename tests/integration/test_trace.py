@@ -26,13 +26,8 @@ DIR1 = t.DIR1.name
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[Director]:
-    d = Director(lab, DIR1)
-    d.remove()
-    d.start(lab_config())
-    try:
+    with Director(lab, DIR1).running(lab_config()) as d:
         yield d
-    finally:
-        d.remove()
 
 
 def start_trace(lab: Lab, d: Director, *args: str) -> subprocess.Popen[str]:

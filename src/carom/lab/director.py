@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,17 @@ class Director:
     def carom(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run a `carom` CLI command inside the director's namespace."""
         return self.lab.exec(self.node, [sys.executable, "-m", "carom", *args], check=check)
+
+    @contextmanager
+    def running(self, cfg: dict[str, Any]) -> Iterator[Director]:
+        """A daemon on a fresh data plane for the block (what an earlier crashed
+        run left is removed first), removed again afterwards, even on failure."""
+        self.remove()
+        self.start(cfg)
+        try:
+            yield self
+        finally:
+            self.remove()
 
     def start(self, cfg: dict[str, Any] | None = None, wait: float = 20.0) -> None:
         if cfg is not None:
