@@ -24,6 +24,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "stats.h"
+#include "ifmac.h"
 
 /* The tuple of the record: the packet's, with its protocol, and the ports read from the frame
  * when the decision came before the transport header was parsed (a backup's
@@ -49,16 +50,12 @@ static __always_inline void trace_key(void *data, void *end, const struct packet
 	key->dport = ports[1];
 }
 
-static __always_inline int same_addr(const struct carom_addr *a, const struct carom_addr *b)
-{
-	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
-}
-
 static __always_inline int trace_wanted(const struct node_cfg *cfg, const struct flow_key *key)
 {
 	if (cfg->trace_family &&
 	    (cfg->trace_family != key->family ||
-	     !(same_addr(&cfg->trace_addr, &key->src) || same_addr(&cfg->trace_addr, &key->dst))))
+	     !(same_addr6((const __u8 *)cfg->trace_addr.w, (const __u8 *)key->src.w) ||
+	       same_addr6((const __u8 *)cfg->trace_addr.w, (const __u8 *)key->dst.w))))
 		return 0;
 	if (cfg->trace_port && cfg->trace_port != key->sport && cfg->trace_port != key->dport)
 		return 0;

@@ -28,7 +28,8 @@ import pytest
 
 from carom.lab import Lab
 from carom.lab import topology as t
-from carom.lab.failover import ClusterRun, Prober, cluster_config
+from carom.lab.failover import ClusterRun, cluster_config
+from carom.lab.failover_traffic import Prober
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

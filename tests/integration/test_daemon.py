@@ -20,7 +20,7 @@ from carom.bpf.loader import ensure_bpffs
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
-from carom.lab.failover import Held
+from carom.lab.failover_traffic import Held
 from carom.lab.traffic import Capture, curl
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]

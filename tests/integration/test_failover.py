@@ -38,7 +38,8 @@ import pytest
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
-from carom.lab.failover import ClusterRun, Held, Prober, Result
+from carom.lab.failover import ClusterRun, Result
+from carom.lab.failover_traffic import Held, Prober
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

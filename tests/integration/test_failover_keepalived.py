@@ -14,7 +14,8 @@ import pytest
 
 from carom.lab import Lab
 from carom.lab import topology as t
-from carom.lab.failover import ClusterRun, Prober
+from carom.lab.failover import ClusterRun
+from carom.lab.failover_traffic import Prober
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

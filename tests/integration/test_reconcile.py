@@ -24,7 +24,7 @@ from carom.bpf.maps import TypedMap
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
-from carom.lab.failover import Held
+from carom.lab.failover_traffic import Held
 from carom.lab.traffic import curl
 from tests.integration.test_daemon import assert_same_servers
 

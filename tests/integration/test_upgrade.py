@@ -18,7 +18,7 @@ from carom.daemon import control
 from carom.lab import Lab
 from carom.lab import topology as t
 from carom.lab.director import BPFFS, Director, lab_config
-from carom.lab.failover import Held
+from carom.lab.failover_traffic import Held
 from carom.lab.traffic import curl
 from tests.integration.test_daemon import assert_same_servers
 from tests.packets.oldlayout import build_old, older_layout

@@ -146,9 +146,8 @@ class RingReader:
     ~200k records/s it never returned and starved the daemon's event loop. A
     read here is bounded by the producer position it saw first."""
 
-    def __init__(self, map_fd: int, size: int | None = None) -> None:
-        if size is None:
-            size = int(libbpf.map_info(map_fd).max_entries)
+    def __init__(self, map_fd: int) -> None:
+        size = int(libbpf.map_info(map_fd).max_entries)
         page = mmap.PAGESIZE
         self.size, self.mask = size, size - 1
         self.odd = 0  # committed records of another size than asked for (skipped)

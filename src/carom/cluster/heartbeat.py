@@ -74,6 +74,13 @@ class Membership:
     def live_peers(self, now: float) -> list[Peer]:
         return [p for p in self.peers.values() if self.alive(p, now)]
 
+    def peer_active(self, now: float) -> bool:
+        """A live peer says it is the active director."""
+        return any(
+            p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE
+            for p in self.live_peers(now)
+        )
+
     def on_heartbeat(self, peer: Peer, source: IPAddress, hb: Heartbeat, now: float) -> None:
         peer.last_seen = now
         peer.heartbeat = hb
@@ -411,9 +418,7 @@ class HeartbeatNode:
                 if self.cluster.election == "keepalived"
                 else winner == self.me.id
             ),
-            peer_active=any(
-                p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE for p in live
-            ),
+            peer_active=self.members.peer_active(now),
             resign_expired=now - self.resigned_at > 2 * self.members.dead_s,
             held_by=self.held_by(now),
         )

@@ -512,10 +512,7 @@ class ClusterService(Watches, HealthViews):
         not serve."""
         while not self.decided:
             st = self.node.machine.state
-            peer_active = any(
-                p.heartbeat is not None and p.heartbeat.role == wire.Role.ACTIVE
-                for p in self.node.members.live_peers(time.monotonic())
-            )
+            peer_active = self.node.members.peer_active(time.monotonic())
             if st is State.ACTIVE or peer_active:
                 self._saw_active()
             if st is State.ACTIVE or (st is State.BACKUP and peer_active):

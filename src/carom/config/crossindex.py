@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from carom.config.checks import HealthSettings
-from carom.config.fields import port_item_range
 from carom.config.limits import Limits
 from carom.config.schema import Service, addr_key
 
@@ -53,14 +52,9 @@ class _Share:
     @staticmethod
     def of(svc: Service) -> _Share:
         vkey = addr_key(svc.vip)
-        if svc.ports is None:
-            owners = frozenset({(vkey, svc.protocol, svc.port_number)})
-            entries = 1
-        else:
-            owners = frozenset(
-                (vkey, svc.protocol, p) for item in svc.ports for p in port_item_range(item)
-            )
-            entries = len(svc.port_numbers)
+        ports = svc.port_numbers
+        owners = frozenset((vkey, svc.protocol, p) for p in ports)
+        entries = len(ports)
         checks = [svc.check, *(r.check for r in svc.reals)]
         return _Share(
             owners,
@@ -112,14 +106,9 @@ class CrossIndex:
             self.shares[id(svc)] = (svc, share)
         else:
             del self.shares[id(svc)]
-        for o in share.owners:
-            _bump(self.owners, o, sign)
-        _bump(self.names, share.name, sign)
-        _bump(self.vips, share.vip, sign)
-        for pair in share.reals:
-            _bump(self.pairs, pair, sign)
-            _bump(self.reals, pair[0], sign)
-        self.entries += sign * share.entries
+        self.entries += _add(
+            share, sign, self.owners, self.names, self.vips, self.pairs, self.reals
+        )
 
     def update(
         self, limits: Limits, health: HealthSettings, services: Sequence[Service]
@@ -135,8 +124,6 @@ class CrossIndex:
         gone = [svc for k, (svc, _) in self.shares.items() if k not in now]
         added = [s for s in services if id(s) not in self.shares]
         shares = [_Share.of(s) for s in added]
-        if len(services) > limits.max_services:
-            return None
         # the changes to the counts
         owners: Counter[Owner] = Counter()
         names: Counter[str] = Counter()
@@ -146,14 +133,7 @@ class CrossIndex:
         entries = self.entries
         for sign, each in ((-1, [self.shares[id(s)][1] for s in gone]), (1, shares)):
             for share in each:
-                for o in share.owners:
-                    owners[o] += sign
-                names[share.name] += sign
-                vips[share.vip] += sign
-                for pair in share.reals:
-                    pairs[pair] += sign
-                    reals[pair[0]] += sign
-                entries += sign * share.entries
+                entries += _add(share, sign, owners, names, vips, pairs, reals)
         if entries > limits.max_services:
             return None
         if _distinct(self.vips, vips) > limits.max_vips:
@@ -188,6 +168,27 @@ class CrossIndex:
         """A via: vip check without the probe source of its VIP's family."""
         six = share.vip < 0  # addr_key: IPv6 keys are negative
         return (self.health.probe_source6 if six else self.health.probe_source) is None
+
+
+def _add(
+    share: _Share,
+    sign: int,
+    owners: Counter[Owner],
+    names: Counter[str],
+    vips: Counter[int],
+    pairs: Counter[tuple[int, bool]],
+    reals: Counter[int],
+) -> int:
+    """Count one service's share in (sign 1) or out (-1); returns its
+    services-map entries, signed."""
+    for o in share.owners:
+        _bump(owners, o, sign)
+    _bump(names, share.name, sign)
+    _bump(vips, share.vip, sign)
+    for pair in share.reals:
+        _bump(pairs, pair, sign)
+        _bump(reals, pair[0], sign)
+    return sign * share.entries
 
 
 def _distinct(counts: Counter[int], delta: Counter[int]) -> int:

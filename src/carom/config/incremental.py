@@ -163,12 +163,11 @@ class ConfigCache:
         except (ValidationError, ConfigError):
             return None
         services = tuple(known[item] for item in parts.items)
-        index = self.index
-        take = index.update(top.limits, top.health, services) if index is not None else None
-        if take is None:
-            if top.whole_config_problems(services):
-                return None
-            index = None
+        take = (
+            self.index.update(top.limits, top.health, services) if self.index is not None else None
+        )
+        if take is None and top.whole_config_problems(services):
+            return None
         # The same checks Config's validators run: the top level was validated
         # with no services, the services one by one, and the rules across them
         # (Config.whole_config_problems) just now.

@@ -133,7 +133,7 @@ class Daemon:
         # what changed (config/incremental.py)
         self.configs = ConfigCache()
         self.follower = NeighbourFollower(self)
-        # addresses(config) and config.warnings(), by the services that changed
+        # the addresses to resolve and config.warnings(), by the services that changed
         self.addresses = RealAddresses()
         self.config_warnings = ConfigWarnings()
         self.lag = LoopLag()
@@ -277,7 +277,9 @@ class Daemon:
         if not config.node.vips_on_lo:
             return
         state = Path(vip_state_of(config))
-        vips, gone = vips_of(config), [v for v in old if v not in vips_of(config)]
+        vips = vips_of(config)
+        kept = set(vips)
+        gone = [v for v in old if v not in kept]
         try:
             if vips:
                 res = await asyncio.to_thread(realserver.up, vips, state)
@@ -534,13 +536,14 @@ class Daemon:
         self.follower.forget_unused(addrs)
         if self.health is not None:
             await self.health.plan(new)
-        if old_vips != vips_of(new) and (self.cluster is None or self.cluster.decided):
+        vips_changed = old_vips != vips_of(new)
+        if vips_changed and (self.cluster is None or self.cluster.decided):
             await self._vips_on_lo(new, old_vips)
         if self.cluster is not None:
             self.cluster.config_changed()
         elif self.owner is not None:
             self.owner.set_active(new.node.role == "active")
-        if self.owner is not None and old_vips != vips_of(new):
+        if self.owner is not None and vips_changed:
             self.owner.refresh_vips()
         done = time.monotonic()
         took = done - started

@@ -12,14 +12,9 @@ from carom.config.schema import Config, Service, service_warnings
 from carom.daemon.image import Address, peer_addresses
 
 
-def addresses(config: Config) -> list[Address]:
-    """Remote reals and the other directors of the cluster: whose MACs the
-    daemon must resolve."""
-    return RealAddresses().of(config)
-
-
 class RealAddresses:
-    """addresses() of one config after another, counting per address the
+    """The remote reals and the other directors of the cluster (whose MACs the
+    daemon must resolve) of one config after another, counting per address the
     (service, real) pairs that have it and following only the services that
     changed (a reload parses only those: config/incremental.py), so that a
     reload does not walk 32k reals. One caller at a time (the daemon's start

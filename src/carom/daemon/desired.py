@@ -412,7 +412,7 @@ def _real_view(
                 "XDP_TX cannot send there (check the route to this real)"
             )
     elif weight == 0:
-        state, detail = "drained", "weight 0: no new flows"
+        state, detail = "drained", "weight 0: no new connections"
     else:
         state, detail = "up", nb.state if nb else ""
     member = (real_key(address), rid, weight) if usable and weight > 0 else None

@@ -91,7 +91,7 @@ class NeighbourFollower:
         return [a for a, n in found.items() if self._set(a, n)]
 
     async def resolve(self, addrs: list[abi.IPAddress], wait: float = 0.0) -> None:
-        """Look up the reals (addresses(config)) the follower does not know yet;
+        """Look up the reals (RealAddresses) the follower does not know yet;
         with `wait`, give ARP/NDP that long to answer."""
         deadline = time.monotonic() + wait
         todo = [a for a in addrs if a not in self.table]

@@ -57,6 +57,11 @@ Row = tuple[int, IPAddress, int, ProbeKey | None]
 COMMANDS = ("real-drain", "real-undrain", "real-weight")
 
 
+def _has_check(svc: Service) -> bool:
+    """A check on the service (its reals' default) or on one of its reals."""
+    return svc.check is not None or any(r.check is not None for r in svc.reals)
+
+
 class Host(Protocol):
     """What the task needs of the daemon (daemon/app.py)."""
 
@@ -125,7 +130,7 @@ class HealthTask:
         for svc in config.services:
             hit = before.get(id(svc))
             if hit is None or hit[0] is not svc:
-                hit = (svc, svc.check is not None or any(r.check is not None for r in svc.reals))
+                hit = (svc, _has_check(svc))
             self._has_check[id(svc)] = hit
             if hit[1]:
                 out.append(svc)
@@ -245,7 +250,7 @@ class HealthTask:
             ids.update(mine_ids)
             made.update(mine_ids)
             rows.append((svc, mine, checked))
-            unchecked = svc.check is None and all(r.check is None for r in svc.reals)
+            unchecked = not _has_check(svc)
             self._svc_rows[id(svc)] = (svc, mine, mine_ids, unchecked)
         # Services that left (or whose rows were made again): their pairs that
         # no service of this config has lose their number and bookkeeping. An

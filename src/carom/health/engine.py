@@ -91,7 +91,9 @@ _HTTP_REASONS: dict[int, str] = {}  # "HTTP 200", made once per status code seen
 _REASONS = {errno.ECONNRESET: "connection reset", errno.ECONNREFUSED: "connection refused"}
 _libc = ctypes.CDLL(None, use_errno=True)
 _UNSPEC = ctypes.create_string_buffer(16)  # a struct sockaddr with sa_family AF_UNSPEC (0)
-_disconnect = _libc.connect  # with _UNSPEC: see disconnect()
+# connect() to _UNSPEC resets the socket's connection (RST if it had one) and
+# makes it unconnected again, ready for another connect() (see _release)
+_disconnect = _libc.connect
 _EINPROGRESS = errno.EINPROGRESS
 _READ = 8192  # bytes asked of one recv (a reply is read until EAGAIN: this is not a cap)
 # a socket's address family, path, and whether it is set up for HTTP (the
@@ -107,12 +109,6 @@ def handles(key: ProbeKey) -> bool:
 
 def _reason(err: int) -> str:
     return _REASONS.get(err) or os.strerror(err).lower()
-
-
-def disconnect(sock: _socket.socket) -> bool:
-    """Reset the socket's connection (RST if it had one) and make it unconnected
-    again, ready for another connect(). False if the kernel refused."""
-    return bool(_disconnect(sock.fileno(), _UNSPEC, 16) == 0)
 
 
 class Route:

@@ -41,8 +41,19 @@ PERSIST_DEFAULT = 360  # keepalived's persistence_timeout when given without a v
 
 CHECKERS = set(KINDS) | set(NOT_CONVERTED)
 
+# keywords of a virtual_server's and of a real_server's checking that carom
+# does not carry over, in either place
+_CHECK_REASONS: Mapping[str, str] = {
+    "alpha": "carom has no alpha: a real's first state follows carom's own rule (docs/health.md)",
+    "inhibit_on_failure": INHIBIT,
+    "retry": "carom takes retry from the checker block only",
+    "delay_before_retry": "carom takes delay_before_retry from the checker block only",
+    "warmup": "carom has no start-up delay of this kind (its checks start jittered)",
+}
+
 # virtual_server keywords carom has no equivalent for, and why
 _SERVICE_REASONS: Mapping[str, str] = {
+    **_CHECK_REASONS,
     "sorry_server": "carom has no fallback server for a service whose reals are all down",
     "sorry_server_inhibit": "carom has no fallback server",
     "sorry_server_lvs_method": "carom has no fallback server",
@@ -50,13 +61,8 @@ _SERVICE_REASONS: Mapping[str, str] = {
     "quorum_up": "carom does not withdraw a VIP when too few reals are healthy",
     "quorum_down": "carom does not withdraw a VIP when too few reals are healthy",
     "hysteresis": "carom does not withdraw a VIP when too few reals are healthy",
-    "alpha": "carom has no alpha: a real's first state follows carom's own rule (docs/health.md)",
     "omega": "carom runs no scripts when reals change",
     "ha_suspend": "carom keeps a service configured whatever the VRRP state",
-    "inhibit_on_failure": INHIBIT,
-    "retry": "carom takes retry from the checker block only",
-    "delay_before_retry": "carom takes delay_before_retry from the checker block only",
-    "warmup": "carom has no start-up delay of this kind (its checks start jittered)",
     "ops": "carom has no one-packet scheduling: every UDP flow keeps its real",
     "lvs_flags": "carom has no IPVS scheduler flags",
     "nat_mask": "it applies to NAT forwarding only",
@@ -64,15 +70,11 @@ _SERVICE_REASONS: Mapping[str, str] = {
 
 # real_server keywords carom has no equivalent for, and why
 _REAL_REASONS: Mapping[str, str] = {
-    "inhibit_on_failure": INHIBIT,
+    **_CHECK_REASONS,
     "notify_up": "carom runs no scripts when a real changes state",
     "notify_down": "carom runs no scripts when a real changes state",
     "uthreshold": "carom has no per-real connection thresholds",
     "lthreshold": "carom has no per-real connection thresholds",
-    "alpha": "carom has no alpha: a real's first state follows carom's own rule (docs/health.md)",
-    "retry": "carom takes retry from the checker block only",
-    "delay_before_retry": "carom takes delay_before_retry from the checker block only",
-    "warmup": "carom has no start-up delay of this kind (its checks start jittered)",
     "smtp_alert": "carom sends no e-mail",
 }
 

@@ -21,20 +21,8 @@ from typing import Any
 from carom.config.cluster import DEFAULT_PORT
 from carom.lab import topology as t
 from carom.lab.director import Director, lab_config
-from carom.lab.failover_traffic import ForwarderWatch, Held, Prober, forwarded, quit_helper
+from carom.lab.failover_traffic import ForwarderWatch, Held, Prober
 from carom.lab.lab import Lab
-
-__all__ = [
-    "ClusterRun",
-    "ForwarderWatch",
-    "Held",
-    "Prober",
-    "Result",
-    "cluster_config",
-    "forwarded",
-    "quit_helper",
-    "run_failover",
-]
 
 PRIORITY = {t.DIR1.name: 200, t.DIR2.name: 100}
 HEARTBEAT_MS = 100

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from carom import abi
 from carom.abi import Counter
 from carom.model import icmp, neighbour
-from carom.model.state import Real, Service, State
+from carom.model.state import Node, Real, Service, State
 from carom.sched.flowhash import flow_hash
 
 ETH_HLEN = 14
@@ -479,6 +479,11 @@ def _trace(frame: bytes, state: State, ifindex: int, result: Decision) -> None:
     result.counters[Counter.TRACE_SAMPLED] += 1
 
 
+def from_peer_director(node: Node, frame: bytes) -> bool:  # lease.h from_peer_director
+    """Sent by another director: it scheduled the frame (to us, as a real)."""
+    return frame[6:12] in node.peer_macs[: abi.MAX_PEER_MACS]
+
+
 def _hold_or_pass(  # hold.h hold_or_pass
     frame: bytes, state: State, p: _Packet, pass_reason: Counter
 ) -> Counter:
@@ -487,7 +492,7 @@ def _hold_or_pass(  # hold.h hold_or_pass
     active director yet, a flow without entry): then held for the next active."""
     node = state.node
     assert node is not None
-    if frame[6:12] in node.peer_macs[: abi.MAX_PEER_MACS]:
+    if from_peer_director(node, frame):
         return pass_reason
     try:
         if p.family == abi.Family.IPV6:
@@ -542,7 +547,7 @@ def _decide(  # carom.bpf.c
         raise _Verdict(_hold_or_pass(frame, state, p, Counter.PASS_BACKUP))
     if not now < state.node.lease_until_ns & U64:
         raise _Verdict(_hold_or_pass(frame, state, p, Counter.PASS_LEASE_EXPIRED))
-    if frame[6:12] in state.node.peer_macs[: abi.MAX_PEER_MACS]:
+    if from_peer_director(state.node, frame):
         raise _Verdict(Counter.PASS_PEER_DIRECTOR)
     if p.family == abi.Family.IPV6:
         _skip_ipv6_ext(frame, p)
